@@ -1,0 +1,54 @@
+"""Task data as model batches: tokenization, seeded shuffling, fixed-size training batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .tasks import Example, TaskSpec
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class TaskData:
+    """Examples of one task plus the tokenizer that turns them into batches."""
+
+    task: TaskSpec
+    tokenizer: object
+    train: list[Example]
+    dev: list[Example]
+    max_seq_len: int = 64
+    batch_size: int = 32
+
+    def encode(self, examples: Sequence[Example]) -> Batch:
+        columns = list(zip(*(e.texts for e in examples)))
+        enc = self.tokenizer(
+            *[list(c) for c in columns], padding="longest", truncation=True,
+            max_length=self.max_seq_len, return_tensors="pt",
+        )
+        batch = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        dtype = torch.float32 if self.task.is_regression else torch.long
+        batch["labels"] = torch.tensor([e.label for e in examples], dtype=dtype)
+        return batch
+
+    def train_batches(self, n_batches: int, seed: int) -> Iterator[Batch]:
+        """``n_batches`` training batches in a seeded order (epochs reshuffle)."""
+        if not self.train:
+            raise ValueError("no training examples")
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self.train))
+        pos = 0
+        for _ in range(n_batches):
+            if pos + self.batch_size > len(order):
+                order, pos = rng.permutation(len(self.train)), 0
+            idx = order[pos: pos + self.batch_size]
+            pos += self.batch_size
+            yield self.encode([self.train[i] for i in idx])
+
+    def eval_batches(self, examples: Sequence[Example] | None = None, batch_size: int = 64) -> Iterator[Batch]:
+        examples = self.dev if examples is None else examples
+        for i in range(0, len(examples), batch_size):
+            yield self.encode(examples[i: i + batch_size])

@@ -1,0 +1,36 @@
+"""Task metric of a model on dev examples (the task's official GLUE metrics)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import TaskData
+from ..tasks import Example, compute_metrics
+
+
+def predict(model: nn.Module, data: TaskData, examples: Sequence[Example], batch_size: int = 64) -> np.ndarray:
+    """Class indices (or regression scores) for ``examples``, in order."""
+    model.eval()
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for batch in data.eval_batches(examples, batch_size):
+            batch.pop("labels")
+            logits = model(**batch).logits.float()
+            out.append(logits.squeeze(-1).numpy() if data.task.is_regression else logits.argmax(-1).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def evaluate(
+    model: nn.Module, data: TaskData, extra: dict[str, Sequence[Example]] | None = None, batch_size: int = 64
+) -> dict[str, float]:
+    """Official metrics on ``data.dev``; each extra split adds ``<metric>_<split>`` keys."""
+    labels = np.asarray([e.label for e in data.dev])
+    result = compute_metrics(data.task, predict(model, data, data.dev, batch_size), labels)
+    for split, examples in (extra or {}).items():
+        lab = np.asarray([e.label for e in examples])
+        for k, v in compute_metrics(data.task, predict(model, data, examples, batch_size), lab).items():
+            result[f"{k}_{split}"] = v
+    return {k: float(v) for k, v in result.items()}

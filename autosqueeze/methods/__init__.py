@@ -1,0 +1,13 @@
+"""Compression methods, one module each, registered by name (see registry.py).
+
+Importing this package registers every built-in method; the list below is the registry's
+only source of built-ins (no auto-discovery).
+"""
+from . import distill, drop_layers, quantize_dynamic  # noqa: F401  (registration side effects)
+from .context import MethodContext
+from .registry import MethodError, MethodSpec, Stage, config_to_params, get_method, method_names, register
+
+__all__ = [
+    "MethodContext", "MethodError", "MethodSpec", "Stage", "config_to_params", "get_method",
+    "method_names", "register",
+]

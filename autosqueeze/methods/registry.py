@@ -1,0 +1,111 @@
+"""The method registry: the name used in recipes and search spaces → (Config class, apply).
+
+Registration is explicit (each method module calls :func:`register` once, and
+``methods/__init__.py`` imports the modules); there is no package walking. Duplicate and
+unknown names are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Callable
+
+from torch import nn
+
+from .context import MethodContext
+
+
+class Stage(IntEnum):
+    """Where a method sits in a recipe. Steps must come in non-decreasing stage order:
+    structure is cut first, then trained, then quantized (nothing prunes an int8 layer)."""
+
+    DEPTH = 10  # whole layers: drop, share
+    WIDTH = 20  # heads, FFN neurons
+    DECOMPOSE = 30  # low-rank factorization
+    SPARSIFY = 40  # unstructured pruning
+    TRAIN = 50  # recovery: fine-tune / distil
+    EXIT = 60  # dynamic inference heads
+    QUANTIZE = 70  # precision of the deployed weights
+
+
+class MethodError(ValueError):
+    """A method cannot be applied: bad config, wrong model or wrong order."""
+
+
+ApplyFn = Callable[[nn.Module, Any, MethodContext], nn.Module]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type
+    apply: ApplyFn
+    stage: Stage
+    version: int = 1
+    trains: bool = False  # changes only weights by training: skipped when probing latency
+    family: str = ""  # survey family: quantization, pruning, distillation, ...
+    summary: str = ""
+
+    def make_config(self, params: dict[str, Any] | None) -> Any:
+        """Build and validate the method's Config from a plain dict (recipe or search)."""
+        params = dict(params or {})
+        known = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise MethodError(
+                f"method {self.name!r} has no parameter(s) {unknown}; known: {sorted(known)}"
+            )
+        try:
+            return self.config_cls(**params)
+        except (TypeError, ValueError) as err:
+            raise MethodError(f"method {self.name!r}: {err}") from err
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(
+    name: str,
+    config_cls: type,
+    apply: ApplyFn,
+    *,
+    stage: Stage,
+    version: int = 1,
+    trains: bool = False,
+    family: str = "",
+    summary: str = "",
+) -> MethodSpec:
+    if name in _REGISTRY:
+        raise MethodError(f"method {name!r} is already registered")
+    if not dataclasses.is_dataclass(config_cls):
+        raise MethodError(f"method {name!r}: config must be a dataclass")
+    spec = MethodSpec(name, config_cls, apply, stage, version, trains, family, summary)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MethodError(
+            f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def config_to_params(config: Any) -> dict[str, Any]:
+    """A Config as JSON-safe params (tuples become lists)."""
+    return {k: _jsonable(v) for k, v in dataclasses.asdict(config).items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value

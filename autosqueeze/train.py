@@ -1,0 +1,129 @@
+"""Fine-tuning and recovery distillation loops (CPU friendly, deterministic for a seed)."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings (AdamW, linear warm-up then linear decay)."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-4
+    max_seq_len: int = 64
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    seed: int = 0
+    train_subset: int | None = None
+    threads: int | None = None  # None: all cores; fixed for reproducibility across runs
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.max_seq_len < 8 or not self.lr > 0:
+            raise ValueError(f"invalid training settings: {self}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset must be >= 1, got {self.train_subset}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(steps: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return f
+
+
+def train_loop(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    warmup_ratio: float = 0.06,
+    weight_decay: float = 0.01,
+    progress: Progress | None = None,
+    what: str = "train",
+    should_stop: Callable[[int], bool] | None = None,
+) -> dict[str, float]:
+    """Run ``steps`` optimiser steps; ``loss_fn(model, batch)`` gives the loss.
+
+    A non-finite loss stops training with FloatingPointError (the trial fails with a reason).
+    ``should_stop(step)`` is polled every step and ends training early when it says so.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, int(warmup_ratio * steps)))
+    model.train()
+    ema = math.nan
+    done = 0
+    for step, batch in enumerate(batches):
+        if step >= steps:
+            break
+        loss = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{what}: loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if math.isnan(ema) else 0.9 * ema + 0.1 * loss.item()
+        done = step + 1
+        if progress:
+            progress(what, done, steps, {"loss": ema})
+        if should_stop and should_stop(done):
+            log.info("%s: stopped early at step %d/%d", what, done, steps)
+            break
+    model.eval()
+    return {"loss": ema, "steps": done}
+
+
+def task_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Cross-entropy (classification) or MSE (regression) on the gold labels."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    if labels.dtype.is_floating_point:
+        return F.mse_loss(logits.squeeze(-1), labels)
+    return F.cross_entropy(logits, labels)
+
+
+def finetune(
+    model: nn.Module, batches: Iterator[Batch], settings: TrainSettings, progress: Progress | None = None
+) -> dict[str, float]:
+    """Fine-tune ``model`` on task labels for ``settings.steps`` steps."""
+    seed_everything(settings.seed)
+    return train_loop(
+        model, batches, task_loss, steps=settings.steps, lr=settings.lr, warmup_ratio=settings.warmup_ratio,
+        weight_decay=settings.weight_decay, progress=progress, what="finetune",
+    )

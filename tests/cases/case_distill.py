@@ -1,0 +1,13 @@
+import torch
+
+from tests import tiny
+
+CASES = [{"steps": 3}, {"steps": 2, "alpha_hidden": 1.0, "alpha_attention": 1.0, "alpha_labels": 0.5}]
+
+
+def check(teacher, model, config, decisions):
+    assert decisions["steps_done"] == config.steps
+    # trained: weights moved, shapes did not
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, teacher.state_dict()[k])]
+    assert changed
+    assert all(v.shape == teacher.state_dict()[k].shape for k, v in model.state_dict().items())
