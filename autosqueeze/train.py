@@ -70,11 +70,13 @@ def train_loop(
     progress: Progress | None = None,
     what: str = "train",
     should_stop: Callable[[int], bool] | None = None,
+    post_step: list[Callable[[nn.Module], None]] | None = None,
 ) -> dict[str, float]:
     """Run ``steps`` optimiser steps; ``loss_fn(model, batch)`` gives the loss.
 
     A non-finite loss stops training with FloatingPointError (the trial fails with a reason).
     ``should_stop(step)`` is polled every step and ends training early when it says so.
+    ``post_step`` callbacks run after every optimiser step (e.g. re-apply pruning masks).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -97,6 +99,8 @@ def train_loop(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        for hook in post_step or ():
+            hook(model)
         ema = loss.item() if math.isnan(ema) else 0.9 * ema + 0.1 * loss.item()
         done = step + 1
         if progress:

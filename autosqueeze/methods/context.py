@@ -35,6 +35,7 @@ class MethodContext:
     progress: Callable[[str, int, int, dict[str, float]], None] | None = None  # (what, done, total, stats)
     cache: dict[str, Any] = field(default_factory=dict)  # e.g. teacher outputs, shared across steps
     device: str = "cpu"
+    post_step_hooks: list[Callable[[nn.Module], None]] = field(default_factory=list)  # run after each optimiser step
 
     def batches(self, n: int, seed_offset: int = 0) -> Iterator[Batch]:
         if self.train_batches is None:

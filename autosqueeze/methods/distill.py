@@ -99,6 +99,7 @@ def apply(model: nn.Module, config: DistillConfig, ctx: MethodContext) -> nn.Mod
     stats = train_loop(
         model, ctx.batches(config.steps, seed_offset=1), loss_fn, steps=config.steps, lr=config.lr,
         progress=ctx.progress, what="distill", should_stop=ctx.cache.get("should_stop"),
+        post_step=ctx.post_step_hooks,
     )
     ctx.decisions["steps_done"] = int(stats["steps"])
     return model
