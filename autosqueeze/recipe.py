@@ -66,8 +66,8 @@ class Recipe:
 
     def validate(self) -> "Recipe":
         """Check every step's method and params, and the stage order; returns self."""
-        if not self.steps:
-            raise RecipeError("a recipe needs at least one step")
+        if not isinstance(self.steps, list):
+            raise RecipeError("'steps' must be a list (empty: the uncompressed teacher)")
         last = None
         for i, step in enumerate(self.steps):
             try:

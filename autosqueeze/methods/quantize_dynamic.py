@@ -1,7 +1,16 @@
 """Dynamic int8 quantization of Linear layers (int8 weights, activations quantized per batch).
 
-Uses PyTorch's CPU int8 kernels (fbgemm/onednn). The classifier is left in float by default:
-it is tiny and quantizing it costs accuracy for no speed.
+Uses PyTorch's CPU int8 kernels (fbgemm/onednn): weights per-tensor symmetric int8,
+activations quantized per batch at run time. ``parts`` picks attention / ffn / classifier
+Linears; the classifier is left in float by default (it is tiny and quantizing it costs
+accuracy for no speed). Several quantization steps may share a recipe as long as they touch
+different parts (e.g. bf16 embeddings via ``cast_precision`` + int8 encoder here); a target
+layer that an earlier step already quantized or cast is refused. A sparse Linear
+(``prune_unstructured``) is quantized as a dense one: the int8 kernels are dense.
+
+Size: 1 byte per quantized weight (+ one fp32 scale and zero point per matrix) instead of 4;
+embeddings unchanged (≈4× smaller without embeddings). Latency: real int8 kernels, ≈2×
+faster than fp32 on this CPU at batch 1 (MiniLM-L6, seq 128); CPU only.
 """
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import has_quantized_layers
+from .common import is_quantized_module, part_weights, plain_linear, replace_module
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -28,39 +37,34 @@ class QuantizeDynamicConfig:
             raise ValueError(f"dtype must be 'qint8', got {self.dtype!r}")
         object.__setattr__(self, "parts", tuple(self.parts))
         bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts:
-            raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {list(self.parts)}")
+        if bad or not self.parts or len(set(self.parts)) != len(self.parts):
+            raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
 
 
 def _target_names(model: nn.Module, config: QuantizeDynamicConfig, ctx: MethodContext) -> set[str]:
-    """Qualified names of the Linear layers to quantize."""
-    names = {id(m): n for n, m in model.named_modules()}
+    """Qualified names of the Linear layers to quantize (refuses already quantized ones)."""
     targets: set[str] = set()
-    for layer in ctx.adapter.layers(model):
-        if "attention" in config.parts:
-            parts = ctx.adapter.attention(layer)
-            mods: list[nn.Module] = [parts.query, parts.key, parts.value, parts.output]
-        else:
-            mods = []
-        if "ffn" in config.parts:
-            mods += list(ctx.adapter.ffn(layer))
-        for mod in mods:  # a factorized projection is a container of Linears
-            for sub in mod.modules():
-                if isinstance(sub, nn.Linear):
-                    targets.add(names[id(sub)])
-    if "classifier" in config.parts:
-        for head in ctx.adapter.classifier_modules(model):
-            for sub in head.modules():
-                if isinstance(sub, nn.Linear):
-                    targets.add(names[id(sub)])
+    done: list[str] = []
+    for part, name, mod in part_weights(model, ctx.adapter, config.parts):
+        if is_quantized_module(mod):
+            done.append(f"{name} ({part})")
+            continue
+        plain = plain_linear(mod)
+        if plain is not mod:  # e.g. a sparse Linear: torch swaps only exact nn.Linear
+            replace_module(model, name, plain)
+        targets.add(name)
+    if done:
+        raise MethodError(
+            f"quantize_dynamic: {len(done)} target layer(s) are already quantized or cast by an earlier "
+            f"step, e.g. {done[:3]}; give each quantization step different parts")
+    if not targets:
+        raise MethodError(f"quantize_dynamic: no Linear layers found in parts {list(config.parts)}")
     return targets
 
 
 def apply(model: nn.Module, config: QuantizeDynamicConfig, ctx: MethodContext) -> nn.Module:
     if ctx.device != "cpu":
         raise MethodError("quantize_dynamic runs on CPU only (PyTorch dynamic int8 kernels)")
-    if has_quantized_layers(model):
-        raise MethodError("quantize_dynamic: the model is already quantized")
     targets = _target_names(model, config, ctx)
     model.eval()
     with warnings.catch_warnings():

@@ -1,0 +1,315 @@
+"""Early exit (dynamic inference): stop computing layers once the prediction is confident.
+
+An exit head (a copy of the model's own classifier head: CLS token → dense → activation →
+output) sits after every encoder layer except the last, which keeps the model's own
+classifier. The heads are trained by distillation from the model's final logits with the
+backbone frozen (``steps``, ``lr``). At inference a batch leaves at layer i when
+
+- ``rule: entropy`` — every example's prediction entropy, normalised by log(num_labels) to
+  [0, 1], is <= ``threshold`` (DeeBERT). ``threshold: 0`` never exits early; 1 always exits
+  after the first layer;
+- ``rule: patience`` — every example's predicted class has stayed the same for ``patience``
+  consecutive exit heads (PABEE).
+
+The model's ``forward`` is replaced (on the instance) by one that runs the embeddings and
+the layers one by one, so the layers after the exit are really not computed. It returns an
+object with ``.logits`` as before; each call records how many layers it ran:
+``model.autosqueeze_exit_stats()`` → ``{"mean_exit_layer", "calls", ...}`` (layers run,
+1..depth) and ``model.autosqueeze_reset_exit_stats()``. In training mode, or when hidden
+states / attentions are asked for, the full-depth forward of the model's class runs.
+
+Structure without data: in replay and probe mode ``apply`` builds the heads (untrained
+copies of the classifier head) and skips training, so the method is registered with
+``trains=False`` (apply_recipe would otherwise skip it and the structure would be missing).
+In probe mode the untrained heads would exit arbitrarily, so exits are disabled there: the
+probe's latency is the worst case (full depth plus the exit checks).
+
+Size: + (depth−1) · (hidden² + hidden·(labels+1) + labels) parameters, none in the
+embeddings. Latency: data dependent — the profile's latency must be measured on real dev
+batches at the profile's batch size (``model.autosqueeze_needs_real_inputs`` is True), and
+the task metric depends on the batch size too (a batch exits only when all its examples may).
+Classification only (entropy is not defined for a regression score). Not exportable to ONNX
+(data-dependent control flow).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from dataclasses import dataclass
+from types import MethodType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from ..arch import ArchAdapter, get_adapter
+from ..train import seed_everything, train_loop
+from .context import MethodContext
+from .registry import MethodError, Stage, register
+
+RULES = ("entropy", "patience")
+ATTR = "autosqueeze_exit"  # the EarlyExit child module on the task model
+_ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu}
+# Classifier head of each family: (dense, output, activation), paths relative to the task
+# model ("{base}" = the backbone attribute). In eval mode (no dropout) logits = out(act(dense(h[:, 0]))).
+_HEADS = {
+    "bert": ("{base}.pooler.dense", "classifier", "tanh"),
+    "roberta": ("classifier.dense", "classifier.out_proj", "tanh"),
+    "electra": ("classifier.dense", "classifier.out_proj", "gelu"),
+    "distilbert": ("pre_classifier", "classifier", "relu"),
+}
+
+
+@dataclass(frozen=True)
+class EarlyExitConfig:
+    threshold: float = 0.3  # rule entropy: exit when normalised entropy <= threshold (0: never)
+    rule: str = "entropy"
+    patience: int = 2  # rule patience: unchanged predictions over this many consecutive heads
+    steps: int = 200  # head training steps (backbone frozen)
+    lr: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a normalised entropy in [0, 1], got {self.threshold}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+class ExitHead(nn.Module):
+    """CLS token → dense → activation → output: the shape of the model's own classifier head."""
+
+    def __init__(self, dense: nn.Linear, out: nn.Linear, activation: str) -> None:
+        super().__init__()
+        self.dense, self.out, self.activation = dense, out, activation
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.out(_ACTIVATIONS[self.activation](self.dense(hidden_states[:, 0])))
+
+
+class EarlyExit(nn.Module):
+    """The exit heads (``heads[i]`` after layer i), the exit rule and the exit counters."""
+
+    def __init__(self, heads: list[ExitHead], config: EarlyExitConfig, num_labels: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+        self.rule, self.threshold, self.patience = config.rule, config.threshold, config.patience
+        self.enabled = True  # False in probe mode (untrained heads)
+        self.log_labels = math.log(num_labels)
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.calls, self.layers_run = 0, 0
+        self.histogram = [0] * (len(self.heads) + 1)  # calls that ran 1..depth layers
+
+    def stats(self) -> dict[str, Any]:
+        depth = len(self.heads) + 1
+        mean = self.layers_run / self.calls if self.calls else float("nan")
+        return {"mean_exit_layer": mean, "calls": self.calls, "depth": depth,
+                "mean_depth_fraction": mean / depth, "histogram": list(self.histogram)}
+
+    def record(self, layers: int) -> None:
+        self.calls += 1
+        self.layers_run += layers
+        self.histogram[layers - 1] += 1
+
+    def should_exit(self, logits: torch.Tensor, state: dict[str, Any]) -> bool:
+        """Whether the whole batch may leave with these logits (``state`` carries patience)."""
+        if not self.enabled:
+            return False
+        if self.rule == "entropy":
+            if self.threshold <= 0.0:
+                return False
+            logp = F.log_softmax(logits.float(), -1)
+            entropy = -(logp.exp() * logp).sum(-1) / self.log_labels
+            return bool((entropy <= self.threshold).all())
+        pred = logits.argmax(-1)
+        prev = state.get("pred")
+        count = torch.zeros_like(pred) if prev is None else torch.where(pred == prev, state["count"] + 1, 0)
+        state["pred"], state["count"] = pred, count
+        return bool((count >= self.patience).all())
+
+
+# --- running the backbone layer by layer ------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _embedding_args(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def _embed(model: nn.Module, adapter: ArchAdapter, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """Embedding output and the attention mask exactly as the backbone builds them."""
+    backbone = adapter.backbone(model)
+    emb = adapter.embeddings(model)
+    names = _embedding_args(type(emb))
+    args = {k: v for k, v in inputs.items() if k != "attention_mask" and v is not None and k in names}
+    hidden = emb(**args)
+    project = getattr(backbone, "embeddings_project", None)  # ELECTRA-small style
+    if project is not None:
+        hidden = project(hidden)
+    # the helper BertModel / DistilBertModel call for an encoder's (non-causal) mask
+    mask = create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden,
+                                     attention_mask=inputs.get("attention_mask"))
+    return hidden, mask
+
+
+def _run_layer(layer: nn.Module, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
+    out = layer(hidden, mask)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _head_parts(model: nn.Module, adapter: ArchAdapter) -> tuple[nn.Module, nn.Module, str]:
+    dense_path, out_path, act = _HEADS[adapter.family]
+    try:
+        dense = model.get_submodule(dense_path.format(base=adapter.base_attr))
+        out = model.get_submodule(out_path)
+    except AttributeError as err:
+        raise MethodError(f"early_exit: the model has no sequence-classification head where a "
+                          f"{adapter.family} model keeps it ({err})") from None
+    return dense, out, act
+
+
+def final_logits(model: nn.Module, adapter: ArchAdapter, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's own classifier on the last hidden states (eval mode: no dropout)."""
+    dense, out, act = _head_parts(model, adapter)
+    return out(_ACTIVATIONS[act](dense(hidden[:, 0])))
+
+
+def all_layer_outputs(model: nn.Module, adapter: ArchAdapter, inputs: dict[str, Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every layer's output and the final logits, computed like the early-exit forward."""
+    hidden, mask = _embed(model, adapter, inputs)
+    outs = []
+    for layer in adapter.layers(model):
+        hidden = _run_layer(layer, hidden, mask)
+        outs.append(hidden)
+    return outs, final_logits(model, adapter, hidden)
+
+
+def _early_exit_forward(self: nn.Module, input_ids: torch.Tensor | None = None,
+                        attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                        **kwargs: Any) -> Any:
+    """Replacement ``forward`` of a task model with exit heads (bound to the instance)."""
+    ee: EarlyExit = getattr(self, ATTR)
+    full_depth = self.training or kwargs.get("output_hidden_states") or kwargs.get("output_attentions")
+    if full_depth:
+        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+    kwargs.pop("return_dict", None)
+    unknown = set(kwargs) - {"token_type_ids", "position_ids", "inputs_embeds"}
+    if unknown:
+        raise TypeError(f"early-exit forward got unexpected argument(s) {sorted(unknown)}")
+    adapter = get_adapter(self)
+    hidden, mask = _embed(self, adapter, {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs})
+    layers = adapter.layers(self)
+    state: dict[str, Any] = {}
+    logits = None
+    for i, layer in enumerate(layers):
+        hidden = _run_layer(layer, hidden, mask)
+        if i < len(layers) - 1:
+            head_logits = ee.heads[i](hidden)
+            if ee.should_exit(head_logits, state):
+                logits = head_logits
+                break
+    if logits is None:
+        logits = final_logits(self, adapter, hidden)
+    ee.record(i + 1)
+    loss = F.cross_entropy(logits, labels) if labels is not None else None
+    return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def exit_stats(model: nn.Module) -> dict[str, Any]:
+    """Exit counters of an early-exit model: mean layers run per call, calls, histogram."""
+    return getattr(model, ATTR).stats()
+
+
+def reset_exit_stats(model: nn.Module) -> None:
+    getattr(model, ATTR).reset_stats()
+
+
+def needs_real_inputs(model: nn.Module) -> bool:
+    """True when the model's cost depends on the data (measure latency on real dev batches)."""
+    return bool(getattr(model, "autosqueeze_needs_real_inputs", False))
+
+
+# --- apply ----------------------------------------------------------------------------
+def _build(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> EarlyExit:
+    adapter = ctx.adapter
+    depth = len(adapter.layers(model))
+    if depth < 2:
+        raise MethodError(f"early_exit needs at least 2 encoder layers, the model has {depth}")
+    dense, out, act = _head_parts(model, adapter)
+    if not (isinstance(dense, nn.Linear) and isinstance(out, nn.Linear)):
+        raise MethodError("early_exit: the classifier head must be float nn.Linear layers (put quantization last)")
+    num_labels = out.out_features
+    heads = [ExitHead(_copy_linear(dense), _copy_linear(out), act) for _ in range(depth - 1)]
+    return EarlyExit(heads, config, num_labels)
+
+
+def _copy_linear(lin: nn.Linear) -> nn.Linear:
+    new = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                    device=lin.weight.device, dtype=lin.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight)
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias)
+    return new
+
+
+def _train_heads(model: nn.Module, ee: EarlyExit, config: EarlyExitConfig, ctx: MethodContext) -> int:
+    """Distil each head from the model's own final logits; the backbone gets no gradient."""
+    model.eval()
+
+    def loss_fn(heads: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            outs, final = all_layer_outputs(model, ctx.adapter, inputs)
+            target = F.softmax(final.float(), -1)
+        losses = [F.kl_div(F.log_softmax(head(h).float(), -1), target, reduction="batchmean")
+                  for head, h in zip(heads, outs)]
+        return torch.stack(losses).mean()
+
+    seed_everything(ctx.seed)
+    stats = train_loop(ee.heads, ctx.batches(config.steps, seed_offset=2), loss_fn, steps=config.steps,
+                       lr=config.lr, progress=ctx.progress, what="early_exit",
+                       should_stop=ctx.cache.get("should_stop"))
+    model.eval()
+    return int(stats["steps"])
+
+
+def apply(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> nn.Module:
+    if ctx.is_regression or getattr(model.config, "num_labels", 2) < 2:
+        raise MethodError("early_exit supports classification only: prediction entropy/agreement is "
+                          "not defined for a regression score")
+    if hasattr(model, ATTR):
+        raise MethodError("early_exit: the model already has exit heads")
+    if getattr(model.config, "is_decoder", False):
+        raise MethodError("early_exit: decoder (causal) models are not supported")
+    ee = _build(model, config, ctx)
+    model.add_module(ATTR, ee)
+    if not (ctx.probe or ctx.replay) and config.steps > 0:
+        ctx.decisions["steps_done"] = _train_heads(model, ee, config, ctx)
+    ee.enabled = not ctx.probe
+    model.forward = MethodType(_early_exit_forward, model)
+    model.autosqueeze_exit_stats = ee.stats
+    model.autosqueeze_reset_exit_stats = ee.reset_stats
+    model.autosqueeze_needs_real_inputs = True
+    model.eval()
+    return model
+
+
+SPEC = register(
+    "early_exit",
+    EarlyExitConfig,
+    apply,
+    stage=Stage.EXIT,
+    trains=False,  # builds structure (heads + forward) even in probe/replay; trains only otherwise
+    family="dynamic inference",
+    summary="exit heads after each layer; a batch stops at the first confident layer (entropy or patience)",
+)

@@ -1,0 +1,93 @@
+"""Trial records and the Pareto front of (metric ↑, latency ↓) — data only, no drawing."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from ..recipe import Recipe
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    state: str
+    status: str  # complete | over_budget | failed | running
+    metric: float | None
+    latency_ms: float | None
+    speedup: float | None
+    methods: tuple[str, ...]
+    feasible: bool
+    recipe: dict[str, Any] | None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return " + ".join(self.methods) or "teacher (no compression)"
+
+    def to_recipe(self) -> Recipe:
+        if self.recipe is None:
+            raise ValueError(f"trial {self.number} has no recipe")
+        return Recipe.from_dict(self.recipe, f"trial {self.number}")
+
+
+def trial_records(study: optuna.Study) -> list[TrialRecord]:
+    """One record per trial, including failed and over-budget ones."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        constraints = [v for k, v in t.system_attrs.items() if k.startswith("constraints")]
+        flat = [c for v in constraints for c in (v if isinstance(v, (list, tuple)) else [v])]
+        complete = t.state == optuna.trial.TrialState.COMPLETE
+        status = ua.get("status", "failed" if t.state == optuna.trial.TrialState.FAIL else t.state.name.lower())
+        out.append(TrialRecord(
+            number=t.number, state=t.state.name, status=status,
+            metric=ua.get("metric") if complete else None,
+            latency_ms=ua.get("latency_ms"), speedup=ua.get("speedup"),
+            methods=tuple(ua.get("methods", ())),
+            feasible=complete and status == "complete" and all(c <= 0 for c in flat),
+            recipe=ua.get("recipe"), attrs=dict(ua),
+        ))
+    return out
+
+
+def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
+    """Feasible trials not dominated in (metric higher, latency lower), by latency."""
+    cands = [r for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
+    front = [r for r in cands if not any(
+        (o.metric >= r.metric and o.latency_ms <= r.latency_ms) and (o.metric > r.metric or o.latency_ms < r.latency_ms)
+        for o in cands)]
+    return sorted(front, key=lambda r: r.latency_ms)
+
+
+class NoTrialWithinBudget(LookupError):
+    """No Pareto trial meets the budget."""
+
+
+def select(records: list[TrialRecord], *, latency_budget_ms: float | None = None, min_speedup: float | None = None,
+           trial_number: int | None = None) -> TrialRecord:
+    """The most accurate Pareto trial within the budget, or the named trial."""
+    if trial_number is not None:
+        for r in records:
+            if r.number == trial_number:
+                if r.recipe is None or r.status != "complete":
+                    raise NoTrialWithinBudget(f"trial {trial_number} did not complete (status {r.status})")
+                return r
+        raise NoTrialWithinBudget(f"the study has no trial {trial_number}")
+    front = pareto_front(records)
+    if not front:
+        raise NoTrialWithinBudget("the study has no completed feasible trial yet: run `autosqueeze search` first")
+    ok = [r for r in front
+          if (latency_budget_ms is None or r.latency_ms <= latency_budget_ms)
+          and (min_speedup is None or (r.speedup or 0) >= min_speedup)]
+    if not ok:
+        fastest = front[0]
+        wanted = " and ".join(([f"latency <= {latency_budget_ms} ms"] if latency_budget_ms is not None else [])
+                              + ([f"speedup >= {min_speedup}x"] if min_speedup is not None else []))
+        raise NoTrialWithinBudget(
+            f"no Pareto trial meets the budget ({wanted}); "
+            f"the fastest is trial {fastest.number} at {fastest.latency_ms:.2f} ms ({fastest.speedup:.2f}x): "
+            f"raise the budget or search longer"
+        )
+    return max(ok, key=lambda r: (r.metric, -r.latency_ms))

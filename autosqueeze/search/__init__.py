@@ -1,0 +1,1 @@
+"""The joint search: space (YAML → trial.suggest_* → Recipe), objective, study driver."""

@@ -1,0 +1,114 @@
+"""The teacher: the base model fine-tuned on the task, trained once and cached.
+
+The cache key is (model, task, training settings, evaluation length); a teacher already in
+the cache is never retrained. A teacher folder holds the transformers model (safetensors),
+the tokenizer, ``metrics.json`` (the task's official metric names) and ``teacher.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .data import TaskData
+from .measure.latency import fixed_threads
+from .measure.metrics import evaluate
+from .models import load_classifier, load_tokenizer, resolve_model, weights_hash
+from .tasks import TaskSpec, get_task, load_split, subset
+from .train import TrainSettings, finetune
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AUTOSQUEEZE_CACHE", Path.home() / ".cache" / "autosqueeze"))
+
+
+def teacher_key(model: str, task: TaskSpec, settings: TrainSettings) -> str:
+    ident = {"model": resolve_model(model) if model in (None, "", "default") else model, "task": task.name,
+             "settings": settings.to_dict()}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{task.name}-{digest}"
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    tokenizer: Any
+    metrics: dict[str, float]
+    path: Path
+    info: dict[str, Any]
+
+
+def load_task_data(task: TaskSpec, tokenizer: Any, data_dir: str | None, settings: TrainSettings,
+                   dev_subset: int | None = None, with_train: bool = True) -> tuple[TaskData, dict[str, list]]:
+    """Train (subset) and dev examples as TaskData, plus extra dev splits (MNLI mismatched)."""
+    train = subset(load_split(task, "train", data_dir), settings.train_subset, settings.seed) if with_train else []
+    dev = subset(load_split(task, task.dev_splits[0], data_dir), dev_subset, 0)
+    extra = {s.replace("dev_", ""): subset(load_split(task, s, data_dir), dev_subset, 0) for s in task.dev_splits[1:]}
+    return TaskData(task, tokenizer, train, dev, settings.max_seq_len, settings.batch_size), extra
+
+
+def train_teacher(model_name: str, task: TaskSpec | str, data_dir: str | None, settings: TrainSettings,
+                  out: str | Path, progress: Progress | None = None) -> Teacher:
+    """Fine-tune ``model_name`` on ``task`` and write the teacher folder ``out`` atomically."""
+    task = get_task(task)
+    out = Path(out)
+    tokenizer = load_tokenizer(model_name)
+    data, extra = load_task_data(task, tokenizer, data_dir, settings)
+    model = load_classifier(model_name, task.num_labels)
+    with fixed_threads(settings.threads or torch.get_num_threads()):
+        stats = finetune(model, data.train_batches(settings.steps, settings.seed), settings, progress)
+        metrics = evaluate(model, data, extra)
+    info = {"model": model_name, "task": task.name, "settings": settings.to_dict(), "train_loss": stats["loss"],
+            "weights_hash": weights_hash(model), "num_train_examples": len(data.train)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "teacher.json").write_text(json.dumps(info, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Teacher(model, tokenizer, metrics, out, info)
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    for name in ("config.json", "metrics.json", "teacher.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"teacher folder {path} has no {name}: train it with `autosqueeze finetune`")
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = load_tokenizer(str(path))
+    return Teacher(model, tokenizer, json.loads((path / "metrics.json").read_text()), path,
+                   json.loads((path / "teacher.json").read_text()))
+
+
+def get_teacher(model_name: str, task: TaskSpec | str, data_dir: str | None, settings: TrainSettings,
+                progress: Progress | None = None, root: Path | None = None) -> Teacher:
+    """The cached teacher for (model, task, settings), training it first if the cache has none."""
+    task = get_task(task)
+    path = (root or cache_root()) / "teachers" / teacher_key(model_name, task, settings)
+    if (path / "teacher.json").is_file():
+        log.info("using cached teacher %s", path)
+        return load_teacher(path)
+    log.info("no cached teacher for %s/%s: fine-tuning one (%d steps)", model_name, task.name, settings.steps)
+    train_teacher(model_name, task, data_dir, settings, path, progress)
+    return load_teacher(path)  # reload so search and apply see identical weights
