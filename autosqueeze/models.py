@@ -70,8 +70,8 @@ def load_classifier(
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, trust_remote_code=trust_remote_code, **kwargs
+        model = AutoModelForSequenceClassification.from_pretrained(  # a head of another size is re-initialised
+            source, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **kwargs
         )
     finally:
         transformers.logging.set_verbosity(verbosity)

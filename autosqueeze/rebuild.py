@@ -10,7 +10,7 @@ import torch
 
 from .arch import get_adapter
 from .deploy import build, save_compressed
-from .measure import HardwareProfile, measure_latency, model_size
+from .measure import HardwareProfile, LatencySettings, measure_latency, model_size
 from .measure.latency import fixed_threads
 from .measure.metrics import evaluate
 from .methods import MethodContext
@@ -66,14 +66,16 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
                         is_regression=task.is_regression, progress=progress)
     with fixed_threads(int(recipe.data.get("train_threads") or torch.get_num_threads())):
         built = build(recipe, teacher.model, ctx)
-        metrics = evaluate(built.model, data, extra)
+        metrics = evaluate(built.model, data, extra, int(recipe.data.get("eval_batch_size", 64)))
     profile = HardwareProfile(**recipe.profile) if recipe.profile else HardwareProfile()
-    base = measure_latency(teacher.model, profile, repeats=100, min_time_s=2.0)
+    ls = LatencySettings(**recipe.data["latency"]) if "latency" in recipe.data else LatencySettings()
+    ls = LatencySettings(ls.warmup, 2 * ls.repeats, 2 * ls.min_time_s, ls.idle_wait_s)
+    base = measure_latency(teacher.model, profile, settings=ls)
+    inputs = None
     if getattr(built.model, "autosqueeze_needs_real_inputs", False):
-        batches = [{k: v for k, v in b.items() if k != "labels"} for b in data.eval_batches(batch_size=profile.batch_size)]
-        lat = measure_latency(built.model, profile, batches[:200], repeats=100, min_time_s=2.0)
-    else:
-        lat = measure_latency(built.model, profile, repeats=100, min_time_s=2.0)
+        inputs = [{k: v for k, v in b.items() if k != "labels"}
+                  for b in data.eval_batches(batch_size=profile.batch_size)][:200]
+    lat = measure_latency(built.model, profile, inputs, settings=ls)
     size = model_size(built.model)
     reproduced = {"metric": metrics[task.main_metric], "metrics": metrics, "latency_ms": lat.median_ms,
                   "latency": lat.to_dict(), "baseline_ms": base.median_ms, "speedup": base.median_ms / lat.median_ms,

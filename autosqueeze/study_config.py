@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .measure.latency import HardwareProfile
+from .measure.latency import HardwareProfile, LatencySettings
 from .tasks import get_task
 from .train import TrainSettings
 
@@ -39,6 +39,7 @@ class StudyConfig:
     recovery: TrainSettings = field(default_factory=lambda: TrainSettings(steps=0))  # data settings of recovery
     hardware: HardwareProfile = field(default_factory=HardwareProfile)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    latency: LatencySettings = field(default_factory=LatencySettings)
     trials: int = 20
     sampler: str = "tpe"
     seed: int = 0
@@ -76,7 +77,7 @@ def _section(raw: dict[str, Any], key: str, cls: type, src: str, defaults: dict[
         raise ConfigError(f"{src}: invalid '{key}': {err}") from None
 
 
-TOP_KEYS = {"name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval", "trials",
+TOP_KEYS = {"name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval", "latency", "trials",
             "sampler", "seed", "latency_budget_ms", "storage", "data_dir"}
 
 
@@ -113,6 +114,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         path=path.resolve(), name=str(raw.get("name") or path.parent.name), task=task, search_space=space.resolve(),
         model=str(raw.get("model", "default")), teacher=teacher, recovery=recovery,
         hardware=_section(raw, "hardware", HardwareProfile, src), eval=_section(raw, "eval", EvalSettings, src),
+        latency=_section(raw, "latency", LatencySettings, src),
         trials=raw.get("trials", 20), sampler=str(raw.get("sampler", "tpe")), seed=raw.get("seed", 0),
         latency_budget_ms=raw.get("latency_budget_ms"), storage=raw.get("storage"), data_dir=raw.get("data_dir"),
     )

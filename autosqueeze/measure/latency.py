@@ -45,6 +45,20 @@ class HardwareProfile:
 
 
 @dataclass(frozen=True)
+class LatencySettings:
+    """How carefully to time: warm-up calls, minimum repeats and seconds, busy-machine wait."""
+
+    warmup: int = 10
+    repeats: int = 50
+    min_time_s: float = 1.0
+    idle_wait_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.repeats < 3 or self.min_time_s < 0 or self.idle_wait_s < 0:
+            raise ValueError(f"invalid latency settings {self}: need warmup >= 0, repeats >= 3, times >= 0")
+
+
+@dataclass(frozen=True)
 class LatencyStats:
     """Per-batch latency in milliseconds."""
 
@@ -133,9 +147,7 @@ def measure_latency(
     profile: HardwareProfile,
     inputs: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
     *,
-    warmup: int = 10,
-    repeats: int = 50,
-    min_time_s: float = 1.0,
+    settings: LatencySettings | None = None,
     vocab_size: int | None = None,
 ) -> LatencyStats:
     """Median latency (ms per batch) of ``model`` on ``profile``.
@@ -144,6 +156,8 @@ def measure_latency(
     of real batches (cycled) when the cost depends on the data (early exit). A noisy result
     (large spread) is re-measured once with more repeats.
     """
+    st = settings or LatencySettings()
+    warmup, repeats, min_time_s = st.warmup, st.repeats, st.min_time_s
     if vocab_size is None:
         vocab_size = int(getattr(getattr(model, "config", None), "vocab_size", 1000))
     batches = inputs if isinstance(inputs, list) else [inputs or synthetic_inputs(profile, vocab_size)]
@@ -160,7 +174,7 @@ def measure_latency(
         model(**batches[next(counter) % len(batches)])
 
     with fixed_threads(profile.threads), torch.inference_mode():
-        wait_until_idle(profile.threads)
+        wait_until_idle(profile.threads, st.idle_wait_s)
         stats = stats_from_samples(
             time_callable(call, warmup=warmup, repeats=repeats, min_time_s=min_time_s, sync=sync),
             warmup=warmup, threads=profile.threads,

@@ -20,7 +20,7 @@ from torch import nn
 from ..arch import get_adapter
 from ..data import TaskData
 from ..deploy import build
-from ..measure import HardwareProfile, LatencyStats, SizeReport, measure_latency, model_size
+from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, measure_latency, model_size
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate
 from ..methods import MethodContext, get_method
@@ -44,6 +44,8 @@ class SearchContext:
     provenance: dict[str, Any]  # base_model, task, seed, teacher, data, profile, versions
     budget_ms: float | None = None
     train_threads: int = 1
+    latency_settings: LatencySettings = field(default_factory=LatencySettings)
+    eval_batch_size: int = 64
     baseline: LatencyStats | None = None
     teacher_size: SizeReport | None = None
     latency_cache: dict[str, LatencyStats] = field(default_factory=dict)
@@ -62,10 +64,10 @@ class SearchContext:
         if getattr(model, "autosqueeze_needs_real_inputs", False):
             batches = [{k: v for k, v in b.items() if k != "labels"}
                        for b in self.data.eval_batches(batch_size=self.profile.batch_size)]
-            return measure_latency(model, self.profile, batches[:200])
+            return measure_latency(model, self.profile, batches[:200], settings=self.latency_settings)
         if key is not None and key in self.latency_cache:
             return self.latency_cache[key]
-        stats = measure_latency(model, self.profile)
+        stats = measure_latency(model, self.profile, settings=self.latency_settings)
         if key is not None:
             self.latency_cache[key] = stats
         return stats
@@ -79,7 +81,9 @@ def architecture_key(recipe: Recipe) -> str:
 
 def measure_baseline(sc: SearchContext) -> None:
     """Teacher latency and size, measured in this process (speedups are ratios to it)."""
-    sc.baseline = measure_latency(sc.teacher.model, sc.profile, repeats=100, min_time_s=2.0)
+    st = sc.latency_settings  # the baseline gets twice the repeats: every speedup divides by it
+    sc.baseline = measure_latency(sc.teacher.model, sc.profile, settings=LatencySettings(
+        st.warmup, 2 * st.repeats, 2 * st.min_time_s, st.idle_wait_s))
     sc.teacher_size = model_size(sc.teacher.model)
 
 
@@ -98,7 +102,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, trial: optuna.Trial | Non
         return result
     with fixed_threads(sc.train_threads):
         built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=False))
-        metrics = evaluate(built.model, sc.data, sc.extra_dev)
+        metrics = evaluate(built.model, sc.data, sc.extra_dev, sc.eval_batch_size)
     if getattr(built.model, "autosqueeze_needs_real_inputs", False):
         lat = sc.latency(built.model, None)
         result.update(latency=lat.to_dict(), latency_ms=lat.median_ms, speedup=sc.baseline.median_ms / lat.median_ms)

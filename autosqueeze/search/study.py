@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import optuna
@@ -80,12 +80,14 @@ def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
         "teacher": {"settings": config.teacher.to_dict(), "weights_hash": teacher.info.get("weights_hash"),
                     "metrics": teacher.metrics},
         "data": {"recovery": config.recovery.to_dict(), "dev_subset": config.eval.dev_subset,
-                 "train_threads": train_threads},
+                 "eval_batch_size": config.eval.batch_size, "train_threads": train_threads,
+                 "latency": asdict(config.latency)},
         "profile": profile.to_dict(), "versions": library_versions(),
     }
     sc = SearchContext(teacher=teacher, data=data, extra_dev=extra, profile=profile, main_metric=task.main_metric,
                        provenance=provenance, budget_ms=budget_ms,
-                       train_threads=train_threads, progress=progress)
+                       train_threads=train_threads, progress=progress, latency_settings=config.latency,
+                       eval_batch_size=config.eval.batch_size)
     measure_baseline(sc)
     return sc
 

@@ -5,8 +5,13 @@ from tests import tiny
 CASES = [{"steps": 3}, {"steps": 2, "alpha_hidden": 1.0, "alpha_attention": 1.0, "alpha_labels": 0.5}]
 
 
+def make_teacher():
+    return tiny.tiny_bert(attn="sdpa")  # attention distillation switches to eager and back
+
+
 def check(teacher, model, config, decisions):
     assert decisions["steps_done"] == config.steps
+    assert teacher.config._attn_implementation == model.config._attn_implementation == "sdpa"
     # trained: weights moved, shapes did not
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, teacher.state_dict()[k])]
     assert changed

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny local BERT model folder (with a WordPiece tokenizer) and GLUE data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_glue import LAYOUTS, write_glue
+
+SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+def real_glue_dir() -> Path | None:
+    env = os.environ.get("AUTOSQUEEZE_GLUE_DIR")
+    for cand in ([Path(env)] if env else []) + [SHARED_GLUE]:
+        if (cand / "SST-2" / "dev.tsv").is_file():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) with a word-level vocabulary covering the fixtures."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    words = set()
+    for _, _, rows, _ in LAYOUTS.values():
+        for row in rows:
+            for cell in row:
+                words.update(cell.lower().replace('"', ' " ').split())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", '"', ".", ",", "'"] + sorted(words)
+    (out / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tok = BertTokenizerFast(vocab=str(out / "vocab.txt"), do_lower_case=True)
+    assert len(tok) > 50, "the fixture vocabulary did not load"
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def glue_dir(tmp_path) -> Path:
+    return write_glue(tmp_path / "glue_data")
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(cache))
+    monkeypatch.delenv("AUTOSQUEEZE_GLUE_DIR", raising=False)
+    return cache
