@@ -17,7 +17,8 @@ def check(teacher, model, config, decisions):
     total = sum(m.weight.numel() for m in mods)
     if config.scope == "per_layer":
         assert zeros == [round(config.sparsity * m.weight.numel()) for m in mods]
-    assert sum(zeros) == round(config.sparsity * total)
+    else:
+        assert sum(zeros) == round(config.sparsity * total)
     assert decisions["nnz"] == [m.weight.numel() - z for m, z in zip(mods, zeros)]
     assert abs(decisions["sparsity"] - config.sparsity) < 1e-3
     # state dict keys and shapes unchanged (a saved float model loads back)
