@@ -62,30 +62,54 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trial_line(study: Any, trial: Any) -> None:
+def _study_counts(study: Any) -> dict[str, Any]:
+    """Where a study stands: trials by status and the best metric within the budget."""
     from .report.pareto import trial_records
 
-    ua = trial.user_attrs
     records = trial_records(study)
     feasible = [r for r in records if r.feasible]
-    states = {s: sum(r.status == s for r in records) for s in ("complete", "over_budget", "failed")}
-    best = max((r.metric for r in feasible), default=None)
+    counts = {s: sum(r.status == s for r in records) for s in ("over_budget", "stopped_early", "failed", "running")}
+    counts["pruned"] = sum(r.state == "PRUNED" for r in records)
+    best = max(feasible, key=lambda r: r.metric, default=None)
+    return {"done": len(records) - counts["running"], "feasible": len(feasible), "best": best, **counts}
+
+
+def _standing(c: dict[str, Any]) -> str:
+    best = c["best"]
+    best_text = "none yet" if best is None else (
+        f"{best.metric:.4f} (trial {best.number}, {best.latency_ms:.2f} ms, {best.speedup:.2f}x)")
+    running = f", running {c['running']}" if c["running"] else ""
+    return (f"done {c['done']}: feasible {c['feasible']}, over budget {c['over_budget']}, "
+            f"pruned/stopped {c['pruned'] + c['stopped_early']}, failed {c['failed']}{running} | "
+            f"best within budget {best_text}")
+
+
+def _trial_line(study: Any, trial: Any) -> None:
+    ua = trial.user_attrs
     if trial.state.name == "FAIL":
-        what = f"failed: {trial.system_attrs.get('fail_reason', '').splitlines()[-1:] or '?'}"
+        reason = ua.get("error") or (trial.system_attrs.get("fail_reason") or "?").strip().splitlines()[-1]
+        what = f"failed: {reason[:160]}"
     elif ua.get("status") == "over_budget":
-        what = f"over budget ({ua['latency_ms']:.1f} ms)"
+        what = f"over budget ({ua['latency_ms']:.2f} ms)"
+    elif ua.get("status") == "stopped_early":
+        at = ua.get("stopped_at", {})
+        what = (f"stopped early at {100 * at.get('progress', 0):.0f}% of training: {ua.get('metric', 0):.4f} on the "
+                f"dev slice, cannot reach {at.get('reference', float('nan')):.4f} at {ua['latency_ms']:.2f} ms")
     else:
-        what = f"metric {ua.get('metric', float('nan')):.4f}, {ua.get('latency_ms', 0):.2f} ms ({ua.get('speedup', 0):.2f}x)"
-    print(f"trial {trial.number:3d} [{' + '.join(ua.get('methods', [])) or 'teacher'}] {what} | "
-          f"done {len(records)}, feasible {len(feasible)}, over budget {states['over_budget']}, "
-          f"failed {states['failed']}, best within budget {best if best is None else round(best, 4)}", flush=True)
+        what = (f"metric {ua.get('metric', float('nan')):.4f}, {ua.get('latency_ms', 0):.2f} ms "
+                f"({ua.get('speedup', 0):.2f}x)")
+    secs = f" {ua['trial_s']:.0f}s" if isinstance(ua.get("trial_s"), (int, float)) else ""
+    print(f"trial {trial.number:3d} [{' + '.join(ua.get('methods', [])) or 'teacher'}] {what}{secs} | "
+          f"{_standing(_study_counts(study))}", flush=True)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search.study import finished_trials, open_study, run_search
+    from .search.storage import redact
+    from .search.study import open_study, run_search
     from .study_config import load_study_config
 
     config = load_study_config(args.study)
+    where = redact(args.storage or config.storage_url)
     progress = Progress()
     try:
         summary = run_search(config, _data_dir(args, config.data_dir), trials=args.trials,
@@ -93,15 +117,20 @@ def cmd_search(args: argparse.Namespace) -> int:
                              callbacks=[lambda s, t: (progress.close(), _trial_line(s, t))])
     except KeyboardInterrupt:
         progress.close()
-        study = open_study(config, args.storage, create=False)
-        print(f"\ninterrupted: the study {config.name!r} has {finished_trials(study)} finished trials in "
-              f"{args.storage or config.storage_url}; run the same command to continue", file=sys.stderr)
+        try:
+            standing = _standing(_study_counts(open_study(config, args.storage, create=False)))
+        except Exception:  # nothing stored yet (interrupted while preparing)
+            standing = "no trial stored yet"
+        print(f"\ninterrupted: study {config.name!r} in {where}: {standing}; the trial in flight is recorded as "
+              f"failed. Run the same command to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if summary.stale_failed:
+        print(f"trials {summary.stale_failed} were left running by a process that ended; recorded as failed")
     if summary.ran == 0:
         print(f"study {config.name!r} already has {summary.done} finished trials (target {summary.target}); "
               f"pass --trials N to run more")
     else:
-        print(f"study {config.name!r}: {summary.done}/{summary.target} trials in {args.storage or config.storage_url}")
+        print(f"study {config.name!r}: {summary.done}/{summary.target} trials in {where}")
     return 0
 
 
@@ -112,6 +141,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     config = load_study_config(args.study)
     files = write_report(config, Path(args.out) if args.out else None, args.storage)
     print(f"{files.n_trials} trials, {files.n_front} on the Pareto front")
+    for note in files.notes:
+        print(f"note: {note}")
     print(f"report: {files.html}\ntable:  {files.markdown}\ncsv:    {files.csv}")
     return 0
 
@@ -123,9 +154,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     config = load_study_config(args.study)
     path, record = export_recipe(config, Path(args.output), latency_budget_ms=args.latency_budget,
                                  min_speedup=args.min_speedup, trial_number=args.trial, storage=args.storage)
-    print(f"trial {record.number}: {record.label}, metric {record.metric:.4f}, {record.latency_ms:.2f} ms "
-          f"({record.speedup:.2f}x) -> {path}")
+    size = (record.attrs.get("size_pct") or {}).get("total")
+    print(f"trial {record.number}: {record.recipe_summary}")
+    print(f"  metric {record.metric:.4f}, {record.latency_ms:.2f} ms ({record.speedup:.2f}x)"
+          + (f", {size:.1f}% of the teacher's size" if size is not None else "") + f" -> {path}")
     return 0
+
+
+def _apply_table(result: Any) -> list[str]:
+    """Recorded vs reproduced numbers, one line each, with how close they are."""
+    rec, rep, cmp = result.recipe.measured, result.reproduced, result.comparison
+    lines = [f"{'':12s}{'recorded':>14s}{'reproduced':>14s}"]
+    for key, fmt in (("metric", "{:.4f}"), ("latency_ms", "{:.2f}"), ("speedup", "{:.2f}")):
+        r = fmt.format(rec[key]) if rec.get(key) is not None else "-"
+        line = f"{key:12s}{r:>14s}{fmt.format(rep[key]):>14s}"
+        if key == "metric" and "metric_equal" in cmp:
+            line += "   identical" if cmp["metric_equal"] else f"   differs by {cmp['metric_diff']:+.4f}"
+        if key == "latency_ms" and "latency_ratio" in cmp:
+            lat = rec.get("latency") or {}
+            spread = f", recorded p10-p90 {lat['p10_ms']:.2f}-{lat['p90_ms']:.2f}" if "p10_ms" in lat else ""
+            line += f"   x{cmp['latency_ratio']:.2f}{spread} (latency is noisy on a shared machine)"
+        if key == "speedup" and "speedup_ratio" in cmp:
+            line += f"   x{cmp['speedup_ratio']:.2f}"
+        lines.append(line)
+    rs, ps = rec.get("size") or {}, rep["size"]
+    lines.append(f"{'size_bytes':12s}{rs.get('total_bytes', '-'):>14}{ps['total_bytes']:>14}")
+    return lines
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -133,15 +187,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     progress = Progress()
     result = rebuild(args.recipe, args.output, _data_dir(args), teacher_dir=args.teacher, force=args.force,
-                     progress=progress)
+                     progress=progress, onnx=not args.no_onnx, exporter=args.onnx_exporter)
     progress.close()
-    rec, rep = result.recipe.measured, result.reproduced
-    print(f"{'':12s}{'recorded':>14s}{'reproduced':>14s}")
-    for key, fmt in (("metric", "{:.4f}"), ("latency_ms", "{:.2f}"), ("speedup", "{:.2f}")):
-        r = fmt.format(rec[key]) if key in rec else "-"
-        print(f"{key:12s}{r:>14s}{fmt.format(rep[key]):>14s}")
-    rs, ps = rec.get("size", {}), rep["size"]
-    print(f"{'size_bytes':12s}{rs.get('total_bytes', '-'):>14}{ps['total_bytes']:>14}")
+    for line in _apply_table(result):
+        print(line)
+    onnx = result.onnx
+    if onnx.get("file"):
+        how = "int8 by onnxruntime.quantization" if onnx.get("quantized") else "float"
+        metric = f", dev metric {onnx['metric']:.4f}" if onnx.get("metric") is not None else ""
+        print(f"onnx:  {result.out / onnx['file']} ({onnx['exporter']} exporter, {how}{metric})")
+    else:
+        print(f"onnx:  none ({onnx.get('reason', 'not exported')})")
+    plain = result.plain
+    print("plain from_pretrained: " + ("yes, AutoModelForSequenceClassification.from_pretrained(DIR) gives this model"
+                                       if plain.get("ok") else f"no ({plain.get('reason', 'not checked')})"))
+    for note in result.warnings:
+        print(f"note: {note}")
     print(f"model saved to {result.out} (load with autosqueeze.load)")
     return 0
 
@@ -170,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help=data_help)
     s.add_argument("--trials", type=int, help="total trials wanted (overrides the study file)")
     s.add_argument("--latency-budget", type=float, help="latency budget in ms (overrides the study file)")
-    s.add_argument("--storage", help="Optuna storage URL (default: SQLite next to the study file)")
+    s.add_argument("--storage", help="Optuna storage URL (default: SQLite next to the study file); "
+                   "postgresql://user:password@host:5432/db lets workers on several machines share the study")
     s.set_defaults(func=cmd_search)
 
     r = sub.add_parser("report", help="write the HTML report and the effectiveness table")
@@ -182,18 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the best recipe within a budget")
     e.add_argument("study")
     e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
-    e.add_argument("--latency-budget", type=float, help="maximum latency in ms")
+    e.add_argument("--latency-budget", type=float, help="maximum latency in ms (default: the most accurate trial)")
     e.add_argument("--min-speedup", type=float, help="minimum speedup over the teacher")
-    e.add_argument("--trial", type=int, help="export this trial number instead")
+    e.add_argument("--trial", type=int, help="export this trial number instead of choosing by budget")
     e.add_argument("--storage")
     e.set_defaults(func=cmd_export)
 
     a = sub.add_parser("apply", help="rebuild the model of a recipe, measure it and save it")
-    a.add_argument("recipe")
+    a.add_argument("recipe", help="recipe YAML (from export), or a model folder saved by apply")
     a.add_argument("-o", "--output", required=True, help="folder to save the compressed model")
     a.add_argument("--data-dir", help=data_help)
     a.add_argument("--teacher", help="teacher folder (default: the cache, trained if absent)")
-    a.add_argument("--force", action="store_true", help="apply even if the teacher's weights differ")
+    a.add_argument("--force", action="store_true", help="apply even if the base model's or teacher's weights differ")
+    a.add_argument("--no-onnx", action="store_true", help="do not export model.onnx")
+    a.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"),
+                   help="ONNX exporter (default: dynamo, falling back to TorchScript)")
     a.set_defaults(func=cmd_apply)
     return p
 

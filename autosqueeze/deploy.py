@@ -2,14 +2,18 @@
 
 A saved folder holds ``config.json`` (the compressed model's config), the tokenizer,
 ``model.safetensors`` (float weights after every step except the final quantization
-steps), and ``autosqueeze.json`` (the recipe, each step's recorded decisions, the teacher's
-config and the measured values). :func:`load_compressed` rebuilds the structure from the
-teacher's config by replaying the decisions (no data, no training), loads the weights, and
-re-applies the quantization steps, which are deterministic.
+steps), ``model.onnx`` when the model could be exported, and ``autosqueeze.json`` (the
+recipe, each step's recorded decisions, the teacher's config, the measured values, the
+weights' SHA-256, and whether a plain ``from_pretrained`` gives the same model).
+:func:`load_compressed` rebuilds the structure from the teacher's config by replaying the
+decisions (no data, no training), loads the weights, and re-applies the quantization steps,
+which are deterministic.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,14 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .arch import get_adapter
 from .methods import MethodContext, Stage, get_method
 from .recipe import Recipe, RecipeError, apply_recipe
 
+log = logging.getLogger(__name__)
 MANIFEST = "autosqueeze.json"
 WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"
 
 
 class CorruptModelError(RuntimeError):
@@ -58,29 +65,86 @@ def build(recipe: Recipe, teacher: nn.Module, ctx: MethodContext) -> Built:
     return Built(model, float_model, dec)
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str, Any]:
+    """Whether ``AutoModelForSequenceClassification.from_pretrained(folder)`` gives the deployed
+    model: only when no step changed the model beyond what its config describes (e.g. only
+    whole layers dropped, no quantization), checked by loading it and comparing logits."""
+    if quantize_start(recipe) < len(recipe.steps):
+        return {"ok": False, "reason": "the recipe quantizes: from_pretrained would give the float model before "
+                                       "quantization; load with autosqueeze.load"}
+    if getattr(built.model, "autosqueeze_needs_real_inputs", False):
+        return {"ok": False, "reason": "early exit replaces forward(); from_pretrained would run the full depth"}
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        cfg = built.model.config
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(min(5, cfg.vocab_size - 1), cfg.vocab_size, (2, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[0, 6:] = 0
+        with torch.inference_mode():
+            diff = float((plain(input_ids=ids, attention_mask=mask).logits
+                          - built.model.eval()(input_ids=ids, attention_mask=mask).logits).abs().max())
+    except Exception as err:  # size mismatches, custom modules: the reason is what matters
+        line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        return {"ok": False, "reason": f"from_pretrained fails: {type(err).__name__}: {line}"}
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if diff > 1e-4:
+        return {"ok": False, "reason": f"from_pretrained loads but predicts differently (max |logit diff| "
+                                       f"{diff:.3g}): a step changed the model beyond what config.json describes"}
+    return {"ok": True, "max_abs_diff": diff}
+
+
 def save_compressed(built: Built, recipe: Recipe, tokenizer: Any, teacher_config: Any, out: str | Path,
-                    measured: dict[str, Any] | None = None) -> Path:
-    """Write the deployable folder atomically (a failure leaves no half-written folder)."""
+                    measured: dict[str, Any] | None = None, *, extra_files: dict[str, Path] | None = None,
+                    manifest_extra: dict[str, Any] | None = None, check_plain: bool = True) -> Path:
+    """Write the deployable folder atomically (a failure leaves no half-written folder).
+
+    ``extra_files`` (name → file, e.g. ``model.onnx``) are moved in; ``manifest_extra`` is
+    merged into the manifest. With ``check_plain`` the manifest says whether a plain
+    transformers ``from_pretrained`` loads the same model (``plain_from_pretrained``).
+    """
     from safetensors.torch import save_model
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is a file: choose another -o")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not an autosqueeze model folder: choose another -o")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        save_model(built.float_model, str(tmp / WEIGHTS))
+        save_model(built.float_model, str(tmp / WEIGHTS), metadata={"format": "pt"})
         built.float_model.config.to_json_file(str(tmp / "config.json"))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, src in (extra_files or {}).items():
+            shutil.move(str(src), str(tmp / name))
         manifest = {
             "recipe": recipe.to_dict(),
             "decisions": built.decisions,
             "teacher_config": teacher_config.to_dict(),
             "measured": measured or {},
+            "weights_sha256": file_sha256(tmp / WEIGHTS),
+            **(manifest_extra or {}),
         }
+        if check_plain:
+            manifest["plain_from_pretrained"] = check_plain_loading(tmp, built, recipe)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         if out.exists():
-            if not (out / MANIFEST).is_file() and any(out.iterdir()):
-                raise FileExistsError(f"{out} exists and is not an autosqueeze model folder: choose another -o")
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
@@ -90,16 +154,27 @@ def save_compressed(built: Built, recipe: Recipe, tokenizer: Any, teacher_config
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a saved folder, its recipe validated (CorruptModelError when it is not one)."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.exists():
         raise FileNotFoundError(f"model folder {path} does not exist")
+    if not path.is_dir():
+        raise CorruptModelError(f"{path} is a file, not a model folder saved by `autosqueeze apply`")
     for name in (MANIFEST, WEIGHTS):
         if not (path / name).is_file():
-            raise CorruptModelError(f"{path} is not a complete autosqueeze model folder: {name} is missing")
+            raise CorruptModelError(f"{path} is not a complete autosqueeze model folder: {name} is missing "
+                                    f"(rebuild it with `autosqueeze apply`)")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("expected a JSON object")
+        missing = [k for k in ("recipe", "decisions", "teacher_config") if k not in manifest]
+        if missing:
+            raise KeyError(f"missing key(s) {missing}")
+        if not isinstance(manifest["teacher_config"], dict) or "model_type" not in manifest["teacher_config"]:
+            raise ValueError("teacher_config has no model_type")
         recipe = Recipe.from_dict(manifest["recipe"], str(path / MANIFEST)).validate()
-    except (json.JSONDecodeError, KeyError, RecipeError) as err:
+    except (ValueError, KeyError, TypeError, RecipeError, UnicodeDecodeError) as err:
         raise CorruptModelError(f"{path / MANIFEST} is corrupt: {err}") from None
     return {**manifest, "recipe": recipe}
 
@@ -113,18 +188,27 @@ def load_compressed(path: str | Path) -> nn.Module:
     path = Path(path)
     manifest = read_manifest(path)
     recipe: Recipe = manifest["recipe"]
+    want = manifest.get("weights_sha256")
+    if want and file_sha256(path / WEIGHTS) != want:
+        raise CorruptModelError(f"{path / WEIGHTS} is not the file that was saved (its SHA-256 differs from the "
+                                f"manifest's): rebuild the folder with `autosqueeze apply`")
     tc = dict(manifest["teacher_config"])
-    config = AutoConfig.for_model(tc.pop("model_type"), **tc)
-    base = AutoModelForSequenceClassification.from_config(config).eval()
-    ctx = MethodContext(adapter=get_adapter(base), seed=recipe.seed, replay=True,
-                        num_labels=config.num_labels)
-    q = quantize_start(recipe)
     decisions = manifest["decisions"]
-    model, _ = apply_recipe(recipe, base, ctx, decisions, upto=q, copy_model=False)
+    q = quantize_start(recipe)
+    try:
+        config = AutoConfig.for_model(tc.pop("model_type"), **tc)
+        base = AutoModelForSequenceClassification.from_config(config).eval()
+        ctx = MethodContext(adapter=get_adapter(base), seed=recipe.seed, replay=True,
+                            num_labels=config.num_labels)
+        model, _ = apply_recipe(recipe, base, ctx, decisions, upto=q, copy_model=False)
+    except (ValueError, KeyError, TypeError, IndexError) as err:  # MethodError is a ValueError
+        raise CorruptModelError(f"{path / MANIFEST}: its recipe cannot be replayed on its teacher config: "
+                                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     try:
         missing, unexpected = load_model(model, str(path / WEIGHTS), strict=True)
     except (SafetensorError, RuntimeError, OSError) as err:
-        raise CorruptModelError(f"{path / WEIGHTS} does not match the recipe's structure: {err}") from None
+        detail = " ".join(str(err).split())[:300]
+        raise CorruptModelError(f"{path / WEIGHTS} does not match the recipe's structure: {detail}") from None
     if q < len(recipe.steps):
         model, _ = apply_recipe(Recipe(steps=recipe.steps[q:]), model, ctx, decisions[q:], copy_model=False)
     return model.eval()

@@ -7,10 +7,11 @@ from .methods import MethodError
 from .rebuild import BaseModelMismatch
 from .recipe import RecipeError
 from .report.pareto import NoTrialWithinBudget
+from .runtimes.onnx_export import OnnxUnavailable
 from .search.space import SpaceError
 from .study_config import ConfigError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, SpaceError, RecipeError, MethodError, UnsupportedArchitectureError, CorruptModelError,
-    BaseModelMismatch, NoTrialWithinBudget, FileNotFoundError, FileExistsError,
+    BaseModelMismatch, NoTrialWithinBudget, FileNotFoundError, FileExistsError, OnnxUnavailable,
 )

@@ -1,21 +1,33 @@
-"""``autosqueeze apply``: rebuild a recipe's model, measure it, save it for deployment."""
+"""``autosqueeze apply``: rebuild a recipe's model, measure it, save it for deployment.
+
+The rebuild is deterministic: the same teacher (checked by weights hash, and the base model
+by the hash of its weight files when the recipe records one), the same data, seed and thread
+count give the same weights, hence the same dev metric. Latency is measured again on this
+machine in the recipe's runtime (PyTorch or ONNX Runtime) beside a teacher baseline
+measured in the same process, so speedups compare across machines better than milliseconds.
+The saved folder loads with ``autosqueeze.load``; it also holds ``model.onnx`` when the model
+can be exported, and says whether a plain ``from_pretrained`` works.
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .arch import get_adapter
-from .deploy import build, save_compressed
-from .measure import HardwareProfile, LatencySettings, measure_latency, model_size
+from .deploy import CorruptModelError, build, read_manifest, save_compressed
+from .measure import HardwareProfile, LatencySettings, model_size
 from .measure.latency import fixed_threads
 from .measure.metrics import evaluate
 from .methods import MethodContext
 from .models import weights_hash
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, RecipeError, load_recipe
 from .tasks import get_task
 from .teacher import Teacher, get_teacher, load_task_data, load_teacher
 from .train import TrainSettings
@@ -25,7 +37,7 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 class BaseModelMismatch(RuntimeError):
-    """The teacher found for a recipe is not the one it was produced from."""
+    """The teacher or base model found for a recipe is not the one it was produced from."""
 
 
 @dataclass
@@ -33,14 +45,67 @@ class Rebuilt:
     out: Path
     recipe: Recipe
     reproduced: dict[str, Any]
+    onnx: dict[str, Any] = field(default_factory=dict)  # OnnxInfo as a dict, or {"file": None, "reason": ...}
+    plain: dict[str, Any] = field(default_factory=dict)  # can a plain from_pretrained load it
+    warnings: list[str] = field(default_factory=list)
+    comparison: dict[str, Any] = field(default_factory=dict)  # recorded vs reproduced (see compare)
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """A recipe file, or the recipe inside a model folder saved by ``apply``."""
+    path = Path(path)
+    if path.is_dir():
+        return read_manifest(path)["recipe"]
+    return load_recipe(path)
+
+
+def _settings(cls: type, values: dict[str, Any] | None, what: str, drop: tuple[str, ...] = ()) -> Any:
+    """A settings dataclass from a recipe section (a hand-edited bad value → RecipeError)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in (values or {}).items() if k not in drop}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(f"recipe {what}: unknown key(s) {unknown}; known: {sorted(known)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"recipe {what}: {err}") from None
+
+
+def check_base_model(recipe: Recipe, force: bool) -> None:
+    """Refuse (unless ``force``) a base model whose weight files differ from the recorded hash.
+
+    Checked before any teacher training, so a wrong base model fails in a second.
+    """
+    want = recipe.teacher.get("base_weights_hash")
+    if not want:
+        return
+    from .report.provenance import base_model_hash
+
+    have = base_model_hash(recipe.base_model)
+    if have is None:
+        log.info("cannot hash base model %s here: relying on the teacher's weights hash", recipe.base_model)
+    elif have != want:
+        msg = (f"the base model {recipe.base_model!r} here (weights {have}) is not the one this recipe was made "
+               f"from (weights {want})")
+        if not force:
+            raise BaseModelMismatch(msg + "; pass --force to apply it anyway (its numbers will differ)")
+        log.warning("%s; continuing because of --force", msg)
 
 
 def find_teacher(recipe: Recipe, data_dir: str | None, teacher_dir: str | None, force: bool,
                  progress: Progress | None) -> Teacher:
     if teacher_dir:
-        teacher = load_teacher(teacher_dir)
+        try:
+            teacher = load_teacher(teacher_dir)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            detail = " ".join(str(err).split())[:200]
+            raise CorruptModelError(f"teacher folder {teacher_dir} is corrupt: {type(err).__name__}: {detail}") \
+                from None
     else:
-        settings = TrainSettings(**recipe.teacher.get("settings", {}))
+        settings = _settings(TrainSettings, recipe.teacher.get("settings"), "teacher.settings")
         teacher = get_teacher(recipe.base_model, recipe.task, data_dir, settings, progress)
     want = recipe.teacher.get("weights_hash")
     have = weights_hash(teacher.model)
@@ -53,33 +118,99 @@ def find_teacher(recipe: Recipe, data_dir: str | None, teacher_dir: str | None, 
     return teacher
 
 
+def _export(built: Any, recipe: Recipe, workdir: Path, exporter: str | None) -> tuple[Path | None, dict[str, Any]]:
+    """``model.onnx`` in ``workdir`` when the model can be exported, else (None, the reason)."""
+    from .runtimes import OnnxUnavailable, OnnxUnsupported, export_for_deployment
+
+    try:
+        info = export_for_deployment(built.model, workdir / "model.onnx", float_model=built.float_model,
+                                     recipe=recipe, exporter=exporter)
+    except (OnnxUnsupported, OnnxUnavailable) as err:
+        log.warning("no ONNX export: %s", err)
+        return None, {"file": None, "reason": str(err)}
+    return Path(info.path), {**info.to_dict(), "file": "model.onnx", "path": None}
+
+
+def compare(recorded: dict[str, Any], reproduced: dict[str, Any]) -> dict[str, Any]:
+    """How close the rebuild came: metric equality, latency ratio and the recorded spread."""
+    out: dict[str, Any] = {}
+    if recorded.get("metric") is not None:
+        out["metric_equal"] = recorded["metric"] == reproduced["metric"]
+        out["metric_diff"] = reproduced["metric"] - recorded["metric"]
+    if recorded.get("latency_ms"):
+        out["latency_ratio"] = reproduced["latency_ms"] / recorded["latency_ms"]
+        lat = recorded.get("latency") or {}
+        if "p10_ms" in lat and "p90_ms" in lat:
+            out["within_recorded_p10_p90"] = lat["p10_ms"] <= reproduced["latency_ms"] <= lat["p90_ms"]
+    if recorded.get("speedup"):
+        out["speedup_ratio"] = reproduced["speedup"] / recorded["speedup"]
+    size = (recorded.get("size") or {}).get("total_bytes")
+    if size:
+        out["size_equal"] = size == reproduced["size"]["total_bytes"]
+    return out
+
+
 def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, teacher_dir: str | None = None,
-            force: bool = False, progress: Progress | None = None) -> Rebuilt:
-    recipe = load_recipe(recipe_path)
-    task = get_task(recipe.task)
+            force: bool = False, progress: Progress | None = None, onnx: bool = True,
+            exporter: str | None = None) -> Rebuilt:
+    """Rebuild, measure and save the model of a recipe (or of a saved model folder's recipe)."""
+    from .runtimes import deployed_latency
+    from .runtimes.fingerprint import hardware_fingerprint, same_machine
+
+    recipe = read_recipe(recipe_path)
+    try:
+        task = get_task(recipe.task)
+    except ValueError as err:
+        raise RecipeError(f"recipe task: {err}") from None
+    profile = _settings(HardwareProfile, recipe.profile, "profile", drop=("fingerprint",))
+    ls = _settings(LatencySettings, recipe.data.get("latency"), "data.latency")
+    ls = LatencySettings(ls.warmup, 2 * ls.repeats, 2 * ls.min_time_s, ls.idle_wait_s)
+    rec = recipe.data.get("recovery")
+    settings = _settings(TrainSettings, rec, "data.recovery") if rec else TrainSettings(steps=0)
+    check_base_model(recipe, force)
     teacher = find_teacher(recipe, data_dir, teacher_dir, force, progress)
-    rec = recipe.data.get("recovery", {})
-    settings = TrainSettings(**rec) if rec else TrainSettings(steps=0)
     data, extra = load_task_data(task, teacher.tokenizer, data_dir, settings, recipe.data.get("dev_subset"))
     ctx = MethodContext(adapter=get_adapter(teacher.model), seed=recipe.seed, teacher=teacher.model,
                         train_batches=data.train_batches, num_labels=task.num_labels,
-                        is_regression=task.is_regression, progress=progress)
+                        is_regression=task.is_regression, progress=progress, device=profile.device)
+    batch_size = int(recipe.data.get("eval_batch_size", 64))
     with fixed_threads(int(recipe.data.get("train_threads") or torch.get_num_threads())):
         built = build(recipe, teacher.model, ctx)
-        metrics = evaluate(built.model, data, extra, int(recipe.data.get("eval_batch_size", 64)))
-    profile = HardwareProfile(**recipe.profile) if recipe.profile else HardwareProfile()
-    ls = LatencySettings(**recipe.data["latency"]) if "latency" in recipe.data else LatencySettings()
-    ls = LatencySettings(ls.warmup, 2 * ls.repeats, 2 * ls.min_time_s, ls.idle_wait_s)
-    base = measure_latency(teacher.model, profile, settings=ls)
-    inputs = None
-    if getattr(built.model, "autosqueeze_needs_real_inputs", False):
-        inputs = [{k: v for k, v in b.items() if k != "labels"}
-                  for b in data.eval_batches(batch_size=profile.batch_size)][:200]
-    lat = measure_latency(built.model, profile, inputs, settings=ls)
-    size = model_size(built.model)
-    reproduced = {"metric": metrics[task.main_metric], "metrics": metrics, "latency_ms": lat.median_ms,
-                  "latency": lat.to_dict(), "baseline_ms": base.median_ms, "speedup": base.median_ms / lat.median_ms,
-                  "size": size.to_dict()}
-    path = save_compressed(built, recipe, teacher.tokenizer, teacher.model.config, out,
-                           {"recorded": recipe.measured, "reproduced": reproduced})
-    return Rebuilt(path, recipe, reproduced)
+        metrics = evaluate(built.model, data, extra, batch_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.onnx."))
+    try:
+        onnx_file, onnx_info = _export(built, recipe, workdir, exporter) if onnx else (None, {"file": None,
+                                                                                           "reason": "not asked"})
+        inputs = None
+        if getattr(built.model, "autosqueeze_needs_real_inputs", False):
+            inputs = [{k: v for k, v in b.items() if k != "labels"}
+                      for b in data.eval_batches(batch_size=profile.batch_size)][:200]
+        use_file = onnx_file if profile.runtime == "onnxruntime" else None
+        base = deployed_latency(teacher.model, profile, ls)
+        lat = deployed_latency(built.model, profile, ls, inputs, float_model=built.float_model, recipe=recipe,
+                               onnx_path=use_file)
+        size = model_size(built.model)
+        reproduced = {"metric": metrics[task.main_metric], "metrics": metrics, "latency_ms": lat.median_ms,
+                      "latency": lat.to_dict(), "baseline_ms": base.median_ms,
+                      "speedup": base.median_ms / lat.median_ms, "size": size.to_dict(), "runtime": profile.runtime}
+        if onnx_file is not None:
+            from .runtimes.ort import OrtClassifier, make_session
+
+            ort_model = OrtClassifier(make_session(onnx_file, profile), built.model.config)
+            onnx_info["metrics"] = evaluate(ort_model, data, extra, batch_size)
+            onnx_info["metric"] = onnx_info["metrics"][task.main_metric]
+        comparison = compare(recipe.measured, reproduced)
+        here = hardware_fingerprint(profile.threads, profile.runtime)
+        notes = [f"this machine differs from the one that measured the recipe: {', '.join(diffs)}"
+                 for diffs in [same_machine((recipe.profile or {}).get("fingerprint") or {}, here)] if diffs]
+        path = save_compressed(
+            built, recipe, teacher.tokenizer, teacher.model.config, out,
+            {"recorded": recipe.measured, "reproduced": reproduced, "comparison": comparison},
+            extra_files={"model.onnx": onnx_file} if onnx_file is not None else None,
+            manifest_extra={"onnx": onnx_info, "rebuilt_on": here, "notes": notes})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    manifest = read_manifest(path)
+    return Rebuilt(path, recipe, reproduced, onnx_info, manifest.get("plain_from_pretrained", {}), notes, comparison)

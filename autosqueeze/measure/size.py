@@ -59,6 +59,10 @@ def _tensor_cost(t: torch.Tensor, seen: dict[tuple[int, int], torch.Tensor]) -> 
 
 def _module_cost(module: nn.Module, seen: dict[tuple[int, int], torch.Tensor]) -> tuple[int, int]:
     if hasattr(module, "autosqueeze_nbytes"):
+        key = (id(module), -1)  # count it once, however often it is reached (embeddings, shared layers)
+        if key in seen:
+            return 0, 0
+        seen[key] = module  # type: ignore[assignment]
         for p in module.parameters():  # mark as counted
             seen[(p.data_ptr(), p.numel())] = p
         return module.autosqueeze_params() if hasattr(module, "autosqueeze_params") else 0, int(module.autosqueeze_nbytes())

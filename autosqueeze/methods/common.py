@@ -35,7 +35,9 @@ def _leaves(root: nn.Module, kinds: tuple[type, ...]) -> list[nn.Module]:
     return out
 
 
-def part_weights(model: nn.Module, adapter: ArchAdapter, parts: tuple[str, ...] | list[str]) -> list[tuple[str, str, nn.Module]]:
+def part_weights(
+    model: nn.Module, adapter: ArchAdapter, parts: tuple[str, ...] | list[str]
+) -> list[tuple[str, str, nn.Module]]:
     """``(part, qualified name, module)`` for every weight matrix of the chosen ``parts``.
 
     attention: Q, K, V and output projections of every layer; ffn: up and down projections;

@@ -161,8 +161,9 @@ def _module(adapter: ArchAdapter, layer: nn.Module, part: str, i: int) -> nn.Lin
 
 def _choose_rank(lin: nn.Linear, config: DecomposeSVDConfig) -> int:
     full = min(lin.in_features, lin.out_features)
-    r = config.rank if config.rank is not None else energy_rank(lin.weight, float(config.energy))  # type: ignore[arg-type]
-    return min(int(r), full)
+    if config.rank is not None:
+        return min(int(config.rank), full)
+    return min(energy_rank(lin.weight, float(config.energy)), full)  # type: ignore[arg-type]
 
 
 def _decompose_layers(model: nn.Module, config: DecomposeSVDConfig, ctx: MethodContext) -> dict:
@@ -205,7 +206,8 @@ def _decompose_layers(model: nn.Module, config: DecomposeSVDConfig, ctx: MethodC
         for part, r in per.items():
             lin = mods[i][part]
             if not 1 <= r <= min(lin.in_features, lin.out_features):
-                raise MethodError(f"decompose_svd: rank {r} invalid for layer {i} {part} ({lin.out_features}x{lin.in_features})")
+                raise MethodError(f"decompose_svd: rank {r} is invalid for layer {i} {part} "
+                                  f"({lin.out_features}x{lin.in_features})")
             adapter.set_module(layer, paths[part], LowRankLinear.from_linear(lin, r))
         ctx.report("decompose_svd", i + 1, len(layers))
     return {"ranks": ranks, "skipped": skipped}

@@ -142,7 +142,8 @@ def _same_inputs(a: Batch, b: Batch) -> bool:
 
 
 def distill_loss(config: DistillConfig, teacher: nn.Module | TeacherOutputs, layer_map: list[int]):
-    """``loss_fn(student, batch, index=None)``; ``teacher`` a model or a (cached) TeacherOutputs."""
+    """``loss_fn(student, batch)`` for train_loop; ``teacher`` a model or a (cached) TeacherOutputs
+    (with TeacherOutputs the calls are numbered: the i-th call is the i-th batch of its seed)."""
     want_hidden, want_attn = config.alpha_hidden > 0, config.alpha_attention > 0
     if isinstance(teacher, nn.Module):
         teacher = TeacherOutputs(teacher, {}, seed=0, hidden=want_hidden, attn=want_attn)

@@ -6,8 +6,8 @@ classifier. The heads are trained by distillation from the model's final logits 
 backbone frozen (``steps``, ``lr``). At inference a batch leaves at layer i when
 
 - ``rule: entropy`` — every example's prediction entropy, normalised by log(num_labels) to
-  [0, 1], is <= ``threshold`` (DeeBERT). ``threshold: 0`` never exits early; 1 always exits
-  after the first layer;
+  [0, 1], is <= ``threshold`` (DeeBERT). ``threshold: 0`` turns exits off (the heads are
+  not even run: exactly the base model); 1 always exits after the first layer;
 - ``rule: patience`` — every example's predicted class has stayed the same for ``patience``
   consecutive exit heads (PABEE).
 
@@ -21,8 +21,9 @@ states / attentions are asked for, the full-depth forward of the model's class r
 Structure without data: in replay and probe mode ``apply`` builds the heads (untrained
 copies of the classifier head) and skips training, so the method is registered with
 ``trains=False`` (apply_recipe would otherwise skip it and the structure would be missing).
-In probe mode the untrained heads would exit arbitrarily, so exits are disabled there: the
-probe's latency is the worst case (full depth plus the exit checks).
+In probe mode the untrained heads would exit arbitrarily, so exits are disabled there (the
+heads are not run): the probe's latency is that of the full-depth model, the worst case
+but for the exit checks' small overhead.
 
 Size: + (depth−1) · (hidden² + hidden·(labels+1) + labels) parameters, none in the
 embeddings. Latency: data dependent — the profile's latency must be measured on real dev
@@ -122,13 +123,15 @@ class EarlyExit(nn.Module):
         self.layers_run += layers
         self.histogram[layers - 1] += 1
 
+    def can_exit(self) -> bool:
+        """False when no batch can ever leave early (probe mode, or entropy threshold 0)."""
+        return self.enabled and not (self.rule == "entropy" and self.threshold <= 0.0)
+
     def should_exit(self, logits: torch.Tensor, state: dict[str, Any]) -> bool:
         """Whether the whole batch may leave with these logits (``state`` carries patience)."""
-        if not self.enabled:
+        if not self.can_exit():
             return False
         if self.rule == "entropy":
-            if self.threshold <= 0.0:
-                return False
             logp = F.log_softmax(logits.float(), -1)
             entropy = -(logp.exp() * logp).sum(-1) / self.log_labels
             return bool((entropy <= self.threshold).all())
@@ -210,9 +213,10 @@ def _early_exit_forward(self: nn.Module, input_ids: torch.Tensor | None = None,
     layers = adapter.layers(self)
     state: dict[str, Any] = {}
     logits = None
+    checks = ee.can_exit()  # when no exit is possible the heads are not even run
     for i, layer in enumerate(layers):
         hidden = _run_layer(layer, hidden, mask)
-        if i < len(layers) - 1:
+        if checks and i < len(layers) - 1:
             head_logits = ee.heads[i](hidden)
             if ee.should_exit(head_logits, state):
                 logits = head_logits

@@ -94,7 +94,9 @@ def _resolve(name: str, keep: Any, totals: list[int]) -> list[int]:
     """Per-layer counts to keep, from a count, a fraction or a per-layer list."""
     if isinstance(keep, tuple):
         if len(keep) != len(totals):
-            raise MethodError(f"prune_structured: {name} lists {len(keep)} values but the model has {len(totals)} layers")
+            raise MethodError(
+                f"prune_structured: {name} lists {len(keep)} values but the model has {len(totals)} layers"
+            )
         values = list(keep)
     else:
         values = [keep] * len(totals)

@@ -116,6 +116,10 @@ class SparseLinear(nn.Linear):
                 self._csr = (key, w.detach().to_sparse_csr())
         return self._csr[1]
 
+    def train(self, mode: bool = True) -> "SparseLinear":
+        self._csr = None  # weights are about to change; rebuilt at the next sparse forward
+        return super().train(mode)
+
     def __getstate__(self) -> dict:  # deepcopy / pickle: the CSR copy is rebuilt on demand
         state = dict(super().__getstate__())
         state["_csr"] = None
@@ -129,11 +133,12 @@ class SparseLinear(nn.Linear):
             log.warning("%s: loaded weights are denser than the pruning mask; the mask follows the weights",
                         prefix.rstrip(".") or "SparseLinear")
         self.mask = nz
+        self._csr = None
 
     def to_plain_linear(self) -> nn.Linear:
         plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         plain.weight, plain.bias = self.weight, self.bias
-        return plain
+        return plain.train(self.training)
 
     # --- size -------------------------------------------------------------------------
     def nnz(self) -> int:

@@ -8,7 +8,8 @@ recipe:
 
 - ``quantize_dynamic``: per-tensor symmetric int8, ``s = max|w| / 127.5``, range [-128, 127]
   (PyTorch's dynamic int8 weight observer); optionally ``activations: true`` also
-  fake-quantizes each Linear's input per batch (asymmetric 8-bit, as the dynamic kernels do).
+  fake-quantizes each Linear's input per batch (asymmetric, 7-bit range as the x86 dynamic
+  kernels use), so the trained forward is the int8 model's forward.
 - ``quantize_weights``: group-wise symmetric ``bits`` (8 or 4) with ``group_size``, exactly
   the grid :mod:`.quantize_weights` stores.
 
@@ -49,7 +50,7 @@ class QATConfig(distill.DistillConfig):
     bits: int = 8  # quantize_weights only: 8 | 4
     group_size: int | None = 128  # quantize_weights only: as its group_size
     parts: tuple[str, ...] = ("attention", "ffn")
-    activations: bool = False  # quantize_dynamic only: also fake-quantize Linear inputs (8-bit, per batch)
+    activations: bool = False  # quantize_dynamic only: also fake-quantize Linear inputs (per batch)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,7 +71,8 @@ class QATConfig(distill.DistillConfig):
             raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
 
     def distill_config(self) -> distill.DistillConfig:
-        return distill.DistillConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(distill.DistillConfig)})
+        names = [f.name for f in dataclasses.fields(distill.DistillConfig)]
+        return distill.DistillConfig(**{name: getattr(self, name) for name in names})
 
 
 def fake_quantize_tensor_int8(w: torch.Tensor) -> torch.Tensor:
@@ -80,12 +82,13 @@ def fake_quantize_tensor_int8(w: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quantize_activation(x: torch.Tensor) -> torch.Tensor:
-    """Per-tensor asymmetric 8-bit over [min(x, 0), max(x, 0)], straight-through."""
+    """Per-tensor asymmetric over [min(x, 0), max(x, 0)] in 7 bits (0..127), straight-through: what
+    torch's dynamic int8 Linear does to its input on x86/fbgemm (``reduce_range=True``)."""
     xd = x.detach()
     lo, hi = torch.clamp(xd.min(), max=0.0), torch.clamp(xd.max(), min=0.0)
-    scale = torch.clamp((hi - lo) / 255.0, min=torch.finfo(torch.float32).eps)
+    scale = torch.clamp((hi - lo) / 127.0, min=torch.finfo(torch.float32).eps)
     zero = torch.round(-lo / scale)
-    q = (torch.clamp(torch.round(xd / scale) + zero, 0, 255) - zero) * scale
+    q = (torch.clamp(torch.round(xd / scale) + zero, 0, 127) - zero) * scale
     return x + (q - xd)
 
 
@@ -99,6 +102,10 @@ class FakeQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         wd = w.detach()
         return w + (self.fn(wd) - wd)
+
+
+def _fake_quantize_input(module: nn.Module, args: tuple) -> tuple:
+    return (fake_quantize_activation(args[0]), *args[1:])
 
 
 def _grid(config: QATConfig) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -115,13 +122,15 @@ def apply(model: nn.Module, config: QATConfig, ctx: MethodContext) -> nn.Module:
     linears = [mod for _, _, mod in part_weights(model, ctx.adapter, config.parts) if isinstance(mod, nn.Linear)]
     if not linears:
         raise MethodError(f"qat: no Linear layers in parts {list(config.parts)}")
+    if ctx.teacher is None:
+        raise MethodError("qat distils from the teacher, but the context has none")
     grid = _grid(config)
     hooks = []
     try:
         for mod in linears:
             parametrize.register_parametrization(mod, "weight", FakeQuant(grid))
             if config.activations:
-                hooks.append(mod.register_forward_pre_hook(lambda m, args: (fake_quantize_activation(args[0]), *args[1:])))
+                hooks.append(mod.register_forward_pre_hook(_fake_quantize_input))
         model = distill.apply(model, config.distill_config(), ctx)
     finally:
         for h in hooks:

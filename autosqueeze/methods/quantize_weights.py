@@ -143,7 +143,8 @@ class WeightOnlyEmbedding(_GroupQuantized):
         super().__init__()
         if emb.max_norm is not None:
             raise MethodError("quantize_weights: embeddings with max_norm are not supported")
-        self.num_embeddings, self.embedding_dim, self.padding_idx = emb.num_embeddings, emb.embedding_dim, emb.padding_idx
+        self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
+        self.padding_idx = emb.padding_idx
         self.out_dtype = emb.weight.dtype
         self._store(emb.weight, bits, group_size)
 

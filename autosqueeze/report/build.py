@@ -1,14 +1,23 @@
-"""``autosqueeze report``: study → Pareto data → figures and tables → files."""
+"""``autosqueeze report``: study → report data → figures and tables → files.
+
+Writes ``report.html`` (one self-contained page: front, history, importances, methods on the
+front, effectiveness table), ``effectiveness.md`` and ``effectiveness.csv`` into the report
+folder (``report/`` next to the study file by default). Read-only on the study.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import html
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..search.study import open_study
+import optuna
+
 from ..study_config import StudyConfig
 from . import table
-from .pareto import pareto_front, trial_records
-from .plots import pareto_figure, write_html
+from .analysis import (history, method_frequency, param_importances, references, status_counts, teacher_metric)
+from .pareto import TrialRecord, pareto_front, trial_records
+from .plots import Section, history_figure, importance_figure, method_frequency_figure, pareto_figure, write_html
 
 
 @dataclass
@@ -18,27 +27,80 @@ class ReportFiles:
     csv: Path
     n_trials: int
     n_front: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _frequency_table(counts: list[Any], n_front: int) -> str:
+    head = "<tr><th>method</th><th>on the front</th><th>share of the front</th><th>feasible trials</th>" \
+           "<th>all trials</th></tr>"
+    body = "".join(f"<tr><td>{html.escape(c.method)}</td><td>{c.on_front}</td><td>{100 * c.front_share:.0f}%</td>"
+                   f"<td>{c.in_feasible}</td><td>{c.in_trials}</td></tr>" for c in counts)
+    return f"<table class='methods'>{head}{body}</table><p class='meta'>{n_front} trials on the front.</p>"
+
+
+def report_sections(study: optuna.Study, records: list[TrialRecord], metric_name: str) -> tuple[list[Section], list[dict]]:
+    """The page's sections and the effectiveness rows, from a study and its records."""
+    attrs = study.user_attrs
+    front = pareto_front(records)
+    refs = references(attrs, metric_name)
+    t_metric = teacher_metric(attrs, metric_name)
+    budget = attrs.get("latency_budget_ms")
+    rows = table.effectiveness_rows(front, records, t_metric, refs)
+    counts = status_counts(records)
+    notes = []
+    if not front:
+        notes.append("no feasible completed trial yet: the front is empty (run `autosqueeze search`)")
+    if counts.get("over_budget"):
+        notes.append(f"{counts['over_budget']} trial(s) over the latency budget are not drawn: they stop after their "
+                     f"latency probe, untrained, so they have no metric")
+    if not any(r.name.startswith("int8") for r in refs):
+        notes.append("the study has no int8 baseline point (older study or search still starting)")
+    imps = param_importances(study, records, metric_name)
+    imp_notes = tuple(f"for {i.target}: {i.note}" for i in imps if i.note)
+    freq = method_frequency(front, records)
+    sections = [
+        Section("Pareto front: metric vs latency", pareto_figure(records, front, metric_name, budget, refs),
+                tuple(notes)),
+        Section("Effectiveness (survey style)", None, (), table.to_html(rows, metric_name)
+                + "<p class='meta'>size: % of the teacher's bytes as deployed, with and without embeddings; "
+                  "metric ×100; delta in points against the teacher on the same dev data.</p>"),
+        Section("Optimization history", history_figure(history(records), metric_name)),
+        Section("Parameter importances", importance_figure(imps), imp_notes),
+        Section("Methods on the Pareto front", method_frequency_figure(freq) if freq else None,
+                () if freq else ("no trial used a compression method yet",), _frequency_table(freq, len(front))),
+    ]
+    return sections, rows
 
 
 def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str | None = None) -> ReportFiles:
+    """Write the page and the tables for the study of ``config``; returns their paths."""
+    from ..search.study import open_study
+
     study = open_study(config, storage, create=False)
     records = trial_records(study)
-    front = pareto_front(records)
-    ua = study.user_attrs
-    metric_name = ua.get("main_metric", "metric")
-    teacher = ua.get("teacher", {})
-    teacher_metric = teacher.get("metrics", {}).get(metric_name, float("nan"))
-    refs = {}
-    if teacher.get("latency_ms"):
-        refs["teacher"] = (teacher["latency_ms"], teacher_metric)
-    fig = pareto_figure(records, front, metric_name, ua.get("latency_budget_ms"), refs)
-    rows = table.effectiveness_rows(front, teacher_metric)
-    out_dir = out_dir or config.report_dir
+    attrs = study.user_attrs
+    metric_name = attrs.get("main_metric", "metric")
+    sections, rows = report_sections(study, records, metric_name)
+    out_dir = Path(out_dir) if out_dir else config.report_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    profile = attrs.get("profile") or config.hardware.to_dict()
+    counts = status_counts(records)
+    meta = [f"model {config.model}, task {config.task} ({metric_name}), study file {config.path}",
+            "hardware profile: " + ", ".join(f"{k} {v}" for k, v in profile.items()),
+            f"latency budget: {str(attrs['latency_budget_ms']) + ' ms' if attrs.get('latency_budget_ms') else 'none'}; "
+            "trials: "
+            + ", ".join(f"{n} {s}" for s, n in counts.items())]
     title = f"autosqueeze study {config.name}: {config.task}, {len(records)} trials"
-    html_path = write_html([fig], [table.to_html(rows, metric_name)], out_dir / "report.html", title)
+    html_path = write_html(sections, out_dir / "report.html", title, meta)
     md = out_dir / "effectiveness.md"
-    md.write_text(table.to_markdown(rows, metric_name))
+    _write_atomic(md, f"# {title}\n\n" + "\n".join(f"- {m}" for m in meta) + "\n\n" + table.to_markdown(rows, metric_name))
     csv_path = out_dir / "effectiveness.csv"
-    csv_path.write_text(table.to_csv(rows))
-    return ReportFiles(html_path, md, csv_path, len(records), len(front))
+    _write_atomic(csv_path, table.to_csv(rows, metric_name))
+    notes = [n for s in sections for n in s.notes]
+    return ReportFiles(html_path, md, csv_path, len(records), len(pareto_front(records)), notes)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

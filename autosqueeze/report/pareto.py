@@ -26,6 +26,16 @@ class TrialRecord:
     def label(self) -> str:
         return " + ".join(self.methods) or "teacher (no compression)"
 
+    @property
+    def recipe_summary(self) -> str:
+        """Steps with their parameters in one line, e.g. ``drop_layers(keep=3) + quantize_dynamic()``."""
+        steps = (self.recipe or {}).get("steps") or []
+        parts = []
+        for s in steps:
+            params = ", ".join(f"{k}={v}" for k, v in (s.get("params") or {}).items())
+            parts.append(f"{s.get('method')}({params})")
+        return " + ".join(parts) or "(no compression)"
+
     def to_recipe(self) -> Recipe:
         if self.recipe is None:
             raise ValueError(f"trial {self.number} has no recipe")
@@ -53,12 +63,19 @@ def trial_records(study: optuna.Study) -> list[TrialRecord]:
 
 
 def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Feasible trials not dominated in (metric higher, latency lower), by latency."""
+    """Feasible trials not dominated in (metric higher, latency lower), by latency.
+
+    Trials with exactly the same metric and latency (e.g. one recipe sampled twice) appear
+    once, as the earliest of them.
+    """
     cands = [r for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
     front = [r for r in cands if not any(
         (o.metric >= r.metric and o.latency_ms <= r.latency_ms) and (o.metric > r.metric or o.latency_ms < r.latency_ms)
         for o in cands)]
-    return sorted(front, key=lambda r: r.latency_ms)
+    unique: dict[tuple[float, float], TrialRecord] = {}
+    for r in sorted(front, key=lambda r: r.number):
+        unique.setdefault((r.metric, r.latency_ms), r)
+    return sorted(unique.values(), key=lambda r: (r.latency_ms, r.number))
 
 
 class NoTrialWithinBudget(LookupError):
@@ -67,12 +84,22 @@ class NoTrialWithinBudget(LookupError):
 
 def select(records: list[TrialRecord], *, latency_budget_ms: float | None = None, min_speedup: float | None = None,
            trial_number: int | None = None) -> TrialRecord:
-    """The most accurate Pareto trial within the budget, or the named trial."""
+    """The most accurate Pareto trial within the budget, or the named trial.
+
+    The most accurate feasible trial within a budget is always on the front, so choosing
+    among the front's trials is the same as choosing among all feasible ones.
+    """
+    if trial_number is not None and (latency_budget_ms is not None or min_speedup is not None):
+        raise NoTrialWithinBudget("give either a trial number or a budget (latency / speedup), not both")
+    for name, value in (("latency budget", latency_budget_ms), ("minimum speedup", min_speedup)):
+        if value is not None and not value > 0:
+            raise NoTrialWithinBudget(f"the {name} must be a positive number, got {value}")
     if trial_number is not None:
         for r in records:
             if r.number == trial_number:
-                if r.recipe is None or r.status != "complete":
-                    raise NoTrialWithinBudget(f"trial {trial_number} did not complete (status {r.status})")
+                if r.recipe is None or r.status != "complete" or r.state != "COMPLETE":
+                    raise NoTrialWithinBudget(f"trial {trial_number} has no finished model to export "
+                                              f"(status {r.status}); pick a completed trial from the report")
                 return r
         raise NoTrialWithinBudget(f"the study has no trial {trial_number}")
     front = pareto_front(records)

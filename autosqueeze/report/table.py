@@ -1,48 +1,92 @@
-"""The survey-style effectiveness table: size (with/without embeddings, % of the teacher),
-speedup, metric and its change — one row per Pareto trial."""
+"""The survey-style effectiveness table (data + Markdown / CSV / HTML text).
+
+One row per Pareto trial, plus the most accurate feasible trial of each method tried alone
+(when the study has such trials), plus the teacher and the plain int8 baseline as
+references: size with and without embeddings (% of the teacher), speedup, latency, the
+metric (×100, as GLUE tables print it) and its change against the teacher in points.
+"""
 from __future__ import annotations
 
 import csv
 import html
 import io
+import math
 from typing import Any
 
+from .analysis import Reference, best_single_method
 from .pareto import TrialRecord
 
-COLUMNS = ("trial", "methods", "size_%", "size_no_emb_%", "speedup", "latency_ms", "metric", "delta_pts")
+COLUMNS = ("trial", "role", "methods", "size_%", "size_no_emb_%", "speedup", "latency_ms", "metric", "delta_pts",
+           "recipe")
+NAN = float("nan")
 
 
-def effectiveness_rows(front: list[TrialRecord], teacher_metric: float) -> list[dict[str, Any]]:
-    rows = []
-    for r in sorted(front, key=lambda r: -(r.metric or 0)):
-        pct = r.attrs.get("size_pct", {})
-        rows.append({
-            "trial": r.number, "methods": r.label,
-            "size_%": round(pct.get("total", float("nan")), 1),
-            "size_no_emb_%": round(pct.get("non_embedding", float("nan")), 1),
-            "speedup": round(r.speedup or float("nan"), 2), "latency_ms": round(r.latency_ms or float("nan"), 2),
-            "metric": round(100 * (r.metric or 0), 2), "delta_pts": round(100 * ((r.metric or 0) - teacher_metric), 2),
-        })
+def _r(value: Any, digits: int) -> float:
+    return round(float(value), digits) if isinstance(value, (int, float)) and value == value else NAN
+
+
+def _row(r: TrialRecord, role: str, teacher_metric: float | None) -> dict[str, Any]:
+    pct = r.attrs.get("size_pct") or {}
+    delta = NAN if teacher_metric is None or r.metric is None else 100 * (r.metric - teacher_metric)
+    return {"trial": r.number, "role": role, "methods": r.label, "size_%": _r(pct.get("total"), 1),
+            "size_no_emb_%": _r(pct.get("non_embedding"), 1), "speedup": _r(r.speedup, 2),
+            "latency_ms": _r(r.latency_ms, 2), "metric": _r(None if r.metric is None else 100 * r.metric, 2),
+            "delta_pts": _r(delta, 2), "recipe": r.recipe_summary}
+
+
+def effectiveness_rows(front: list[TrialRecord], records: list[TrialRecord] | None = None,
+                       teacher_metric: float | None = None, refs: list[Reference] | None = None) -> list[dict[str, Any]]:
+    """Rows: references first, then the front (most accurate first), then best single-method trials.
+
+    A trial that is both on the front and the best of its method appears once, with both roles.
+    """
+    rows: list[dict[str, Any]] = []
+    for ref in refs or []:
+        is_teacher = ref.name == "teacher"
+        delta = NAN if teacher_metric is None or ref.metric is None else 100 * (ref.metric - teacher_metric)
+        rows.append({"trial": "-", "role": "reference", "methods": ref.name,
+                     "size_%": 100.0 if is_teacher else NAN, "size_no_emb_%": 100.0 if is_teacher else NAN,
+                     "speedup": _r(ref.speedup, 2), "latency_ms": _r(ref.latency_ms, 2),
+                     "metric": _r(None if ref.metric is None else 100 * ref.metric, 2), "delta_pts": _r(delta, 2),
+                     "recipe": "(no compression)" if is_teacher else "quantize_dynamic()"})
+    singles = best_single_method(records or [])
+    best_of = {r.number: m for m, r in singles.items()}
+    on_front = {r.number for r in front}
+    for r in sorted(front, key=lambda r: (-(r.metric or 0), r.latency_ms or 0)):
+        role = "pareto" + (f", best {best_of[r.number]} alone" if r.number in best_of else "")
+        rows.append(_row(r, role, teacher_metric))
+    for method, r in singles.items():
+        if r.number not in on_front:
+            rows.append(_row(r, f"best {method} alone", teacher_metric))
     return rows
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+def _header(metric_name: str) -> list[str]:
+    return [c.replace("metric", metric_name) if c == "metric" else c for c in COLUMNS]
+
+
 def to_markdown(rows: list[dict[str, Any]], metric_name: str) -> str:
-    head = [c.replace("metric", metric_name) for c in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines = ["| " + " | ".join(_header(metric_name)) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], metric_name: str = "metric") -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
+    w = csv.writer(buf)
+    w.writerow(_header(metric_name))
+    for r in rows:
+        w.writerow([_cell(r[c]) for c in COLUMNS])
     return buf.getvalue()
 
 
 def to_html(rows: list[dict[str, Any]], metric_name: str) -> str:
-    head = "".join(f"<th>{html.escape(c.replace('metric', metric_name))}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
-    return (f"<h2>Effectiveness of the Pareto trials</h2><table border='1' cellpadding='4' "
-            f"style='border-collapse:collapse'><tr>{head}</tr>{body}</table>")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _header(metric_name))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    return f"<table class='effectiveness'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

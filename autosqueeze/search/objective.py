@@ -2,19 +2,25 @@
 
 The latency of the final structure is measured first, right after the structural steps and
 before any training: a trial over the latency budget stops there (seconds), recorded as
-infeasible through Optuna's constraints. Everything a report or export needs is stored on
-the trial as user attributes: the recipe, latency stats, speedup, size, all metrics.
+infeasible through Optuna's constraints (``latency_budget_ms`` > 0), never dropped. A
+trial within budget recovers by its recipe's training steps; while it trains, the
+early-stopping rule (early_stop.py) may stop it when it cannot reach the front at its
+latency. Identical architectures reuse a cached latency; teacher outputs for distillation
+are cached across the trials of one process. Everything a report or export needs is stored
+on the trial as user attributes: the recipe, latency stats, speedup, size, all metrics, and
+``status`` — complete | over_budget | stopped_early | failed (with ``error``).
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
-import torch
 from torch import nn
 
 from ..arch import get_adapter
@@ -24,12 +30,17 @@ from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate
 from ..methods import MethodContext, get_method
-from ..recipe import Recipe
+from ..methods.distill import CACHE_KEY as DISTILL_CACHE_KEY
+from ..recipe import Recipe, Step
+from ..runtimes import deployed_latency
+from ..tasks import compute_metrics
 from ..teacher import Teacher
+from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
 INFEASIBLE_METRIC = 0.0  # objective value reported for trials stopped by the budget
+SHARED_CACHE_KEYS = (DISTILL_CACHE_KEY,)  # ctx.cache entries kept across trials (teacher outputs)
 
 
 @dataclass
@@ -50,27 +61,49 @@ class SearchContext:
     teacher_size: SizeReport | None = None
     latency_cache: dict[str, LatencyStats] = field(default_factory=dict)
     progress: Progress | None = None
+    early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
+    shared_cache: dict[str, Any] = field(default_factory=dict)
 
     def method_context(self, seed: int, probe: bool) -> MethodContext:
-        return MethodContext(
+        ctx = MethodContext(
             adapter=get_adapter(self.teacher.model), seed=seed, teacher=self.teacher.model,
             train_batches=self.data.train_batches, num_labels=self.data.task.num_labels,
             is_regression=self.data.task.is_regression, probe=probe, progress=None if probe else self.progress,
             device=self.profile.device,
         )
+        ctx.cache.update(self.shared_cache)  # the same objects: what a trial adds, the next one finds
+        return ctx
 
-    def latency(self, model: nn.Module, key: str | None) -> LatencyStats:
-        """Latency on the profile; cached per architecture unless the cost depends on the data."""
+    def keep_shared(self, ctx: MethodContext) -> None:
+        for key in SHARED_CACHE_KEYS:
+            if key in ctx.cache:
+                self.shared_cache[key] = ctx.cache[key]
+
+    def latency(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
+                recipe: Recipe | None = None) -> LatencyStats:
+        """Latency in the profile's runtime (runtimes.deployed_latency: PyTorch or ONNX Runtime, which
+        needs the float model and recipe to redo dynamic int8); cached per architecture unless the
+        cost depends on the data."""
         if getattr(model, "autosqueeze_needs_real_inputs", False):
             batches = [{k: v for k, v in b.items() if k != "labels"}
                        for b in self.data.eval_batches(batch_size=self.profile.batch_size)]
-            return measure_latency(model, self.profile, batches[:200], settings=self.latency_settings)
+            return deployed_latency(model, self.profile, self.latency_settings, batches[:200],
+                                    float_model=float_model, recipe=recipe)
         if key is not None and key in self.latency_cache:
             return self.latency_cache[key]
-        stats = measure_latency(model, self.profile, settings=self.latency_settings)
+        stats = deployed_latency(model, self.profile, self.latency_settings, float_model=float_model, recipe=recipe)
         if key is not None:
             self.latency_cache[key] = stats
         return stats
+
+    def slice_metric(self, model: nn.Module) -> float:
+        """Main metric on the first ``early_stop.dev_examples`` dev examples (early stopping)."""
+        from ..measure.metrics import predict
+        import numpy as np
+
+        examples = self.data.dev[: self.early_stop.dev_examples]
+        pred = predict(model, self.data, examples, self.eval_batch_size)
+        return float(compute_metrics(self.data.task, pred, np.asarray([e.label for e in examples]))[self.main_metric])
 
 
 def architecture_key(recipe: Recipe) -> str:
@@ -82,29 +115,75 @@ def architecture_key(recipe: Recipe) -> str:
 def measure_baseline(sc: SearchContext) -> None:
     """Teacher latency and size, measured in this process (speedups are ratios to it)."""
     st = sc.latency_settings  # the baseline gets twice the repeats: every speedup divides by it
-    sc.baseline = measure_latency(sc.teacher.model, sc.profile, settings=LatencySettings(
+    sc.baseline = deployed_latency(sc.teacher.model, sc.profile, LatencySettings(
         st.warmup, 2 * st.repeats, 2 * st.min_time_s, st.idle_wait_s))
     sc.teacher_size = model_size(sc.teacher.model)
 
 
-def evaluate_recipe(recipe: Recipe, sc: SearchContext, trial: optuna.Trial | None = None) -> dict[str, Any]:
-    """Build, probe, recover and measure one recipe. Returns the values a trial stores."""
+def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
+    """The teacher and its plain ``quantize_dynamic`` int8 copy, measured like a trial (same dev
+    data, same profile): the points every compressed model should beat. Seconds; once per study."""
+    assert sc.baseline is not None
+    with fixed_threads(sc.train_threads):
+        teacher_metrics = evaluate(sc.teacher.model, sc.data, sc.extra_dev, sc.eval_batch_size)
+    recipe = Recipe(steps=[Step("quantize_dynamic", {}, get_method("quantize_dynamic").version)])
+    int8_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
+    int8 = int8_built.model
+    lat = sc.latency(int8, architecture_key(recipe), int8_built.float_model, recipe)
+    with fixed_threads(sc.train_threads):
+        metrics = evaluate(int8, sc.data, sc.extra_dev, sc.eval_batch_size)
+    return {
+        "teacher": {"metric": teacher_metrics[sc.main_metric], "metrics": teacher_metrics,
+                    "dev_examples": len(sc.data.dev)},
+        "int8_baseline": {"metric": metrics[sc.main_metric], "metrics": metrics, "latency_ms": lat.median_ms,
+                          "speedup": sc.baseline.median_ms / lat.median_ms, "recipe": recipe.to_dict()["steps"],
+                          "dev_examples": len(sc.data.dev)},
+    }
+
+
+def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[float], float | None] | None = None,
+                    ) -> dict[str, Any]:
+    """Build, probe, recover and measure one recipe. Returns the values a trial stores.
+
+    ``reference(latency_ms)`` (the best feasible metric at that latency or faster) turns on
+    early stopping; without it every trial within budget trains to the end.
+    """
     assert sc.baseline is not None and sc.teacher_size is not None, "call measure_baseline first"
     t0 = time.perf_counter()
-    probe = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True)).model
-    lat = sc.latency(probe, architecture_key(recipe))
-    del probe
+    probe_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
+    probe = probe_built.model
+    lat = sc.latency(probe, architecture_key(recipe), probe_built.float_model, recipe)
+    data_dependent = bool(getattr(probe, "autosqueeze_needs_real_inputs", False))
+    del probe, probe_built
     result: dict[str, Any] = {"latency": lat.to_dict(), "latency_ms": lat.median_ms,
                               "baseline_ms": sc.baseline.median_ms, "speedup": sc.baseline.median_ms / lat.median_ms,
                               "probe_s": time.perf_counter() - t0}
     if sc.budget_ms is not None and lat.median_ms > sc.budget_ms:
         result["status"] = "over_budget"
+        result["trial_s"] = time.perf_counter() - t0
         return result
-    with fixed_threads(sc.train_threads):
-        built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=False))
-        metrics = evaluate(built.model, sc.data, sc.extra_dev, sc.eval_batch_size)
-    if getattr(built.model, "autosqueeze_needs_real_inputs", False):
-        lat = sc.latency(built.model, None)
+    ctx = sc.method_context(recipe.seed, probe=False)
+    stopper = None
+    total = total_training_steps([(s.method, s.params) for s in recipe.steps])
+    if reference is not None and sc.early_stop.enabled and total > 0 and not data_dependent:
+        n = min(sc.early_stop.dev_examples, len(sc.data.dev))
+        stopper = EarlyStopper(sc.early_stop, total, lat.median_ms, reference, sc.slice_metric, n)
+        ctx.cache["should_stop"] = stopper.should_stop
+        ctx.post_step_hooks.append(stopper.hook)
+    try:
+        with fixed_threads(sc.train_threads):
+            built = build(recipe, sc.teacher.model, ctx)
+            metrics = evaluate(built.model, sc.data, sc.extra_dev, sc.eval_batch_size)
+    except TrialStoppedEarly as stop:
+        result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
+                      stopped_at=stop.record, trial_s=time.perf_counter() - t0)
+        return result
+    finally:
+        sc.keep_shared(ctx)
+    if stopper is not None:
+        result["early_stop"] = stopper.history
+    if data_dependent:
+        lat = sc.latency(built.model, None, built.float_model, recipe)
         result.update(latency=lat.to_dict(), latency_ms=lat.median_ms, speedup=sc.baseline.median_ms / lat.median_ms)
     if hasattr(built.model, "autosqueeze_exit_stats"):
         result["exit_stats"] = built.model.autosqueeze_exit_stats()
@@ -125,20 +204,51 @@ def with_provenance(recipe: Recipe, sc: SearchContext) -> Recipe:
                   versions=dict(p["versions"]))
 
 
+def front_reference(study: optuna.Study) -> Callable[[float], float | None]:
+    """``ref(L)``: best metric of the study's feasible completed trials with latency <= L
+    (read fresh at each call, so other workers' trials count)."""
+    def reference(latency_ms: float) -> float | None:
+        best = None
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            ua = t.user_attrs
+            if ua.get("status") != "complete" or ua.get("metric") is None or ua.get("latency_ms") is None:
+                continue
+            if any(v > 0 for k, v in t.system_attrs.items() if k.startswith("constraints")
+                   for v in (v if isinstance(v, (list, tuple)) else [v])):
+                continue
+            if ua["latency_ms"] <= latency_ms and (best is None or ua["metric"] > best):
+                best = float(ua["metric"])
+        return best
+
+    return reference
+
+
+def worker_identity() -> dict[str, Any]:
+    """Who runs a trial (host and process): lets a restarted worker fail its killed trials."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[float, float]]:
     def objective(trial: optuna.Trial) -> tuple[float, float]:
+        trial.set_user_attr("worker", worker_identity())
         recipe = with_provenance(space.suggest(trial), sc)
         trial.set_user_attr("methods", [s.method for s in recipe.steps])
-        result = evaluate_recipe(recipe, sc, trial)
+        trial.set_user_attr("recipe", recipe.to_dict())
+        try:
+            result = evaluate_recipe(recipe, sc, front_reference(trial.study))
+            metric = result.get("metric", INFEASIBLE_METRIC)
+            if metric != metric:  # NaN metric (e.g. degenerate correlation): a failure, with its reason
+                raise FloatingPointError("task metric is NaN")
+        except Exception as err:
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            raise
         over = 0.0 if sc.budget_ms is None else result["latency_ms"] - sc.budget_ms
         trial.set_constraint("latency_budget_ms", over)
         recipe.measured = {k: result[k] for k in ("metric", "metrics", "latency_ms", "speedup", "size") if k in result}
         trial.set_user_attr("recipe", recipe.to_dict())
         for key, value in result.items():
             trial.set_user_attr(key, value)
-        metric = result.get("metric", INFEASIBLE_METRIC)
-        if metric != metric:  # NaN metric (e.g. degenerate correlation): a failure, with its reason
-            raise FloatingPointError("task metric is NaN")
         return float(metric), float(result["latency_ms"])
 
     return objective

@@ -1,28 +1,40 @@
 """Search spaces: declarative YAML → ``trial.suggest_*`` → :class:`Recipe`.
 
 This is the only module that calls ``trial.suggest_*``. A space lists candidate steps in
-recipe order; each step names a method, whether it is optional (method choice), which
-other steps it requires (conditional: a knob is suggested only when its method is on),
-and its params, each either a fixed value or a distribution::
+recipe order; each step names a method and its params (a fixed value or a distribution),
+and says when it is on::
 
     steps:
       - method: drop_layers
-        optional: true
+        optional: true                  # method choice: suggested on/off (``drop_layers.on``)
         params:
           keep: {type: int, low: 2, high: 5}
       - method: distill
-        requires_any: [drop_layers]
+        requires_any: [drop_layers]     # on only when one of these steps is on
+        excludes: [qat]                 # off whenever one of these is on
         params:
-          steps: {type: categorical, choices: [60, 120]}
+          steps: {type: categorical, choices: [100, 200]}
+      - method: qat
+        optional: true
+        requires_any: [quantize_dynamic]   # may name a later step: on/off is decided first
       - method: quantize_dynamic
+        choice: quantize                # steps sharing a ``choice`` group: at most one is on
+        optional: true                  # (``choice.quantize`` ∈ members [+ "none" when optional])
+      - method: cast_precision
+        choice: quantize
         optional: true
 
-Parameter names are namespaced ``<id>.<param>`` (``id`` defaults to the method name;
-give ``id`` when one method appears twice) and ``<id>.on`` for optional steps.
+Conditional parameters: a step's knobs are suggested only when the step is on. On/off is
+decided for every step first (in an order where every ``requires_any`` / ``excludes``
+target is decided before the steps that name it; a cycle is an error), then the knobs of
+the steps that are on, in file order. Parameter names are namespaced ``<id>.<param>``
+(``id`` defaults to the method name; give ``id`` when one method appears twice). A
+categorical whose choices are lists (e.g. ``parts``) is suggested by its JSON text.
 """
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +46,24 @@ from ..methods import MethodError, get_method
 from ..recipe import Recipe, RecipeError, Step
 
 DIST_TYPES = ("int", "float", "categorical")
+NONE_CHOICE = "none"
 
 
 class SpaceError(ValueError):
-    """The search space file is invalid."""
+    """The search space file is invalid (or cannot be applied to the study's model)."""
+
+
+def _plain(value: Any) -> Any:
+    """Tuples back to lists, so params stay JSON/YAML-safe."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -49,17 +75,25 @@ class Dist:
     log: bool = False
     choices: tuple[Any, ...] = ()
 
+    @property
+    def labelled(self) -> bool:
+        """Categorical with list choices: suggested by label (the choice's JSON)."""
+        return any(isinstance(c, tuple) for c in self.choices)
+
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         if self.type == "float":
             return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+        if self.labelled:
+            labels = [json.dumps(_plain(c)) for c in self.choices]
+            return json.loads(trial.suggest_categorical(name, labels))
         return trial.suggest_categorical(name, list(self.choices))
 
     def extremes(self) -> list[Any]:
         """Values that span the range, used to validate the knob before any trial runs."""
         if self.type == "categorical":
-            return list(self.choices)
+            return [_plain(c) for c in self.choices]
         cast = int if self.type == "int" else float
         return [cast(self.low), cast(self.high)]
 
@@ -70,32 +104,73 @@ class StepSpace:
     method: str
     optional: bool = False
     requires_any: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    choice: str | None = None
     fixed: dict[str, Any] = field(default_factory=dict)
     dists: dict[str, Dist] = field(default_factory=dict)
+
+    def fixed_params(self) -> dict[str, Any]:
+        return {k: _plain(v) for k, v in self.fixed.items()}
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     path: Path
     steps: tuple[StepSpace, ...]
+    order: tuple[str, ...] = ()  # on/off decision order: step ids and "choice:<group>" nodes
 
-    def suggest(self, trial: optuna.Trial) -> Recipe:
-        """The recipe of one trial (only the steps switched on, knobs of those only)."""
-        on: set[str] = set()
-        steps: list[Step] = []
+    def groups(self) -> dict[str, list[StepSpace]]:
+        out: dict[str, list[StepSpace]] = {}
         for s in self.steps:
-            if s.requires_any and not on.intersection(s.requires_any):
+            if s.choice:
+                out.setdefault(s.choice, []).append(s)
+        return out
+
+    def decide(self, trial: optuna.Trial) -> set[str]:
+        """Which steps are on in this trial (method choice, requires_any, excludes)."""
+        by_id = {s.id: s for s in self.steps}
+        groups = self.groups()
+        on: set[str] = set()
+
+        def eligible(s: StepSpace) -> bool:
+            return (not s.requires_any or bool(on.intersection(s.requires_any))) and not on.intersection(s.excludes)
+
+        for node in self.order or tuple(by_id):
+            if node.startswith("choice:"):
+                name = node[len("choice:"):]
+                members = groups[name]
+                if not any(eligible(m) for m in members):
+                    continue
+                options = [m.id for m in members] + ([NONE_CHOICE] if members[0].optional else [])
+                picked = trial.suggest_categorical(f"choice.{name}", options)
+                if picked != NONE_CHOICE and eligible(by_id[picked]):
+                    on.add(picked)
+                continue
+            s = by_id[node]
+            if not eligible(s):
                 continue
             if s.optional and not trial.suggest_categorical(f"{s.id}.on", [True, False]):
                 continue
-            params = dict(s.fixed)
+            on.add(s.id)
+        return on
+
+    def suggest(self, trial: optuna.Trial) -> Recipe:
+        """The recipe of one trial (only the steps switched on, knobs of those only)."""
+        on = self.decide(trial)
+        steps: list[Step] = []
+        for s in self.steps:
+            if s.id not in on:
+                continue
+            params = s.fixed_params()
             params.update({k: d.suggest(trial, f"{s.id}.{k}") for k, d in s.dists.items()})
             steps.append(Step(s.method, params, get_method(s.method).version))
-            on.add(s.id)
         return Recipe(steps=steps)  # every optional step off: the uncompressed teacher
 
     def method_names(self) -> list[str]:
         return sorted({s.method for s in self.steps})
+
+    def step(self, sid: str) -> StepSpace:
+        return next(s for s in self.steps if s.id == sid)
 
 
 def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
@@ -112,22 +187,48 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{src}: {key}: a categorical needs a non-empty 'choices' list")
-        return Dist("categorical", choices=tuple(tuple(c) if isinstance(c, list) else c for c in choices))
+        if any(isinstance(c, dict) for c in choices):
+            raise SpaceError(f"{src}: {key}: categorical choices must be values or lists, not mappings")
+        frozen = tuple(_frozen(c) for c in choices)
+        if len(set(map(repr, frozen))) != len(frozen):
+            raise SpaceError(f"{src}: {key}: repeated choices {choices}; list each once")
+        return Dist("categorical", choices=frozen)
     low, high = spec.get("low"), spec.get("high")
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
+    if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, (int, float)) \
+            or not isinstance(high, (int, float)):
         raise SpaceError(f"{src}: {key}: needs numeric 'low' and 'high'")
+    if spec["type"] == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise SpaceError(f"{src}: {key}: an int range needs whole 'low' and 'high', got {low}..{high}; "
+                         f"use type: float for fractions")
     if low > high:
         raise SpaceError(f"{src}: {key}: empty range, low {low} > high {high}; swap them")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise SpaceError(f"{src}: {key}: 'step' must be a positive number, got {step!r}")
     if spec.get("log") and low <= 0:
         raise SpaceError(f"{src}: {key}: a log range needs low > 0")
-    return Dist(spec["type"], low, high, spec.get("step"), bool(spec.get("log", False)))
+    if spec.get("log") and step is not None:
+        raise SpaceError(f"{src}: {key}: give 'step' or 'log: true', not both")
+    return Dist(spec["type"], low, high, step, bool(spec.get("log", False)))
 
 
-STEP_KEYS = {"method", "id", "optional", "requires_any", "params"}
+STEP_KEYS = {"method", "id", "optional", "requires_any", "excludes", "choice", "params"}
+
+
+def _id_list(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpaceError(f"{where}: '{key}' must be a list of step ids, got {value!r}")
+    return tuple(value)
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    """Parse and validate a space file: unknown methods or knobs, empty ranges, bad order."""
+    """Parse and validate a space file: unknown methods or knobs, empty ranges, bad order.
+
+    Whether the ranges fit a particular model is checked later, by
+    :func:`autosqueeze.search.validate.validate_for_model` (it needs the model).
+    """
     path = Path(path)
     src = str(path)
     if not path.is_file():
@@ -138,8 +239,10 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{src}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list) or not raw["steps"]:
         raise SpaceError(f"{src}: expected a mapping with a non-empty 'steps' list")
+    extra_top = sorted(set(raw) - {"steps", "description"})
+    if extra_top:
+        raise SpaceError(f"{src}: unknown top-level key(s) {extra_top}; allowed: ['description', 'steps']")
     steps: list[StepSpace] = []
-    ids: set[str] = set()
     for i, s in enumerate(raw["steps"]):
         where = f"{src}: steps[{i}]"
         if not isinstance(s, dict) or "method" not in s:
@@ -152,12 +255,13 @@ def load_space(path: str | Path) -> SearchSpace:
         except MethodError as err:
             raise SpaceError(f"{where}: {err}") from None
         sid = str(s.get("id", spec.name))
-        if sid in ids:
+        if any(sid == t.id for t in steps):
             raise SpaceError(f"{where}: duplicate step id {sid!r}; give each repeated method its own 'id'")
-        requires = tuple(s.get("requires_any") or ())
-        missing = [r for r in requires if r not in ids]
-        if missing:
-            raise SpaceError(f"{where}: requires_any names {missing}, which are not earlier step ids")
+        if not isinstance(s.get("optional", False), bool):
+            raise SpaceError(f"{where}: 'optional' must be true or false")
+        choice = s.get("choice")
+        if choice is not None and not (isinstance(choice, str) and choice):
+            raise SpaceError(f"{where}: 'choice' must be a group name (a string), got {choice!r}")
         params = s.get("params") or {}
         if not isinstance(params, dict):
             raise SpaceError(f"{where}: 'params' must be a mapping")
@@ -165,28 +269,90 @@ def load_space(path: str | Path) -> SearchSpace:
         for k, v in params.items():
             d = _parse_dist(src, f"{sid}.{k}", v)
             if d is None:
-                fixed[k] = tuple(v) if isinstance(v, list) else v
+                fixed[k] = _frozen(v)
             else:
                 dists[k] = d
-        step = StepSpace(sid, spec.name, bool(s.get("optional", False)), requires, fixed, dists)
+        step = StepSpace(sid, spec.name, bool(s.get("optional", False)), _id_list(where, "requires_any", s.get("requires_any")),
+                         _id_list(where, "excludes", s.get("excludes")), choice, fixed, dists)
         _check_knobs(src, step)
         steps.append(step)
-        ids.add(sid)
-    space = SearchSpace(path.resolve(), tuple(steps))
+    order = _decision_order(src, steps)
+    space = SearchSpace(path.resolve(), tuple(steps), order)
     try:  # every step on, in file order: the stage order must hold
-        Recipe(steps=[Step(s.method, dict(s.fixed), get_method(s.method).version) for s in steps]).validate()
+        Recipe(steps=[Step(s.method, s.fixed_params(), get_method(s.method).version) for s in steps]).validate()
     except RecipeError as err:
         if "stage" in str(err):
             raise SpaceError(f"{src}: step order: {err}") from None
     return space
 
 
+def _decision_order(src: str, steps: list[StepSpace]) -> tuple[str, ...]:
+    """Nodes (step ids, ``choice:<group>``) ordered so every referenced step is decided first."""
+    ids = [s.id for s in steps]
+    node_of = {s.id: (f"choice:{s.choice}" if s.choice else s.id) for s in steps}
+    deps: dict[str, set[str]] = {}
+    for s in steps:
+        for key, refs in (("requires_any", s.requires_any), ("excludes", s.excludes)):
+            unknown = [r for r in refs if r not in ids]
+            if unknown:
+                raise SpaceError(f"{src}: step {s.id!r}: {key} names {unknown}, which are not step ids; "
+                                 f"known ids: {ids}")
+            if s.id in refs:
+                raise SpaceError(f"{src}: step {s.id!r}: {key} names the step itself")
+        node = node_of[s.id]
+        deps.setdefault(node, set()).update(node_of[r] for r in s.requires_any + s.excludes)
+    groups: dict[str, list[StepSpace]] = {}
+    for s in steps:
+        if s.choice:
+            groups.setdefault(s.choice, []).append(s)
+    for name, members in groups.items():
+        if len({m.optional for m in members}) > 1:
+            raise SpaceError(f"{src}: choice group {name!r}: members disagree on 'optional' "
+                             f"({ {m.id: m.optional for m in members} }); set it the same on every member")
+        if f"choice:{name}" in deps[f"choice:{name}"]:
+            raise SpaceError(f"{src}: choice group {name!r}: a member's requires_any/excludes names another member; "
+                             f"members of one group already exclude each other")
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(node: str, chain: list[str]) -> None:
+        if state.get(node) == 2:
+            return
+        if state.get(node) == 1:
+            raise SpaceError(f"{src}: requires_any/excludes form a cycle: {' -> '.join(chain + [node])}; "
+                             f"remove one of these references")
+        state[node] = 1
+        for dep in sorted(deps.get(node, ()), key=lambda n: min(i for i, s in enumerate(ids) if node_of[s] == n)):
+            visit(dep, chain + [node])
+        state[node] = 2
+        order.append(node)
+
+    for sid in ids:
+        visit(node_of[sid], [])
+    return tuple(order)
+
+
+def knob_variants(step: StepSpace, limit: int = 64) -> list[tuple[str | None, dict[str, Any]]]:
+    """``(knob, params)`` pairs spanning each knob's extremes (others at their first extreme).
+
+    The first pair (knob ``None``) has every knob at its first extreme; each later one moves
+    one knob. Used to check configs (here) and to apply them to the model (validate.py).
+    """
+    base = {**step.fixed_params(), **{k: d.extremes()[0] for k, d in step.dists.items()}}
+    out: list[tuple[str | None, dict[str, Any]]] = [(None, base)]
+    for name, d in step.dists.items():
+        for value in d.extremes()[1:]:
+            out.append((name, {**base, name: value}))
+    return out[:limit]
+
+
 def _check_knobs(src: str, step: StepSpace) -> None:
     """Every combination of range extremes must make a valid Config (catches unknown knobs too)."""
     spec = get_method(step.method)
     names = list(step.dists)
-    for values in itertools.islice(itertools.product(*(step.dists[n].extremes() for n in names)), 64):
-        params = {**step.fixed, **dict(zip(names, values))}
+    combos = itertools.product(*(step.dists[n].extremes() for n in names))
+    for values in itertools.islice(combos, 64):
+        params = {**step.fixed_params(), **dict(zip(names, values))}
         try:
             spec.make_config(params)
         except MethodError as err:

@@ -1,38 +1,48 @@
-"""The study driver: storage, sampler, resume, and the loop of trials.
+"""The study driver: storage, sampler, resume, workers, and the loop of trials.
 
-The study lives in SQLite next to the study file unless ``storage`` says otherwise; every
-finished trial is committed by Optuna as it ends, so killing the process loses at most the
-trial in flight, and running the same command again continues up to the trial target.
+The study lives in SQLite next to the study file unless ``storage`` says otherwise (a
+``postgresql://`` URL lets workers on several machines share it). Every finished trial is
+committed by Optuna as it ends, so killing the process loses at most the trial in flight,
+which the next start marks failed (storage.py); running the same command again continues
+up to the trial target. Several workers on one study stop together at the target: before
+each trial a worker counts the finished trials plus those running elsewhere.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import warnings
-from dataclasses import asdict, dataclass
+import zlib
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import optuna
+from optuna.trial import TrialState
 
 from ..measure.latency import HardwareProfile
 from ..models import DEFAULT_MODEL
 from ..recipe import library_versions
-from ..study_config import StudyConfig
+from ..study_config import ConfigError, StudyConfig
 from ..tasks import get_task
 from ..teacher import get_teacher, load_task_data
-from .objective import SearchContext, make_objective, measure_baseline
-from .space import load_space
+from .early_stop import EarlyStopSettings
+from .objective import SearchContext, make_objective, measure_baseline, reference_points
+from .space import SearchSpace, load_space
+from .storage import fail_dead_local_trials, fail_stale_trials, is_sqlite, make_storage, redact
+from .validate import validate_for_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
-DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
+DONE_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        with warnings.catch_warnings():  # multivariate/group are "experimental" but stable for years
+        with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental" but stable for years
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=5)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=5,
+                                              constant_liar=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "random":
@@ -44,15 +54,16 @@ def open_study(config: StudyConfig, storage: str | None = None, seed_offset: int
                create: bool = True) -> optuna.Study:
     """The study named in ``config`` (created if absent and ``create``)."""
     url = storage or config.storage_url
+    rdb = make_storage(url)
     sampler = make_sampler(config.sampler, config.seed + seed_offset)
     if not create:
         try:
-            return optuna.load_study(study_name=config.name, storage=url, sampler=sampler)
+            return optuna.load_study(study_name=config.name, storage=rdb, sampler=sampler)
         except KeyError:
             raise FileNotFoundError(
-                f"no study {config.name!r} in {url}: run `autosqueeze search {config.path}` first"
+                f"no study {config.name!r} in {redact(url)}: run `autosqueeze search {config.path}` first"
             ) from None
-    return optuna.create_study(study_name=config.name, storage=url, sampler=sampler,
+    return optuna.create_study(study_name=config.name, storage=rdb, sampler=sampler,
                                directions=["maximize", "minimize"], load_if_exists=True)
 
 
@@ -60,16 +71,23 @@ def finished_trials(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=DONE_STATES))
 
 
+def running_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 @dataclass
 class SearchSummary:
     done: int
     target: int
     ran: int
+    stale_failed: list[int] = field(default_factory=list)  # trials a killed process left RUNNING
 
 
 def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
-            progress: Progress | None = None) -> SearchContext:
-    """Teacher (trained once, cached), data, and the baseline measured in this process."""
+            progress: Progress | None = None, space: SearchSpace | None = None,
+            early_stop: EarlyStopSettings | None = None) -> SearchContext:
+    """Teacher (trained once, cached), data, the baseline measured in this process, and — with
+    ``space`` — the check that every knob range fits the teacher (before any trial)."""
     task = get_task(config.task)
     teacher = get_teacher(config.model, task, data_dir, config.teacher, progress)
     data, extra = load_task_data(task, teacher.tokenizer, data_dir, config.recovery, config.eval.dev_subset)
@@ -87,30 +105,76 @@ def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
     sc = SearchContext(teacher=teacher, data=data, extra_dev=extra, profile=profile, main_metric=task.main_metric,
                        provenance=provenance, budget_ms=budget_ms,
                        train_threads=train_threads, progress=progress, latency_settings=config.latency,
-                       eval_batch_size=config.eval.batch_size)
+                       eval_batch_size=config.eval.batch_size, early_stop=early_stop or EarlyStopSettings())
+    if space is not None:
+        validate_for_model(space, teacher.model, lambda: sc.method_context(config.seed, probe=True))
     measure_baseline(sc)
     return sc
 
 
+def _seed_offset(study: optuna.Study, url: str) -> int:
+    """Sampler seed offset: the trials so far (a resumed run samples afresh), plus, when other
+    workers may share the study (a server storage, or trials running now), this worker's salt
+    so that workers started together do not propose the same trials."""
+    offset = len(study.get_trials(deepcopy=False))
+    if not is_sqlite(url) or running_trials(study):
+        offset += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_003
+    return offset
+
+
+def _check_teacher(study: optuna.Study, sc: SearchContext, url: str) -> None:
+    known = (study.user_attrs.get("teacher") or {}).get("weights_hash")
+    mine = sc.teacher.info.get("weights_hash")
+    if known and mine and known != mine:
+        raise ConfigError(
+            f"this worker's teacher ({sc.teacher.path}, weights {mine}) differs from the one the study in "
+            f"{redact(url)} was run with (weights {known}): copy that teacher folder into this machine's "
+            f"cache ($AUTOSQUEEZE_CACHE/teachers) so every worker compresses the same model")
+
+
 def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None = None,
                budget_ms: float | None = None, storage: str | None = None, progress: Progress | None = None,
-               callbacks: list | None = None) -> SearchSummary:
-    """Run trials until the study has ``trials`` finished ones (the study file's count by default)."""
-    space = load_space(config.search_space)  # validate before any expensive work
+               callbacks: list | None = None, early_stop: EarlyStopSettings | None = None) -> SearchSummary:
+    """Run trials until the study has ``trials`` finished ones (the study file's count by default).
+
+    Safe to run in several processes on one storage: each stops when finished + running
+    trials reach the target.
+    """
+    space = load_space(config.search_space)  # validate the file before any expensive work
     budget = budget_ms if budget_ms is not None else config.latency_budget_ms
     target = trials or config.trials
-    study = open_study(config, storage)
-    done = finished_trials(study)
-    if done >= target:
-        return SearchSummary(done, target, 0)
-    sc = prepare(config, data_dir, budget, progress)
-    study = open_study(config, storage, seed_offset=done)  # fresh sampler seed when resuming
+    url = storage or config.storage_url
+    study = open_study(config, url)
+    stale = fail_dead_local_trials(study)
+    fail_stale_trials(study)
+    if finished_trials(study) >= target:
+        return SearchSummary(finished_trials(study), target, 0, stale)
+    sc = prepare(config, data_dir, budget, progress, space=space, early_stop=early_stop)
+    study = open_study(config, url, seed_offset=_seed_offset(study, url))
+    _check_teacher(study, sc, url)
+    attrs = study.user_attrs
     study.set_user_attr("task", config.task)
     study.set_user_attr("main_metric", sc.main_metric)
     study.set_user_attr("profile", sc.profile.to_dict())
     study.set_user_attr("latency_budget_ms", budget)
-    study.set_user_attr("teacher", {"metrics": sc.teacher.metrics, "latency_ms": sc.baseline.median_ms,
-                                    "size": sc.teacher_size.to_dict(), "path": str(sc.teacher.path)})
-    study.optimize(make_objective(space, sc), n_trials=target - done, catch=(Exception,),
-                   callbacks=callbacks or [], gc_after_trial=True)
-    return SearchSummary(finished_trials(study), target, target - done)
+    study.set_user_attr("search_space", str(space.path))
+    study.set_user_attr("early_stop", sc.early_stop.to_dict())
+    known = attrs.get("teacher") or {}
+    if "int8_baseline" not in attrs or "search_metric" not in known:  # once per study
+        refs = reference_points(sc)
+        study.set_user_attr("int8_baseline", refs["int8_baseline"])
+        known = {"search_metric": refs["teacher"]["metric"], "search_metrics": refs["teacher"]["metrics"],
+                 "dev_examples": refs["teacher"]["dev_examples"]}
+    study.set_user_attr("teacher", {
+        "metrics": sc.teacher.metrics, "latency_ms": sc.baseline.median_ms, "size": sc.teacher_size.to_dict(),
+        "path": str(sc.teacher.path), "weights_hash": sc.teacher.info.get("weights_hash"),
+        **{k: known.get(k) for k in ("search_metric", "search_metrics", "dev_examples")}})
+    objective = make_objective(space, sc)
+    ran = 0
+    while True:
+        fail_stale_trials(study)  # a vanished worker's trial must not hold a place
+        if finished_trials(study) + running_trials(study) >= target:
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks or [], gc_after_trial=True)
+        ran += 1
+    return SearchSummary(finished_trials(study), target, ran, stale)

@@ -1,0 +1,48 @@
+"""``autosqueeze bench``: time saved models on a hardware profile, in one process.
+
+The first model is the baseline; every speedup is a ratio against it, measured in the same
+run with the same threads and inputs. A path can be a folder written by ``apply`` (loaded
+with :func:`autosqueeze.load`), a transformers model folder, a hub name, or ``default``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .deploy import MANIFEST, load_compressed
+from .measure import HardwareProfile, LatencySettings, LatencyStats, measure_latency, model_size
+
+
+@dataclass
+class BenchRow:
+    name: str
+    latency: LatencyStats
+    speedup: float
+    size: dict[str, Any]
+
+
+def load_any(path: str) -> nn.Module:
+    """A compressed folder, or any sequence-classification model folder / hub name."""
+    if (Path(path) / MANIFEST).is_file():
+        return load_compressed(path)
+    from transformers import AutoModelForSequenceClassification
+
+    from .models import resolve_model
+
+    return AutoModelForSequenceClassification.from_pretrained(resolve_model(path)).eval()
+
+
+def bench(paths: list[str], profile: HardwareProfile, settings: LatencySettings | None = None) -> list[BenchRow]:
+    if not paths:
+        raise ValueError("give at least one model to time")
+    models = [(p, load_any(p)) for p in paths]
+    rows: list[BenchRow] = []
+    base_ms: float | None = None
+    for name, model in models:
+        stats = measure_latency(model, profile, settings=settings)
+        base_ms = base_ms or stats.median_ms
+        rows.append(BenchRow(name, stats, base_ms / stats.median_ms, model_size(model).to_dict()))
+    return rows

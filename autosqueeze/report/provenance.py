@@ -1,0 +1,88 @@
+"""Provenance of an exported recipe: where its model, numbers and machine come from.
+
+An exported recipe says which base model it was made from (name and a hash of its weight
+files), the teacher (settings and weights hash), task and seed (already in the recipe), the
+machine its latency was measured on (a hardware fingerprint: CPU model and features, threads,
+library versions) and everything the trial measured (metric, latency with spread, size).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..recipe import Recipe
+from ..runtimes.fingerprint import hardware_fingerprint
+from .pareto import TrialRecord
+
+log = logging.getLogger(__name__)
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "tf_model.h5")
+MEASURED_KEYS = ("metric", "metrics", "latency_ms", "speedup", "baseline_ms", "size", "size_pct", "latency",
+                 "exit_stats")
+
+
+def base_model_hash(name: str) -> str | None:
+    """SHA-256 (16 hex) of a local base model's weight files, or None for a hub name or no files.
+
+    Hashes the files, not the loaded tensors: cheap (one read) and independent of the task head.
+    """
+    from ..models import resolve_model
+
+    try:
+        path = Path(resolve_model(name))
+    except (RuntimeError, FileNotFoundError) as err:
+        log.info("no base model hash for %s: %s", name, err)
+        return None
+    if not path.is_dir():
+        return None
+    files = sorted({f for pat in WEIGHT_PATTERNS for f in path.glob(pat) if f.is_file()})
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def selection_note(latency_budget_ms: float | None, min_speedup: float | None, trial_number: int | None) -> str:
+    if trial_number is not None:
+        return f"trial {trial_number}, named"
+    wanted = [f"latency <= {latency_budget_ms:g} ms"] if latency_budget_ms is not None else []
+    wanted += [f"speedup >= {min_speedup:g}x"] if min_speedup is not None else []
+    return "the most accurate Pareto trial" + (f" with {' and '.join(wanted)}" if wanted else "")
+
+
+def add_provenance(recipe: Recipe, record: TrialRecord, study_attrs: dict[str, Any], *, study_name: str,
+                   study_path: str, selection: str) -> Recipe:
+    """Complete a trial's recipe with its provenance (in place; returns it)."""
+    teacher = dict(recipe.teacher)
+    study_teacher = study_attrs.get("teacher") or {}
+    if not teacher.get("weights_hash") and study_teacher.get("weights_hash"):
+        teacher["weights_hash"] = study_teacher["weights_hash"]
+    base_hash = base_model_hash(recipe.base_model)
+    if base_hash:
+        teacher["base_weights_hash"] = base_hash
+    recipe.teacher = teacher
+    profile = dict(recipe.profile or study_attrs.get("profile") or {})
+    recorded = study_attrs.get("fingerprint")
+    if recorded:
+        profile["fingerprint"] = {**recorded, "source": "recorded by the search"}
+    else:  # the study recorded none: describe the exporting machine, and say so
+        profile["fingerprint"] = {**hardware_fingerprint(profile.get("threads"), profile.get("runtime")),
+                                  "source": "the machine that exported the recipe (the study recorded none)"}
+    recipe.profile = profile
+    measured = dict(recipe.measured)
+    for key in MEASURED_KEYS:
+        if key not in measured and key in record.attrs:
+            measured[key] = record.attrs[key]
+    measured.update({"trial": record.number, "study": study_name})
+    recipe.measured = measured
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    recipe.notes = list(recipe.notes) + [f"exported {stamp} from study {study_name!r} ({study_path}), trial "
+                                         f"{record.number}: {selection}"]
+    return recipe

@@ -1,0 +1,51 @@
+"""Execution back ends for latency and export: PyTorch eager, ONNX Runtime.
+
+:func:`deployed_latency` is the one entry point the search and ``apply`` use: it times the
+model the way the hardware profile's ``runtime`` deploys it. ``onnxruntime`` needs the
+optional dependencies (``pip install 'autosqueeze[onnx]'``), imported only when used.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..measure.latency import HardwareProfile, LatencySettings, LatencyStats, measure_latency
+from .onnx_export import OnnxInfo, OnnxUnavailable, OnnxUnsupported, export_for_deployment, export_onnx
+
+log = logging.getLogger(__name__)
+RUNTIMES = ("torch", "onnxruntime")
+
+__all__ = ["RUNTIMES", "OnnxInfo", "OnnxUnavailable", "OnnxUnsupported", "deployed_latency", "export_for_deployment",
+           "export_onnx"]
+
+
+def deployed_latency(model: nn.Module, profile: HardwareProfile, settings: LatencySettings | None = None,
+                     inputs: list[dict[str, torch.Tensor]] | None = None, *, float_model: nn.Module | None = None,
+                     recipe: Any = None, onnx_path: str | Path | None = None) -> LatencyStats:
+    """Latency of ``model`` in the profile's runtime.
+
+    ``torch``: :func:`measure_latency` on the model as it is. ``onnxruntime``: the model is
+    exported (with ``recipe`` and ``float_model`` when the recipe quantizes with PyTorch's
+    dynamic int8, which is then redone by onnxruntime.quantization) — or ``onnx_path`` is
+    used when given — and an ONNX Runtime session with ``profile.threads`` intra-op threads
+    is timed on the same inputs.
+    """
+    if profile.runtime == "torch":
+        return measure_latency(model, profile, inputs, settings=settings)
+    if profile.runtime != "onnxruntime":
+        raise ValueError(f"unknown runtime {profile.runtime!r}; choose one of {RUNTIMES}")
+    from .ort import make_session, ort_latency
+
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 1000))
+    if onnx_path is not None:
+        return ort_latency(make_session(onnx_path, profile), profile, inputs, settings=settings, vocab_size=vocab)
+    with tempfile.TemporaryDirectory(prefix="autosqueeze-onnx-") as tmp:
+        info = export_for_deployment(model, Path(tmp) / "model.onnx", float_model=float_model, recipe=recipe)
+        log.debug("timing %s (%s exporter, int8=%s)", info.path, info.exporter, info.quantized)
+        session = make_session(info.path, profile)
+        return ort_latency(session, profile, inputs, settings=settings, vocab_size=vocab)

@@ -1,0 +1,91 @@
+"""ONNX Runtime: a session on the hardware profile, its latency, and a classifier wrapper.
+
+The session runs on the CPU execution provider (CUDA when the profile says ``cuda`` and the
+installed onnxruntime has it) with ``intra_op_num_threads = profile.threads`` and one
+inter-op thread, all graph optimizations on. Latency is timed the way
+:func:`autosqueeze.measure.measure_latency` times PyTorch: same warm-up, repeats, busy-machine
+wait and re-measure on a large spread, same synthetic inputs.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..measure.latency import (HardwareProfile, LatencySettings, LatencyStats, stats_from_samples, synthetic_inputs,
+                               time_callable, wait_until_idle)
+from .onnx_export import OnnxUnavailable, require
+
+log = logging.getLogger(__name__)
+
+
+def make_session(path: str | Path, profile: HardwareProfile) -> Any:
+    """An InferenceSession for ``path`` on the profile's device and thread count."""
+    ort = require("onnxruntime")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(profile.threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if profile.device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise OnnxUnavailable("the hardware profile asks for cuda, but this onnxruntime has no CUDA provider: "
+                                  "pip install onnxruntime-gpu")
+        providers = ["CUDAExecutionProvider"]
+    return ort.InferenceSession(str(path), so, providers=providers)
+
+
+def _feed(session: Any, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The session's inputs from a batch (token types default to zeros)."""
+    feed = {}
+    ids = batch["input_ids"]
+    for inp in session.get_inputs():
+        value = batch.get(inp.name)
+        if value is None:
+            if inp.name != "token_type_ids":
+                raise ValueError(f"the ONNX model needs input {inp.name!r}, which the batch lacks")
+            value = torch.zeros_like(ids)
+        feed[inp.name] = value.detach().cpu().numpy().astype(np.int64)
+    return feed
+
+
+def ort_latency(session: Any, profile: HardwareProfile, inputs: list[dict[str, torch.Tensor]] | None = None,
+                *, settings: LatencySettings | None = None, vocab_size: int = 1000) -> LatencyStats:
+    """Median latency (ms per batch) of an ONNX Runtime session on ``profile``."""
+    st = settings or LatencySettings()
+    feeds = [_feed(session, b) for b in (inputs or [synthetic_inputs(profile, vocab_size)])]
+    counter = iter(range(1 << 62))
+
+    def call() -> None:
+        session.run(None, feeds[next(counter) % len(feeds)])
+
+    wait_until_idle(profile.threads, st.idle_wait_s)
+    stats = stats_from_samples(time_callable(call, warmup=st.warmup, repeats=st.repeats, min_time_s=st.min_time_s),
+                               warmup=st.warmup, threads=profile.threads)
+    if stats.noisy:
+        log.info("latency spread %.0f%%: measuring again", 100 * stats.spread)
+        stats = stats_from_samples(
+            time_callable(call, warmup=st.warmup, repeats=2 * st.repeats, min_time_s=2 * st.min_time_s),
+            warmup=st.warmup, threads=profile.threads)
+    return stats
+
+
+class OrtClassifier(nn.Module):
+    """An ONNX Runtime session that answers like a transformers classifier (``.logits``), so the
+    task metric of the exported model is computed by the same code as PyTorch's."""
+
+    def __init__(self, session: Any, config: Any = None) -> None:
+        super().__init__()
+        self.session = session
+        self.config = config
+
+    def forward(self, **batch: torch.Tensor) -> SimpleNamespace:
+        logits = self.session.run(["logits"], _feed(self.session, batch))[0]
+        return SimpleNamespace(logits=torch.from_numpy(np.asarray(logits, dtype=np.float32)))
