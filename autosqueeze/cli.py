@@ -110,6 +110,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     config = load_study_config(args.study)
     where = redact(args.storage or config.storage_url)
+    if not args.verbose:  # our trial lines say why a trial failed; Optuna's would add tracebacks
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
     progress = Progress()
     try:
         summary = run_search(config, _data_dir(args, config.data_dir), trials=args.trials,

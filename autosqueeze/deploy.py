@@ -86,7 +86,9 @@ def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str,
     from transformers import AutoModelForSequenceClassification
 
     verbosity = transformers.logging.get_verbosity()
+    bars = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     try:
         plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         cfg = built.model.config
@@ -95,14 +97,16 @@ def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str,
         mask = torch.ones_like(ids)
         mask[0, 6:] = 0
         with torch.inference_mode():
-            diff = float((plain(input_ids=ids, attention_mask=mask).logits
-                          - built.model.eval()(input_ids=ids, attention_mask=mask).logits).abs().max())
+            ref = built.model.eval()(input_ids=ids, attention_mask=mask).logits
+            diff = float((plain(input_ids=ids, attention_mask=mask).logits - ref).abs().max())
     except Exception as err:  # size mismatches, custom modules: the reason is what matters
         line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         return {"ok": False, "reason": f"from_pretrained fails: {type(err).__name__}: {line}"}
     finally:
         transformers.logging.set_verbosity(verbosity)
-    if diff > 1e-4:
+        if bars:
+            transformers.logging.enable_progress_bar()
+    if diff > 1e-6 + 1e-5 * float(ref.abs().max()):  # the same model gives the same logits
         return {"ok": False, "reason": f"from_pretrained loads but predicts differently (max |logit diff| "
                                        f"{diff:.3g}): a step changed the model beyond what config.json describes"}
     return {"ok": True, "max_abs_diff": diff}
@@ -153,8 +157,11 @@ def save_compressed(built: Built, recipe: Recipe, tokenizer: Any, teacher_config
     return out
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """The manifest of a saved folder, its recipe validated (CorruptModelError when it is not one)."""
+def read_manifest(path: str | Path, verify_weights: bool = False) -> dict[str, Any]:
+    """The manifest of a saved folder, its recipe validated (CorruptModelError when it is not one).
+
+    ``verify_weights`` also checks the weights file against the SHA-256 the manifest recorded.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model folder {path} does not exist")
@@ -175,7 +182,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             raise ValueError("teacher_config has no model_type")
         recipe = Recipe.from_dict(manifest["recipe"], str(path / MANIFEST)).validate()
     except (ValueError, KeyError, TypeError, RecipeError, UnicodeDecodeError) as err:
-        raise CorruptModelError(f"{path / MANIFEST} is corrupt: {err}") from None
+        raise CorruptModelError(f"{path / MANIFEST} is corrupt: {' '.join(str(err).split())[:300]}") from None
+    want = manifest.get("weights_sha256")
+    if verify_weights and want and file_sha256(path / WEIGHTS) != want:
+        raise CorruptModelError(f"{path / WEIGHTS} is not the file that was saved (its SHA-256 differs from the "
+                                f"manifest's): rebuild the folder with `autosqueeze apply`")
     return {**manifest, "recipe": recipe}
 
 
@@ -186,12 +197,8 @@ def load_compressed(path: str | Path) -> nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, verify_weights=True)
     recipe: Recipe = manifest["recipe"]
-    want = manifest.get("weights_sha256")
-    if want and file_sha256(path / WEIGHTS) != want:
-        raise CorruptModelError(f"{path / WEIGHTS} is not the file that was saved (its SHA-256 differs from the "
-                                f"manifest's): rebuild the folder with `autosqueeze apply`")
     tc = dict(manifest["teacher_config"])
     decisions = manifest["decisions"]
     q = quantize_start(recipe)

@@ -55,7 +55,7 @@ def read_recipe(path: str | Path) -> Recipe:
     """A recipe file, or the recipe inside a model folder saved by ``apply``."""
     path = Path(path)
     if path.is_dir():
-        return read_manifest(path)["recipe"]
+        return read_manifest(path, verify_weights=True)["recipe"]
     return load_recipe(path)
 
 
@@ -100,7 +100,7 @@ def find_teacher(recipe: Recipe, data_dir: str | None, teacher_dir: str | None, 
             teacher = load_teacher(teacher_dir)
         except FileNotFoundError:
             raise
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
+        except Exception as err:  # unreadable weights or config (safetensors, JSON, transformers errors)
             detail = " ".join(str(err).split())[:200]
             raise CorruptModelError(f"teacher folder {teacher_dir} is corrupt: {type(err).__name__}: {detail}") \
                 from None

@@ -9,7 +9,7 @@ recipe:
 - ``quantize_dynamic``: per-tensor symmetric int8, ``s = max|w| / 127.5``, range [-128, 127]
   (PyTorch's dynamic int8 weight observer); optionally ``activations: true`` also
   fake-quantizes each Linear's input per batch (asymmetric, 7-bit range as the x86 dynamic
-  kernels use), so the trained forward is the int8 model's forward.
+  kernels use), so the trained forward matches the int8 model's (up to float rounding).
 - ``quantize_weights``: group-wise symmetric ``bits`` (8 or 4) with ``group_size``, exactly
   the grid :mod:`.quantize_weights` stores.
 

@@ -225,12 +225,22 @@ def quantize_onnx_dynamic(src: str | Path, dst: str | Path, module_names: set[st
         raise OnnxUnsupported(f"found none of the {len(module_names)} Linear layers to quantize in {src}")
     if len(nodes) != len(module_names):
         log.warning("ONNX int8: %d MatMul nodes matched for %d Linear layers", len(nodes), len(module_names))
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
-                         extra_options={"MatMulConstBOnly": True})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization logs advice through the root logger
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
+                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
+                             extra_options={"MatMulConstBOnly": True})
+    finally:
+        root.setLevel(level)
     return len(nodes)
+
+
+def _has_packed_int8(model: nn.Module) -> bool:
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
 def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn.Module | None = None,
@@ -248,10 +258,10 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     steps = [] if recipe is None else recipe.steps[quantize_start(recipe):]
     dynamic = [s for s in steps if s.method == "quantize_dynamic"]
     if not dynamic:
-        if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        if _has_packed_int8(model):
             raise OnnxUnsupported("PyTorch's packed int8 layers cannot be exported; pass the recipe and float model")
         return export_onnx(model, path, exporter=exporter)
-    if float_model is None or any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in float_model.modules()):
+    if float_model is None or _has_packed_int8(float_model):
         raise OnnxUnsupported("a quantize_dynamic recipe is exported from its float model, and none was given")
     from ..arch import get_adapter
     from ..methods import MethodContext

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -52,16 +53,25 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def _postgres_driver(url: str) -> str:
+    """``postgresql://`` with an installed driver named: SQLAlchemy 2.1 defaults to psycopg 3,
+    our ``postgres`` extra installs psycopg2."""
+    scheme, rest = url.split("://", 1)
+    if "+" in scheme:
+        return url
+    import importlib.util
+
+    for module, driver in (("psycopg2", "psycopg2"), ("psycopg", "psycopg")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}://{rest}"
+    raise ConfigError(f"storage {redact(url)} needs a PostgreSQL driver: pip install 'autosqueeze[postgres]' "
+                      f"(psycopg2-binary)")
+
+
 def make_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats; clear one-line errors for a missing driver or server."""
     if url.startswith(("postgresql", "postgres")):
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            raise ConfigError(f"storage {redact(url)} needs the PostgreSQL driver: "
-                              f"pip install 'autosqueeze[postgres]' (psycopg2-binary)") from None
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://"):]
+        url = _postgres_driver(url)
     if is_sqlite(url):
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:" and not Path(path).parent.is_dir():
@@ -72,15 +82,21 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     hb = heartbeat_interval()
     import sqlalchemy.exc
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=hb,
-                                              grace_period=4 * hb)
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ImportError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"cannot open storage {redact(url)}: {first}; check the URL and that the "
-                          f"database server is running and reachable") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=hb,
+                                                  grace_period=4 * hb)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == 2:  # workers started together race to create the tables: the loser retries
+                raise
+            time.sleep(1.0 + attempt)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ImportError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"cannot open storage {redact(url)}: {first}; check the URL and that the "
+                              f"database server is running and reachable") from None
+    raise AssertionError("unreachable")
 
 
 def _pid_alive(pid: int) -> bool:
