@@ -110,6 +110,7 @@ def test_ctrl_c_stops_cleanly_and_says_where_the_study_stands(tiny_model_dir, gl
     assert summary.done == 3 and summary.stale_failed == []
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_vanished_workers_trial_is_failed_by_its_heartbeat(tiny_model_dir, glue_dir, tmp_path, isolated_cache,
                                                              monkeypatch):
     monkeypatch.setenv("AUTOSQUEEZE_HEARTBEAT_S", "1")  # grace period 4 s

@@ -31,8 +31,9 @@ def write_study(folder: Path, model: Path, steps: list | None = None, trials: in
     """A study on the tiny model and the GLUE fixtures (teacher: 3 steps)."""
     (folder / "space.yaml").write_text(yaml.safe_dump({"steps": steps or DEPTH_SPACE}))
     study = {"name": "t", "task": "sst2", "model": str(model), "search_space": "space.yaml", "trials": trials,
-             "sampler": "random", "teacher": {"steps": 3, "batch_size": 4, "max_seq_len": 16},
-             "recovery": {"batch_size": 4, "max_seq_len": 16}, "hardware": {"seq_len": 16},
+             "sampler": "random", "teacher": {"steps": 3, "batch_size": 4, "max_seq_len": 16, "threads": 1},
+             "recovery": {"batch_size": 4, "max_seq_len": 16, "threads": 1},  # 1 thread: no spinning on a busy box
+             "hardware": {"seq_len": 16, "threads": 1},
              "latency": FAST_LATENCY, **extra}
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -78,8 +79,8 @@ def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_d
                                                           monkeypatch):
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     measured: list[str] = []
-    real = objective_mod.measure_latency
-    monkeypatch.setattr(objective_mod, "measure_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))
+    real = objective_mod.deployed_latency
+    monkeypatch.setattr(objective_mod, "deployed_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))
     a = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 2})])
     b = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 4, "temperature": 4.0})])
     ra, rb = objective_mod.evaluate_recipe(a, sc), objective_mod.evaluate_recipe(b, sc)

@@ -10,6 +10,7 @@ import yaml
 from optuna.trial import FixedTrial
 
 from autosqueeze.deploy import build
+from autosqueeze.measure.latency import fixed_threads
 from autosqueeze.methods import get_method, method_names
 from autosqueeze.search.space import SpaceError, load_space
 from autosqueeze.search.validate import validate_for_model
@@ -128,14 +129,15 @@ def test_full_space_recipes_apply_together(tmp_path):
     validate_for_model(space, teacher, lambda: tiny.context(teacher, probe=True))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1), directions=["maximize", "minimize"])
     seen: set[str] = set()
-    for _ in range(25):
-        trial = study.ask()
-        recipe = space.suggest(trial)
-        seen.update(methods(recipe))
-        model = build(recipe, teacher, tiny.context(teacher, probe=True)).model
-        out = tiny.logits(model, tiny.batch())
-        assert out.shape == (4, 2), methods(recipe)
-        study.tell(trial, [0.5, 1.0])
+    with fixed_threads(1):  # tiny matrices: one thread is fastest, above all on a busy machine
+        for _ in range(25):
+            trial = study.ask()
+            recipe = space.suggest(trial)
+            seen.update(methods(recipe))
+            model = build(recipe, teacher, tiny.context(teacher, probe=True)).model
+            out = tiny.logits(model, tiny.batch())
+            assert out.shape == (4, 2), methods(recipe)
+            study.tell(trial, [0.5, 1.0])
     assert len(seen) >= 8
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..arch import get_adapter
+from ..measure.latency import fixed_threads
 from ..methods import MethodContext, MethodError, get_method
 from .space import SearchSpace, SpaceError, StepSpace, knob_variants
 
@@ -117,7 +118,8 @@ def validate_for_model(space: SearchSpace, model: nn.Module, make_context: Calla
             ctx.adapter, ctx.probe, ctx.decisions = get_adapter(twin), True, {}
             ctx.teacher = twin if ctx.teacher is not None else None
             try:
-                spec.apply(copy.deepcopy(twin), spec.make_config(params), ctx)
+                with fixed_threads(1):  # the twin's matrices are tiny: one thread is fastest
+                    spec.apply(copy.deepcopy(twin), spec.make_config(params), ctx)
             except (MethodError, ValueError, RuntimeError, IndexError) as err:
                 what = str(err) if isinstance(err, (MethodError, ValueError)) else f"{type(err).__name__}: {err}"
                 raise SpaceError(
