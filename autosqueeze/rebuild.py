@@ -24,7 +24,7 @@ from .arch import get_adapter
 from .deploy import CorruptModelError, build, read_manifest, save_compressed
 from .measure import HardwareProfile, LatencySettings, model_size
 from .measure.latency import fixed_threads
-from .measure.metrics import evaluate
+from .measure.metrics import evaluate, evaluate_deployed
 from .methods import MethodContext
 from .models import weights_hash
 from .recipe import Recipe, RecipeError, load_recipe
@@ -176,7 +176,7 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     batch_size = int(recipe.data.get("eval_batch_size", 64))
     with fixed_threads(int(recipe.data.get("train_threads") or torch.get_num_threads())):
         built = build(recipe, teacher.model, ctx)
-        metrics = evaluate(built.model, data, extra, batch_size)
+        metrics, _ = evaluate_deployed(built.model, data, extra, batch_size, profile.batch_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.onnx."))

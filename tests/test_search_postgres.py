@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from autosqueeze.search.study import open_study
 from autosqueeze.study_config import load_study_config
-from tests.test_search_resume import REPO, SLOW_SPACE, pretrain_teacher
+from tests.test_search_resume import REPO, pretrain_teacher
 from tests.test_search_trials import write_study
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -92,7 +92,9 @@ def postgres_url() -> Iterator[str]:
 
 def test_two_workers_share_one_study(postgres_url, tiny_model_dir, glue_dir, tmp_path, isolated_cache):
     target = 8
-    study_file = write_study(tmp_path, tiny_model_dir, SLOW_SPACE, trials=target)
+    space = [{"method": "drop_layers", "params": {"keep": {"type": "int", "low": 1, "high": 2}}},
+             {"method": "distill", "params": {"steps": 40}}]
+    study_file = write_study(tmp_path, tiny_model_dir, space, trials=target)
     pretrain_teacher(study_file, glue_dir)
     config = load_study_config(study_file)
     open_study(config, postgres_url)  # create the tables once (workers racing to create them would retry)

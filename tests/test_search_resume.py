@@ -5,7 +5,6 @@ is killed with SIGKILL, or interrupted with SIGINT (Ctrl-C), while a trial is tr
 """
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 

@@ -220,3 +220,18 @@ def test_random_sampler_is_seeded(tiny_model_dir, glue_dir, tmp_path, isolated_c
         run_search(load_study_config(path), str(glue_dir))
         params.append([t.params for t in load(path).trials])
     assert params[0] == params[1]
+
+
+def test_a_range_the_model_cannot_satisfy_stops_the_search_before_any_trial(tiny_model_dir, glue_dir, tmp_path,
+                                                                           isolated_cache, capsys):
+    from autosqueeze.cli import main
+
+    path = write_study(tmp_path, tiny_model_dir, [  # the tiny model has 3 layers
+        {"method": "drop_layers", "params": {"keep": {"type": "int", "low": 1, "high": 5}}},
+        {"method": "distill", "params": {"steps": 2}}])
+    assert main(["search", str(path), "--data-dir", str(glue_dir)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1
+    assert str(tmp_path / "space.yaml") in err[0] and "drop_layers.keep = 5" in err[0]
+    assert "only 3 layers" in err[0] and "narrow the range of drop_layers.keep" in err[0]
+    assert load(path).trials == []

@@ -34,3 +34,20 @@ def evaluate(
         for k, v in compute_metrics(data.task, predict(model, data, examples, batch_size), lab).items():
             result[f"{k}_{split}"] = v
     return {k: float(v) for k, v in result.items()}
+
+
+def evaluate_deployed(model: nn.Module, data: TaskData, extra: dict[str, Sequence[Example]] | None,
+                      batch_size: int, profile_batch_size: int) -> tuple[dict[str, float], dict | None]:
+    """Metrics as deployed, and the exit statistics of a dynamic-inference model.
+
+    A model whose output depends on how examples are batched (early exit: a batch leaves
+    only when all its examples may) is evaluated at the profile's batch size, and its exit
+    statistics are those of this evaluation alone (reset before, read after).
+    """
+    if not getattr(model, "autosqueeze_needs_real_inputs", False):
+        return evaluate(model, data, extra, batch_size), None
+    if hasattr(model, "autosqueeze_reset_exit_stats"):
+        model.autosqueeze_reset_exit_stats()
+    metrics = evaluate(model, data, extra, profile_batch_size)
+    stats = model.autosqueeze_exit_stats() if hasattr(model, "autosqueeze_exit_stats") else None
+    return metrics, stats

@@ -26,9 +26,9 @@ from torch import nn
 from ..arch import get_adapter
 from ..data import TaskData
 from ..deploy import build
-from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, measure_latency, model_size
+from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, model_size
 from ..measure.latency import fixed_threads
-from ..measure.metrics import evaluate
+from ..measure.metrics import evaluate, evaluate_deployed
 from ..methods import MethodContext, get_method
 from ..methods.distill import CACHE_KEY as DISTILL_CACHE_KEY
 from ..recipe import Recipe, Step
@@ -173,7 +173,8 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     try:
         with fixed_threads(sc.train_threads):
             built = build(recipe, sc.teacher.model, ctx)
-            metrics = evaluate(built.model, sc.data, sc.extra_dev, sc.eval_batch_size)
+            metrics, exit_stats = evaluate_deployed(built.model, sc.data, sc.extra_dev, sc.eval_batch_size,
+                                                    sc.profile.batch_size)
     except TrialStoppedEarly as stop:
         result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
                       stopped_at=stop.record, trial_s=time.perf_counter() - t0)
@@ -185,8 +186,8 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     if data_dependent:
         lat = sc.latency(built.model, None, built.float_model, recipe)
         result.update(latency=lat.to_dict(), latency_ms=lat.median_ms, speedup=sc.baseline.median_ms / lat.median_ms)
-    if hasattr(built.model, "autosqueeze_exit_stats"):
-        result["exit_stats"] = built.model.autosqueeze_exit_stats()
+    if exit_stats is not None:
+        result["exit_stats"] = exit_stats
     size = model_size(built.model)
     result.update(
         status="complete", metrics=metrics, metric=metrics[sc.main_metric], size=size.to_dict(),

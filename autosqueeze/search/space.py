@@ -182,7 +182,8 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
     allowed = {"type", "choices"} if spec["type"] == "categorical" else {"type", "low", "high", "step", "log"}
     extra = sorted(set(spec) - allowed)
     if extra:
-        raise SpaceError(f"{src}: {key}: unknown key(s) {extra} for a {spec['type']} distribution; allowed {sorted(allowed)}")
+        raise SpaceError(f"{src}: {key}: unknown key(s) {extra} for a {spec['type']} distribution; "
+                         f"allowed {sorted(allowed)}")
     if spec["type"] == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -272,7 +273,8 @@ def load_space(path: str | Path) -> SearchSpace:
                 fixed[k] = _frozen(v)
             else:
                 dists[k] = d
-        step = StepSpace(sid, spec.name, bool(s.get("optional", False)), _id_list(where, "requires_any", s.get("requires_any")),
+        step = StepSpace(sid, spec.name, bool(s.get("optional", False)),
+                         _id_list(where, "requires_any", s.get("requires_any")),
                          _id_list(where, "excludes", s.get("excludes")), choice, fixed, dists)
         _check_knobs(src, step)
         steps.append(step)
