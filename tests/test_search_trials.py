@@ -80,13 +80,42 @@ def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_d
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     measured: list[str] = []
     real = objective_mod.deployed_latency
-    monkeypatch.setattr(objective_mod, "deployed_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))
+
+    def counted(m, *a, **k):
+        measured.append("teacher" if m is sc.teacher.model else "candidate")
+        return real(m, *a, **k)
+
+    monkeypatch.setattr(objective_mod, "deployed_latency", counted)
     a = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 2})])
     b = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 4, "temperature": 4.0})])
     ra, rb = objective_mod.evaluate_recipe(a, sc), objective_mod.evaluate_recipe(b, sc)
-    assert len(measured) == 1 and ra["latency_ms"] == rb["latency_ms"]
+    assert measured == ["candidate", "teacher"]  # once, paired with the teacher
+    assert ra["latency_ms"] == rb["latency_ms"] and ra["speedup"] == rb["speedup"]
     objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 2})]), sc)
-    assert len(measured) == 2  # another structure is measured
+    assert measured.count("candidate") == 2  # another structure is measured
+
+
+def test_speedups_are_paired_so_machine_load_does_not_shift_them(tiny_model_dir, glue_dir, tmp_path, isolated_cache,
+                                                                 monkeypatch):
+    """A candidate timed while the machine is twice as busy keeps its speedup and latency: the
+    teacher is timed right after it, under the same load."""
+    from autosqueeze.measure.latency import LatencyStats
+
+    sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
+    load = {"factor": 1.0}
+
+    def fake(model, *args, **kwargs):
+        ms = (10.0 if model is sc.teacher.model else 2.5 * len(model.bert.encoder.layer)) * load["factor"]
+        return LatencyStats(ms, ms, ms, ms, 0.0, 3, 1, 1, False)
+
+    monkeypatch.setattr(objective_mod, "deployed_latency", fake)
+    objective_mod.measure_baseline(sc)
+    quiet = objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 1})]), sc)
+    load["factor"] = 2.0
+    busy = objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 2})]), sc)
+    assert quiet["speedup"] == 4.0 and quiet["latency_ms"] == 2.5
+    assert busy["speedup"] == 2.0 and busy["latency_ms"] == 5.0  # not 10 ms / 1x, as an unpaired ratio would say
+    assert busy["latency_measured_ms"] == 10.0 and busy["teacher_paired_ms"] == 20.0
 
 
 def test_teacher_outputs_are_shared_across_trials(tiny_model_dir, glue_dir, tmp_path, isolated_cache):

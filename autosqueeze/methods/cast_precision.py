@@ -16,7 +16,7 @@ stays fp32). The pooler (part of the backbone, one token) is left in fp32.
 
 Size: 2 bytes per weight instead of 4 in the chosen parts; embeddings halve only when
 ``embeddings`` is chosen. Latency: bf16 uses this CPU's avx512_bf16 matmuls (MiniLM-L6,
-batch 1, seq 128: ≈1.6× for attention+FFN in bf16 against ≈1.7× for a whole-model
+batch 1, seq 128, 2 threads: ≈1.55× for the default parts against ≈1.7× for a whole-model
 ``.to(bfloat16)``, which also runs LayerNorm/softmax in bf16). fp16 is meant for GPU
 profiles: on a CPU without fp16 matmul kernels it still applies truthfully (accuracy is
 real) but runs several times *slower* than fp32; latency is whatever is measured.

@@ -23,9 +23,9 @@ are the nonzeros. Embeddings unchanged.
 
 Latency: ``kernel: dense`` keeps the dense matmuls (≈1.0×, no speedup). ``kernel: csr``
 multiplies with torch's sparse CSR kernel in inference (eval mode, no grad, fp32 on CPU;
-training always runs dense and masked): on this CPU ≈1.5× at batch 1 and 90% sparsity for
-MiniLM, slower than dense at low sparsity or large batches (e.g. batch 32). Latency is
-whatever is measured. Later quantization (int8, bf16, weight-only) turns these layers back
+training always runs dense and masked): on this CPU ≈1.2–1.5× at batch 1 and 90% sparsity
+for MiniLM, slower than dense at low sparsity (e.g. 50%) or large batches (batch 32).
+Latency is whatever is measured. Later quantization (int8, bf16, weight-only) turns these layers back
 into dense ones, as their kernels are dense.
 """
 from __future__ import annotations

@@ -14,9 +14,10 @@ already quantized or cast is refused; a sparse Linear is quantized dense.
 Size (via ``autosqueeze_nbytes``): 1 byte per int8 weight or 0.5 per int4 weight, plus one
 fp32 scale per group (+ fp32 bias); embeddings shrink only when ``embeddings`` is chosen.
 Latency: there is no int4/int8 weight-only matmul kernel on this CPU — dequantizing every
-matrix on every forward costs time, so with ``compute: fp32`` expect it *slower* than the
-fp32 model; ``compute: bf16`` multiplies in bf16 and may be faster. It is what is measured;
-this method buys size (memory, download), not speed. Embedding lookups stay cheap.
+matrix on every forward costs time. Measured on MiniLM-L6 shapes (batch 1, seq 128, 2
+threads): int8 ``compute: fp32`` ≈0.7× (slower than fp32), int8 ``compute: bf16`` ≈1.1×,
+int4 ≈0.6×. It is what is measured; this method buys size (memory, download), not speed.
+Embedding lookups stay cheap.
 """
 from __future__ import annotations
 

@@ -111,18 +111,24 @@ def example_inputs(model: nn.Module, names: tuple[str, ...], batch: int, seq: in
 def _run_exporter(wrapped: nn.Module, args: tuple[torch.Tensor, ...], names: tuple[str, ...], path: Path,
                   exporter: str, max_seq: int, external: bool) -> None:
     common = dict(input_names=list(names), output_names=["logits"], opset_version=18)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            seq = torch.export.Dim("seq", min=1, max=max_seq)
-            program = torch.onnx.export(wrapped, args, None, dynamo=True, verbose=False, optimize=True,
-                                        dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), **common)
-            program.save(str(path), external_data=external)
-        else:
-            axes = {n: {0: "batch", 1: "seq"} for n in names} | {"logits": {0: "batch"}}
-            torch.onnx.export(wrapped, args, str(path), dynamo=False, dynamic_axes=axes, do_constant_folding=True,
-                              **common)
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" notices of the dynamo exporter
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                seq = torch.export.Dim("seq", min=1, max=max_seq)
+                program = torch.onnx.export(wrapped, args, None, dynamo=True, verbose=False, optimize=True,
+                                            dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), **common)
+                program.save(str(path), external_data=external)
+            else:
+                axes = {n: {0: "batch", 1: "seq"} for n in names} | {"logits": {0: "batch"}}
+                torch.onnx.export(wrapped, args, str(path), dynamo=False, dynamic_axes=axes, do_constant_folding=True,
+                                  **common)
+    finally:
+        quiet.setLevel(level)
 
 
 def check_export(path: Path, model: nn.Module, names: tuple[str, ...]) -> float:

@@ -43,6 +43,29 @@ INFEASIBLE_METRIC = 0.0  # objective value reported for trials stopped by the bu
 SHARED_CACHE_KEYS = (DISTILL_CACHE_KEY,)  # ctx.cache entries kept across trials (teacher outputs)
 
 
+@dataclass(frozen=True)
+class Timing:
+    """One candidate's latency, paired with the teacher's measured right after it.
+
+    ``speedup`` is the ratio of the two (same moment, same inputs), and ``latency_ms`` that
+    ratio applied to the session's teacher baseline: ``baseline_ms / speedup``. On a quiet
+    machine this equals the measured ``stats.median_ms``; on a busy or drifting one it keeps
+    trials timed at different moments comparable (a trial timed while a neighbour trains is
+    not penalized), and for early exit — timed on real dev batches, shorter than the
+    profile's sequence length — it compares like with like. ``stats`` stay the raw numbers.
+    """
+
+    stats: LatencyStats
+    speedup: float
+    latency_ms: float
+    teacher_ms: float  # the paired teacher measurement
+
+    def to_result(self, baseline_ms: float) -> dict[str, Any]:
+        return {"latency": self.stats.to_dict(), "latency_ms": self.latency_ms, "speedup": self.speedup,
+                "latency_measured_ms": self.stats.median_ms, "teacher_paired_ms": self.teacher_ms,
+                "baseline_ms": baseline_ms}
+
+
 @dataclass
 class SearchContext:
     """What every trial of one process shares: teacher, data, baseline, caches."""
@@ -63,6 +86,8 @@ class SearchContext:
     progress: Progress | None = None
     early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
     shared_cache: dict[str, Any] = field(default_factory=dict)
+    paired_baseline: bool = True  # time the teacher after each new candidate (see Timing)
+    timing_cache: dict[str, Timing] = field(default_factory=dict)
 
     def method_context(self, seed: int, probe: bool) -> MethodContext:
         ctx = MethodContext(
@@ -82,19 +107,36 @@ class SearchContext:
     def latency(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
                 recipe: Recipe | None = None) -> LatencyStats:
         """Latency in the profile's runtime (runtimes.deployed_latency: PyTorch or ONNX Runtime, which
-        needs the float model and recipe to redo dynamic int8); cached per architecture unless the
-        cost depends on the data."""
-        if getattr(model, "autosqueeze_needs_real_inputs", False):
-            batches = [{k: v for k, v in b.items() if k != "labels"}
-                       for b in self.data.eval_batches(batch_size=self.profile.batch_size)]
-            return deployed_latency(model, self.profile, self.latency_settings, batches[:200],
-                                    float_model=float_model, recipe=recipe)
-        if key is not None and key in self.latency_cache:
-            return self.latency_cache[key]
-        stats = deployed_latency(model, self.profile, self.latency_settings, float_model=float_model, recipe=recipe)
-        if key is not None:
+        needs the float model and recipe to redo dynamic int8), as measured (see :meth:`timing`)."""
+        return self.timing(model, key, float_model, recipe).stats
+
+    def timing(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
+               recipe: Recipe | None = None) -> Timing:
+        """The candidate timed, then the teacher timed right after on the same inputs (paired).
+
+        Cached per architecture unless the cost depends on the data (early exit: timed on real
+        dev batches, and so is its paired teacher). See :class:`Timing` for why pairing.
+        """
+        real = bool(getattr(model, "autosqueeze_needs_real_inputs", False))
+        if not real and key is not None and key in self.timing_cache:
+            return self.timing_cache[key]
+        inputs = None
+        if real:
+            inputs = [{k: v for k, v in b.items() if k != "labels"}
+                      for b in self.data.eval_batches(batch_size=self.profile.batch_size)][:200]
+        stats = deployed_latency(model, self.profile, self.latency_settings, inputs,
+                                 float_model=float_model, recipe=recipe)
+        assert self.baseline is not None, "call measure_baseline first"
+        if self.paired_baseline and self.profile.runtime == "torch":
+            teacher_ms = deployed_latency(self.teacher.model, self.profile, self.latency_settings, inputs).median_ms
+        else:  # ONNX Runtime: re-exporting the teacher per trial costs more than a trial's training
+            teacher_ms = self.baseline.median_ms
+        timing = Timing(stats, teacher_ms / stats.median_ms, self.baseline.median_ms * stats.median_ms / teacher_ms,
+                        teacher_ms)
+        if not real and key is not None:
+            self.timing_cache[key] = timing
             self.latency_cache[key] = stats
-        return stats
+        return timing
 
     def slice_metric(self, model: nn.Module) -> float:
         """Main metric on the first ``early_stop.dev_examples`` dev examples (early stopping)."""
@@ -129,14 +171,14 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
     recipe = Recipe(steps=[Step("quantize_dynamic", {}, get_method("quantize_dynamic").version)])
     int8_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
     int8 = int8_built.model
-    lat = sc.latency(int8, architecture_key(recipe), int8_built.float_model, recipe)
+    timing = sc.timing(int8, architecture_key(recipe), int8_built.float_model, recipe)
     with fixed_threads(sc.train_threads):
         metrics = evaluate(int8, sc.data, sc.extra_dev, sc.eval_batch_size)
     return {
         "teacher": {"metric": teacher_metrics[sc.main_metric], "metrics": teacher_metrics,
                     "dev_examples": len(sc.data.dev)},
-        "int8_baseline": {"metric": metrics[sc.main_metric], "metrics": metrics, "latency_ms": lat.median_ms,
-                          "speedup": sc.baseline.median_ms / lat.median_ms, "recipe": recipe.to_dict()["steps"],
+        "int8_baseline": {"metric": metrics[sc.main_metric], "metrics": metrics,
+                          **timing.to_result(sc.baseline.median_ms), "recipe": recipe.to_dict()["steps"],
                           "dev_examples": len(sc.data.dev)},
     }
 
@@ -152,13 +194,11 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     t0 = time.perf_counter()
     probe_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
     probe = probe_built.model
-    lat = sc.latency(probe, architecture_key(recipe), probe_built.float_model, recipe)
+    lat = sc.timing(probe, architecture_key(recipe), probe_built.float_model, recipe)
     data_dependent = bool(getattr(probe, "autosqueeze_needs_real_inputs", False))
     del probe, probe_built
-    result: dict[str, Any] = {"latency": lat.to_dict(), "latency_ms": lat.median_ms,
-                              "baseline_ms": sc.baseline.median_ms, "speedup": sc.baseline.median_ms / lat.median_ms,
-                              "probe_s": time.perf_counter() - t0}
-    if sc.budget_ms is not None and lat.median_ms > sc.budget_ms:
+    result: dict[str, Any] = {**lat.to_result(sc.baseline.median_ms), "probe_s": time.perf_counter() - t0}
+    if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms:
         result["status"] = "over_budget"
         result["trial_s"] = time.perf_counter() - t0
         return result
@@ -167,7 +207,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     total = total_training_steps([(s.method, s.params) for s in recipe.steps])
     if reference is not None and sc.early_stop.enabled and total > 0 and not data_dependent:
         n = min(sc.early_stop.dev_examples, len(sc.data.dev))
-        stopper = EarlyStopper(sc.early_stop, total, lat.median_ms, reference, sc.slice_metric, n)
+        stopper = EarlyStopper(sc.early_stop, total, lat.latency_ms, reference, sc.slice_metric, n)
         ctx.cache["should_stop"] = stopper.should_stop
         ctx.post_step_hooks.append(stopper.hook)
     try:
@@ -184,8 +224,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     if stopper is not None:
         result["early_stop"] = stopper.history
     if data_dependent:
-        lat = sc.latency(built.model, None, built.float_model, recipe)
-        result.update(latency=lat.to_dict(), latency_ms=lat.median_ms, speedup=sc.baseline.median_ms / lat.median_ms)
+        result.update(sc.timing(built.model, None, built.float_model, recipe).to_result(sc.baseline.median_ms))
     if exit_stats is not None:
         result["exit_stats"] = exit_stats
     size = model_size(built.model)
