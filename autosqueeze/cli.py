@@ -211,6 +211,21 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench
+    from .measure import HardwareProfile, LatencySettings
+
+    profile = HardwareProfile(threads=args.threads, batch_size=args.batch_size, seq_len=args.seq_len)
+    rows = bench(args.models, profile, LatencySettings(repeats=args.repeats))
+    print(f"{'model':40s}{'median ms':>11s}{'p10-p90 ms':>16s}{'speedup':>9s}{'MB':>8s}{'MB no emb':>11s}")
+    for r in rows:
+        lat = r.latency
+        print(f"{r.name[-40:]:40s}{lat.median_ms:11.2f}{f'{lat.p10_ms:.2f}-{lat.p90_ms:.2f}':>16s}{r.speedup:8.2f}x"
+              f"{r.size['total_bytes'] / 1e6:8.1f}{r.size['non_embedding_bytes'] / 1e6:11.1f}")
+    print(f"(batch {profile.batch_size}, seq {profile.seq_len}, {profile.threads} threads; speedup vs the first model)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autosqueeze", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -264,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"),
                    help="ONNX exporter (default: dynamo, falling back to TorchScript)")
     a.set_defaults(func=cmd_apply)
+
+    b = sub.add_parser("bench", help="time saved models on their own (the first is the baseline)")
+    b.add_argument("models", nargs="+", help="folders written by apply, model folders, hub names or 'default'")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--batch-size", type=int, default=1)
+    b.add_argument("--seq-len", type=int, default=128)
+    b.add_argument("--repeats", type=int, default=50)
+    b.set_defaults(func=cmd_bench)
     return p
 
 

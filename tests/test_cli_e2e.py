@@ -107,3 +107,10 @@ def test_bad_inputs_fail_in_one_line_without_touching_the_db(tiny_model_dir, glu
     after = sqlite3.connect(db).execute("select count(*) from trials").fetchone()
     assert before == after
     assert main(["report", str(study)]) == 0  # the study is still readable
+
+
+def test_bench_times_saved_models_against_the_first(tiny_model_dir, capsys):
+    assert main(["bench", str(tiny_model_dir), str(tiny_model_dir), "--seq-len", "16", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.startswith(str(tiny_model_dir)[-40:])]
+    assert len(rows) == 2 and rows[0].split()[3] == "1.00x"
