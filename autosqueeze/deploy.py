@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from .arch import get_adapter
+from .atomic import atomic_dir
 from .methods import MethodContext, Stage, get_method
 from .recipe import Recipe, RecipeError, apply_recipe
 
@@ -128,9 +127,7 @@ def save_compressed(built: Built, recipe: Recipe, tokenizer: Any, teacher_config
         raise FileExistsError(f"{out} exists and is a file: choose another -o")
     if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not an autosqueeze model folder: choose another -o")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         save_model(built.float_model, str(tmp / WEIGHTS), metadata={"format": "pt"})
         built.float_model.config.to_json_file(str(tmp / "config.json"))
         if tokenizer is not None:
@@ -148,12 +145,6 @@ def save_compressed(built: Built, recipe: Recipe, tokenizer: Any, teacher_config
         if check_plain:
             manifest["plain_from_pretrained"] = check_plain_loading(tmp, built, recipe)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -10,8 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .atomic import atomic_dir
 from .data import TaskData
 from .measure.latency import fixed_threads
 from .measure.metrics import evaluate
@@ -72,19 +71,11 @@ def train_teacher(model_name: str, task: TaskSpec | str, data_dir: str | None, s
         metrics = evaluate(model, data, extra)
     info = {"model": model_name, "task": task.name, "settings": settings.to_dict(), "train_loss": stats["loss"],
             "weights_hash": weights_hash(model), "num_train_examples": len(data.train)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "teacher.json").write_text(json.dumps(info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Teacher(model, tokenizer, metrics, out, info)
 
 
