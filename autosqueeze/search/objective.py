@@ -61,9 +61,14 @@ class Timing:
     teacher_ms: float  # the paired teacher measurement
 
     def to_result(self, baseline_ms: float) -> dict[str, Any]:
-        return {"latency": self.stats.to_dict(), "latency_ms": self.latency_ms, "speedup": self.speedup,
-                "latency_measured_ms": self.stats.median_ms, "teacher_paired_ms": self.teacher_ms,
-                "baseline_ms": baseline_ms}
+        """Trial attributes: ``latency`` holds the stats scaled like ``latency_ms`` (by
+        baseline / paired teacher), ``latency_measured`` the raw ones."""
+        raw = self.stats.to_dict()
+        factor = self.latency_ms / self.stats.median_ms
+        scaled = {k: (v * factor if k.endswith("_ms") else v) for k, v in raw.items()}
+        return {"latency": {**scaled, "scale": factor}, "latency_ms": self.latency_ms, "speedup": self.speedup,
+                "latency_measured": raw, "latency_measured_ms": self.stats.median_ms,
+                "teacher_paired_ms": self.teacher_ms, "baseline_ms": baseline_ms}
 
 
 @dataclass
