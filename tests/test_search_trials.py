@@ -78,44 +78,77 @@ def test_over_budget_trials_cost_no_training_and_are_infeasible(tiny_model_dir, 
 def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_dir, tmp_path, isolated_cache,
                                                           monkeypatch):
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
-    measured: list[str] = []
-    real = objective_mod.deployed_latency
-
-    def counted(m, *a, **k):
-        measured.append("teacher" if m is sc.teacher.model else "candidate")
-        return real(m, *a, **k)
-
-    monkeypatch.setattr(objective_mod, "deployed_latency", counted)
+    measured: list[int] = []
+    real = objective_mod.paired_latency
+    monkeypatch.setattr(objective_mod, "paired_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))
     a = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 2})])
     b = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 4, "temperature": 4.0})])
     ra, rb = objective_mod.evaluate_recipe(a, sc), objective_mod.evaluate_recipe(b, sc)
-    assert measured == ["candidate", "teacher"]  # once, paired with the teacher
+    assert len(measured) == 1
     assert ra["latency_ms"] == rb["latency_ms"] and ra["speedup"] == rb["speedup"]
     objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 2})]), sc)
-    assert measured.count("candidate") == 2  # another structure is measured
+    assert len(measured) == 2  # another structure is measured
 
 
-def test_speedups_are_paired_so_machine_load_does_not_shift_them(tiny_model_dir, glue_dir, tmp_path, isolated_cache,
-                                                                 monkeypatch):
-    """A candidate timed while the machine is twice as busy keeps its speedup and latency: the
-    teacher is timed right after it, under the same load."""
+class FakeClock:
+    """perf_counter for timing.py: models advance it by cost x the machine's current load."""
+
+    def __init__(self) -> None:
+        self.now, self.calls = 0.0, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self, cost_ms: float) -> None:
+        self.calls += 1
+        load = 3.0 if (self.calls // 7) % 2 else 1.0  # the machine gets 3x busier every 7 calls
+        self.now += cost_ms * load / 1e3
+
+
+def test_paired_timing_cancels_changing_load(monkeypatch):
+    from autosqueeze.measure.latency import HardwareProfile, LatencySettings
+    from autosqueeze.search import timing
+
+    clock = FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+
+    class Model(torch.nn.Module):
+        def __init__(self, cost: float) -> None:
+            super().__init__()
+            self.cost = cost
+
+        def forward(self, **inputs):
+            clock.run(self.cost)
+
+    settings = LatencySettings(warmup=0, repeats=40, min_time_s=0.0, idle_wait_s=0.0)
+    cand, teach, ratio = timing.paired_latency(Model(2.0), Model(8.0), HardwareProfile(threads=1), settings)
+    assert ratio == 4.0  # the true speedup, although each model's own samples swing 3x
+    assert cand.p90_ms == 3 * cand.p10_ms
+
+
+def test_speedups_do_not_move_with_machine_load(tiny_model_dir, glue_dir, tmp_path, isolated_cache, monkeypatch):
+    """A candidate timed while the machine is twice as busy keeps its speedup and latency."""
     from autosqueeze.measure.latency import LatencyStats
 
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     load = {"factor": 1.0}
 
-    def fake(model, *args, **kwargs):
-        ms = (10.0 if model is sc.teacher.model else 2.5 * len(model.bert.encoder.layer)) * load["factor"]
+    def stats(ms: float) -> LatencyStats:
         return LatencyStats(ms, ms, ms, ms, 0.0, 3, 1, 1, False)
 
-    monkeypatch.setattr(objective_mod, "deployed_latency", fake)
-    objective_mod.measure_baseline(sc)
+    def fake(model, teacher, *args, **kwargs):
+        c, t = 2.5 * len(model.bert.encoder.layer) * load["factor"], 10.0 * load["factor"]
+        return stats(c), stats(t), t / c
+
+    monkeypatch.setattr(objective_mod, "paired_latency", fake)
+    sc.baseline = stats(10.0)
     quiet = objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 1})]), sc)
     load["factor"] = 2.0
     busy = objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 2})]), sc)
     assert quiet["speedup"] == 4.0 and quiet["latency_ms"] == 2.5
     assert busy["speedup"] == 2.0 and busy["latency_ms"] == 5.0  # not 10 ms / 1x, as an unpaired ratio would say
     assert busy["latency_measured_ms"] == 10.0 and busy["teacher_paired_ms"] == 20.0
+    assert busy["latency"]["median_ms"] == 5.0 and busy["latency_measured"]["median_ms"] == 10.0
 
 
 def test_teacher_outputs_are_shared_across_trials(tiny_model_dir, glue_dir, tmp_path, isolated_cache):
@@ -264,3 +297,15 @@ def test_a_range_the_model_cannot_satisfy_stops_the_search_before_any_trial(tiny
     assert str(tmp_path / "space.yaml") in err[0] and "drop_layers.keep = 5" in err[0]
     assert "only 3 layers" in err[0] and "narrow the range of drop_layers.keep" in err[0]
     assert load(path).trials == []
+
+
+def test_a_worker_with_another_teacher_is_refused(tiny_model_dir, glue_dir, tmp_path, isolated_cache):
+    from autosqueeze.study_config import ConfigError
+
+    path = write_study(tmp_path, tiny_model_dir, trials=1)
+    run_search(load_study_config(path), str(glue_dir))
+    study = load(path)
+    study.set_user_attr("teacher", {**study.user_attrs["teacher"], "weights_hash": "0123456789abcdef"})
+    with pytest.raises(ConfigError, match="a study compresses one teacher"):
+        run_search(load_study_config(path), str(glue_dir), trials=2)
+    assert len(load(path).trials) == 1

@@ -5,8 +5,9 @@ before any training: a trial over the latency budget stops there (seconds), reco
 infeasible through Optuna's constraints (``latency_budget_ms`` > 0), never dropped. A
 trial within budget recovers by its recipe's training steps; while it trains, the
 early-stopping rule (early_stop.py) may stop it when it cannot reach the front at its
-latency. Identical architectures reuse a cached latency; teacher outputs for distillation
-are cached across the trials of one process. Everything a report or export needs is stored
+latency. Latency is timed paired with the teacher (timing.py), so machine-load changes do
+not move speedups; identical architectures reuse a cached timing; teacher outputs for
+distillation are cached across the trials of one process. Everything a report or export needs is stored
 on the trial as user attributes: the recipe, latency stats, speedup, size, all metrics, and
 ``status`` — complete | over_budget | stopped_early | failed (with ``error``).
 """
@@ -36,39 +37,12 @@ from ..runtimes import deployed_latency
 from ..tasks import compute_metrics
 from ..teacher import Teacher
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
+from .timing import Timing, paired_latency
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
 INFEASIBLE_METRIC = 0.0  # objective value reported for trials stopped by the budget
 SHARED_CACHE_KEYS = (DISTILL_CACHE_KEY,)  # ctx.cache entries kept across trials (teacher outputs)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """One candidate's latency, paired with the teacher's measured right after it.
-
-    ``speedup`` is the ratio of the two (same moment, same inputs), and ``latency_ms`` that
-    ratio applied to the session's teacher baseline: ``baseline_ms / speedup``. On a quiet
-    machine this equals the measured ``stats.median_ms``; on a busy or drifting one it keeps
-    trials timed at different moments comparable (a trial timed while a neighbour trains is
-    not penalized), and for early exit — timed on real dev batches, shorter than the
-    profile's sequence length — it compares like with like. ``stats`` stay the raw numbers.
-    """
-
-    stats: LatencyStats
-    speedup: float
-    latency_ms: float
-    teacher_ms: float  # the paired teacher measurement
-
-    def to_result(self, baseline_ms: float) -> dict[str, Any]:
-        """Trial attributes: ``latency`` holds the stats scaled like ``latency_ms`` (by
-        baseline / paired teacher), ``latency_measured`` the raw ones."""
-        raw = self.stats.to_dict()
-        factor = self.latency_ms / self.stats.median_ms
-        scaled = {k: (v * factor if k.endswith("_ms") else v) for k, v in raw.items()}
-        return {"latency": {**scaled, "scale": factor}, "latency_ms": self.latency_ms, "speedup": self.speedup,
-                "latency_measured": raw, "latency_measured_ms": self.stats.median_ms,
-                "teacher_paired_ms": self.teacher_ms, "baseline_ms": baseline_ms}
 
 
 @dataclass
@@ -91,7 +65,7 @@ class SearchContext:
     progress: Progress | None = None
     early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
     shared_cache: dict[str, Any] = field(default_factory=dict)
-    paired_baseline: bool = True  # time the teacher after each new candidate (see Timing)
+    paired_baseline: bool = True  # time each new candidate alternately with the teacher (timing.py)
     timing_cache: dict[str, Timing] = field(default_factory=dict)
 
     def method_context(self, seed: int, probe: bool) -> MethodContext:
@@ -117,10 +91,10 @@ class SearchContext:
 
     def timing(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
                recipe: Recipe | None = None) -> Timing:
-        """The candidate timed, then the teacher timed right after on the same inputs (paired).
+        """The candidate and the teacher timed alternately on the same inputs (timing.py says why).
 
         Cached per architecture unless the cost depends on the data (early exit: timed on real
-        dev batches, and so is its paired teacher). See :class:`Timing` for why pairing.
+        dev batches, and so is its paired teacher). ONNX Runtime profiles are not paired.
         """
         real = bool(getattr(model, "autosqueeze_needs_real_inputs", False))
         if not real and key is not None and key in self.timing_cache:
@@ -129,15 +103,16 @@ class SearchContext:
         if real:
             inputs = [{k: v for k, v in b.items() if k != "labels"}
                       for b in self.data.eval_batches(batch_size=self.profile.batch_size)][:200]
-        stats = deployed_latency(model, self.profile, self.latency_settings, inputs,
-                                 float_model=float_model, recipe=recipe)
         assert self.baseline is not None, "call measure_baseline first"
         if self.paired_baseline and self.profile.runtime == "torch":
-            teacher_ms = deployed_latency(self.teacher.model, self.profile, self.latency_settings, inputs).median_ms
+            stats, teacher, speedup = paired_latency(model, self.teacher.model, self.profile, self.latency_settings,
+                                                     inputs)
+            timing = Timing(stats, speedup, self.baseline.median_ms / speedup, teacher.median_ms)
         else:  # ONNX Runtime: re-exporting the teacher per trial costs more than a trial's training
-            teacher_ms = self.baseline.median_ms
-        timing = Timing(stats, teacher_ms / stats.median_ms, self.baseline.median_ms * stats.median_ms / teacher_ms,
-                        teacher_ms)
+            stats = deployed_latency(model, self.profile, self.latency_settings, inputs,
+                                     float_model=float_model, recipe=recipe)
+            timing = Timing(stats, self.baseline.median_ms / stats.median_ms, stats.median_ms,
+                            self.baseline.median_ms)
         if not real and key is not None:
             self.timing_cache[key] = timing
             self.latency_cache[key] = stats

@@ -128,8 +128,8 @@ def _check_teacher(study: optuna.Study, sc: SearchContext, url: str) -> None:
     if known and mine and known != mine:
         raise ConfigError(
             f"this worker's teacher ({sc.teacher.path}, weights {mine}) differs from the one the study in "
-            f"{redact(url)} was run with (weights {known}): copy that teacher folder into this machine's "
-            f"cache ($AUTOSQUEEZE_CACHE/teachers) so every worker compresses the same model")
+            f"{redact(url)} was run with (weights {known}); a study compresses one teacher: copy that teacher's "
+            f"folder into this machine's cache ($AUTOSQUEEZE_CACHE/teachers), or give the study a new 'name'")
 
 
 def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None = None,

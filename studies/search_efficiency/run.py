@@ -76,12 +76,21 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float] = RE
     return hv
 
 
+def budget_trials(study: Any) -> list[Any]:
+    """Finished trials that count toward the budget: a trial lost because this script was
+    killed (failed on resume, "worker ... ended during the trial") is not the arm's fault."""
+    from optuna.trial import TrialState
+
+    return [t for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+            if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and not str(
+                t.system_attrs.get("fail_reason", "")).startswith("worker "))]
+
+
 def summarize(study: Any, limit: int) -> dict[str, Any]:
     """Scores of the study's first ``limit`` finished trials (an equal budget for every arm)."""
     from optuna.trial import TrialState
 
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)][:limit]
+    done = budget_trials(study)[:limit]
     ok = [t for t in done if t.state == TrialState.COMPLETE and t.user_attrs.get("status") == "complete"]
     points = [(t.user_attrs["metric"], t.user_attrs["speedup"]) for t in ok]
     secs = [t.user_attrs["trial_s"] for t in done if isinstance(t.user_attrs.get("trial_s"), (int, float))]
@@ -145,7 +154,7 @@ def main() -> int:
     from autosqueeze.search.objective import make_objective, reference_points
     from autosqueeze.search.space import load_space
     from autosqueeze.search.storage import fail_dead_local_trials, make_storage
-    from autosqueeze.search.study import finished_trials, make_sampler, prepare
+    from autosqueeze.search.study import make_sampler, prepare
     from autosqueeze.search.validate import validate_for_model
     from autosqueeze.study_config import load_study_config
     from autosqueeze.tasks import resolve_data_dir
@@ -208,7 +217,7 @@ def main() -> int:
             for seed in seeds:
                 for arm in args.arms:
                     study = studies[(arm, seed)]
-                    if finished_trials(study) > rnd:
+                    if len(budget_trials(study)) > rnd:
                         continue
                     study.optimize(objectives[arm], n_trials=1, catch=(Exception,), gc_after_trial=True)
                     t = study.trials[-1]
@@ -219,7 +228,7 @@ def main() -> int:
                           f"{t.number}: {'+'.join(ua.get('methods', [])) or 'teacher'}: {what} "
                           f"({ua.get('trial_s', 0):.0f}s)", flush=True)
     meta_refs = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    budget = min(args.trials, *(finished_trials(s) for s in studies.values()))
+    budget = min(args.trials, *(len(budget_trials(s)) for s in studies.values()))
     if budget < args.trials:
         print(f"only {budget} trials finished in every arm and seed: scoring the first {budget} of each", flush=True)
     rows = {(arm, seed): summarize(studies[(arm, seed)], budget) for arm in args.arms for seed in seeds}

@@ -1,0 +1,97 @@
+"""Paired timing: a candidate and the teacher timed call by call, alternately, on the same inputs.
+
+A latency measured on a machine whose load changes (other work, a neighbour worker, turbo
+and thermal states) moves by as much as 2x from one second to the next. Timing the
+candidate alone and dividing by a teacher latency measured minutes earlier turns that into
+fake speedups (the uncompressed teacher itself came out at 0.5x or 1.9x on this busy
+2-core machine). Alternating the two models call by call and taking the median of the
+per-pair ratios cancels whatever both calls of a pair share, which is nearly all of it.
+
+:class:`Timing` is what a trial stores: the paired ``speedup``, ``latency_ms`` — the speedup
+applied to the session's teacher baseline, ``baseline_ms / speedup``, which on a quiet
+machine equals the candidate's own median — and the raw numbers. For early exit (timed on
+real dev sentences, shorter than the profile's sequence length) the teacher is timed on
+the same sentences, so the ratio compares like with like.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..measure import LatencyStats
+from ..measure.latency import HardwareProfile, LatencySettings, fixed_threads, stats_from_samples, synthetic_inputs, \
+    wait_until_idle
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One candidate's latency, paired with the teacher's (see the module docstring)."""
+
+    stats: LatencyStats  # the candidate, as measured
+    speedup: float  # median over pairs of teacher / candidate
+    latency_ms: float  # baseline_ms / speedup
+    teacher_ms: float  # the teacher's median within the pairs
+
+    def to_result(self, baseline_ms: float) -> dict[str, Any]:
+        """Trial attributes: ``latency`` holds the stats scaled like ``latency_ms``,
+        ``latency_measured`` the raw ones."""
+        raw = self.stats.to_dict()
+        factor = self.latency_ms / self.stats.median_ms
+        scaled = {k: (v * factor if k.endswith("_ms") else v) for k, v in raw.items()}
+        return {"latency": {**scaled, "scale": factor}, "latency_ms": self.latency_ms, "speedup": self.speedup,
+                "latency_measured": raw, "latency_measured_ms": self.stats.median_ms,
+                "teacher_paired_ms": self.teacher_ms, "baseline_ms": baseline_ms}
+
+
+def paired_latency(candidate: nn.Module, teacher: nn.Module, profile: HardwareProfile,
+                   settings: LatencySettings | None = None,
+                   inputs: list[dict[str, torch.Tensor]] | None = None) -> tuple[LatencyStats, LatencyStats, float]:
+    """(candidate stats, teacher stats, median per-pair ratio teacher / candidate).
+
+    Each pair runs both models on the same batch, the first one alternating from pair to
+    pair; ``settings`` give the warm-up calls, the minimum pairs and seconds. ``inputs``:
+    real batches (cycled), else full-length synthetic ones of the profile's shape.
+    """
+    st = settings or LatencySettings()
+    vocab = int(getattr(getattr(teacher, "config", None), "vocab_size", 1000))
+    device = torch.device(profile.device)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in (inputs or [synthetic_inputs(profile, vocab)])]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    candidate.eval()
+    teacher.eval()
+    cand_ms: list[float] = []
+    teach_ms: list[float] = []
+
+    def timed(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+        t0 = time.perf_counter()
+        model(**batch)
+        sync()
+        return (time.perf_counter() - t0) * 1e3
+
+    with fixed_threads(profile.threads), torch.inference_mode():
+        wait_until_idle(profile.threads, st.idle_wait_s)
+        for i in range(st.warmup):
+            candidate(**batches[i % len(batches)])
+            teacher(**batches[i % len(batches)])
+        sync()
+        start, i = time.perf_counter(), 0
+        while len(cand_ms) < st.repeats or time.perf_counter() - start < st.min_time_s:
+            batch = batches[i % len(batches)]
+            if i % 2:
+                t, c = timed(teacher, batch), timed(candidate, batch)
+            else:
+                c, t = timed(candidate, batch), timed(teacher, batch)
+            cand_ms.append(c)
+            teach_ms.append(t)
+            i += 1
+            if len(cand_ms) >= 20 * st.repeats:
+                break
+    c_arr, t_arr = np.asarray(cand_ms), np.asarray(teach_ms)
+    ratio = float(np.median(t_arr / c_arr))
+    return (stats_from_samples(c_arr, warmup=st.warmup, threads=profile.threads),
+            stats_from_samples(t_arr, warmup=st.warmup, threads=profile.threads), ratio)
