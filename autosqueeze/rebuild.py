@@ -156,6 +156,7 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     """Rebuild, measure and save the model of a recipe (or of a saved model folder's recipe)."""
     from .runtimes import deployed_latency
     from .runtimes.fingerprint import hardware_fingerprint, same_machine
+    from .search.timing import timing_against_teacher
 
     recipe = read_recipe(recipe_path)
     try:
@@ -189,12 +190,11 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
                       for b in data.eval_batches(batch_size=profile.batch_size)][:200]
         use_file = onnx_file if profile.runtime == "onnxruntime" else None
         base = deployed_latency(teacher.model, profile, ls)
-        lat = deployed_latency(built.model, profile, ls, inputs, float_model=built.float_model, recipe=recipe,
-                               onnx_path=use_file)
+        timing = timing_against_teacher(built.model, teacher.model, profile, ls, base.median_ms, inputs,
+                                        float_model=built.float_model, recipe=recipe, onnx_path=use_file)
         size = model_size(built.model)
-        reproduced = {"metric": metrics[task.main_metric], "metrics": metrics, "latency_ms": lat.median_ms,
-                      "latency": lat.to_dict(), "baseline_ms": base.median_ms,
-                      "speedup": base.median_ms / lat.median_ms, "size": size.to_dict(), "runtime": profile.runtime}
+        reproduced = {"metric": metrics[task.main_metric], "metrics": metrics, **timing.to_result(base.median_ms),
+                      "size": size.to_dict(), "runtime": profile.runtime}
         if onnx_file is not None:
             from .runtimes.ort import OrtClassifier, make_session
 

@@ -15,6 +15,7 @@ from autosqueeze.methods import distill as distill_mod
 from autosqueeze.methods import registry
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.search import objective as objective_mod
+from autosqueeze.search import timing as timing_mod
 from autosqueeze.search.early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly
 from autosqueeze.search.study import prepare, run_search
 from autosqueeze.study_config import load_study_config
@@ -79,8 +80,8 @@ def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_d
                                                           monkeypatch):
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     measured: list[int] = []
-    real = objective_mod.paired_latency
-    monkeypatch.setattr(objective_mod, "paired_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))
+    real = timing_mod.paired_latency
+    monkeypatch.setattr(timing_mod, "paired_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))
     a = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 2})])
     b = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 4, "temperature": 4.0})])
     ra, rb = objective_mod.evaluate_recipe(a, sc), objective_mod.evaluate_recipe(b, sc)
@@ -140,7 +141,7 @@ def test_speedups_do_not_move_with_machine_load(tiny_model_dir, glue_dir, tmp_pa
         c, t = 2.5 * len(model.bert.encoder.layer) * load["factor"], 10.0 * load["factor"]
         return stats(c), stats(t), t / c
 
-    monkeypatch.setattr(objective_mod, "paired_latency", fake)
+    monkeypatch.setattr(timing_mod, "paired_latency", fake)
     sc.baseline = stats(10.0)
     quiet = objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 1})]), sc)
     load["factor"] = 2.0

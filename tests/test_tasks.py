@@ -16,7 +16,6 @@ import pytest
 from autosqueeze.tasks import (
     TASKS,
     Example,
-    TaskSpec,
     compute_metrics,
     get_task,
     load_split,

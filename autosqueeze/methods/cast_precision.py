@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import PARTS, is_quantized_module, part_weights, plain_linear, replace_module
+from .common import PARTS, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
-from .registry import MethodError, Stage, register
+from .registry import Stage, register
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,14 +101,7 @@ def _ffn_up_ids(model: nn.Module, ctx: MethodContext) -> set[int]:
 
 def apply(model: nn.Module, config: CastPrecisionConfig, ctx: MethodContext) -> nn.Module:
     dtype = DTYPES[config.dtype]
-    targets = part_weights(model, ctx.adapter, config.parts)
-    done = [f"{name} ({part})" for part, name, mod in targets if is_quantized_module(mod)]
-    if done:
-        raise MethodError(
-            f"cast_precision: {len(done)} target layer(s) are already quantized or cast by an earlier step, "
-            f"e.g. {done[:3]}; give each quantization step different parts")
-    if not targets:
-        raise MethodError(f"cast_precision: no weights found in parts {list(config.parts)}")
+    targets = unquantized_part_weights(model, ctx.adapter, config.parts, "cast_precision")
     if dtype == torch.float16 and ctx.device == "cpu":
         log.warning("cast_precision: fp16 on CPU has no fast kernels here; accuracy is real, latency is "
                     "whatever is measured (usually slower than fp32)")

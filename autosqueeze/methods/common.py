@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..arch import ArchAdapter
+from .registry import MethodError
 
 # Model parts that precision / sparsity methods address (see :func:`part_weights`).
 PARTS = ("embeddings", "attention", "ffn", "classifier")
@@ -84,3 +85,18 @@ def plain_linear(module: nn.Module) -> nn.Module:
     sharing its weights; any other module unchanged. Quantization uses dense kernels."""
     to_plain = getattr(module, "to_plain_linear", None)
     return to_plain() if callable(to_plain) else module
+
+
+def unquantized_part_weights(model: nn.Module, adapter: ArchAdapter, parts: tuple[str, ...] | list[str],
+                             method: str, fix: str = "give each quantization step different parts",
+                             ) -> list[tuple[str, str, nn.Module]]:
+    """:func:`part_weights` for a step that needs float weights: refuses targets an earlier step
+    already quantized or cast (``fix`` says what to do instead), and an empty selection."""
+    targets = part_weights(model, adapter, parts)
+    done = [f"{name} ({part})" for part, name, mod in targets if is_quantized_module(mod)]
+    if done:
+        raise MethodError(f"{method}: {len(done)} target layer(s) are already quantized or cast by an earlier step, "
+                          f"e.g. {done[:3]}; {fix}")
+    if not targets:
+        raise MethodError(f"{method}: no weights found in parts {list(parts)}")
+    return targets

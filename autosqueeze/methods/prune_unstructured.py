@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .common import is_quantized_module, part_weights, replace_module
+from .common import replace_module, unquantized_part_weights
 from .context import MethodContext
-from .registry import MethodError, Stage, register
+from .registry import Stage, register
 
 log = logging.getLogger(__name__)
 PARTS = ("attention", "ffn")
@@ -185,12 +185,8 @@ def _keep_mask(magnitudes: torch.Tensor, prune: int) -> torch.Tensor:
 
 
 def apply(model: nn.Module, config: PruneUnstructuredConfig, ctx: MethodContext) -> nn.Module:
-    targets = part_weights(model, ctx.adapter, config.parts)
-    done = [name for _, name, mod in targets if is_quantized_module(mod)]
-    if done:
-        raise MethodError(f"prune_unstructured: layers {done[:3]} are quantized; prune before quantizing")
-    if not targets:
-        raise MethodError(f"prune_unstructured: no Linear layers in parts {list(config.parts)}")
+    targets = unquantized_part_weights(model, ctx.adapter, config.parts, "prune_unstructured",
+                                       fix="prune before quantizing")
     weights = [mod.weight.detach() for _, _, mod in targets]
     with torch.no_grad():
         if config.scope == "per_layer":

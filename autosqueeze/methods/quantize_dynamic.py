@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import is_quantized_module, part_weights, plain_linear, replace_module
+from .common import plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -44,21 +44,11 @@ class QuantizeDynamicConfig:
 def _target_names(model: nn.Module, config: QuantizeDynamicConfig, ctx: MethodContext) -> set[str]:
     """Qualified names of the Linear layers to quantize (refuses already quantized ones)."""
     targets: set[str] = set()
-    done: list[str] = []
-    for part, name, mod in part_weights(model, ctx.adapter, config.parts):
-        if is_quantized_module(mod):
-            done.append(f"{name} ({part})")
-            continue
+    for _, name, mod in unquantized_part_weights(model, ctx.adapter, config.parts, "quantize_dynamic"):
         plain = plain_linear(mod)
         if plain is not mod:  # e.g. a sparse Linear: torch swaps only exact nn.Linear
             replace_module(model, name, plain)
         targets.add(name)
-    if done:
-        raise MethodError(
-            f"quantize_dynamic: {len(done)} target layer(s) are already quantized or cast by an earlier "
-            f"step, e.g. {done[:3]}; give each quantization step different parts")
-    if not targets:
-        raise MethodError(f"quantize_dynamic: no Linear layers found in parts {list(config.parts)}")
     return targets
 
 

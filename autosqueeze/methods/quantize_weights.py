@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import PARTS, is_quantized_module, part_weights, plain_linear, replace_module
+from .common import PARTS, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -160,14 +160,7 @@ class WeightOnlyEmbedding(_GroupQuantized):
 
 
 def apply(model: nn.Module, config: QuantizeWeightsConfig, ctx: MethodContext) -> nn.Module:
-    targets = part_weights(model, ctx.adapter, config.parts)
-    done = [f"{name} ({part})" for part, name, mod in targets if is_quantized_module(mod)]
-    if done:
-        raise MethodError(
-            f"quantize_weights: {len(done)} target layer(s) are already quantized or cast by an earlier step, "
-            f"e.g. {done[:3]}; give each quantization step different parts")
-    if not targets:
-        raise MethodError(f"quantize_weights: no weights found in parts {list(config.parts)}")
+    targets = unquantized_part_weights(model, ctx.adapter, config.parts, "quantize_weights")
     compute = COMPUTE[config.compute]
     with torch.no_grad():
         for _, name, mod in targets:

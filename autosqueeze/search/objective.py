@@ -37,7 +37,7 @@ from ..runtimes import deployed_latency
 from ..tasks import compute_metrics
 from ..teacher import Teacher
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
-from .timing import Timing, paired_latency
+from .timing import Timing, timing_against_teacher
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -61,7 +61,6 @@ class SearchContext:
     eval_batch_size: int = 64
     baseline: LatencyStats | None = None
     teacher_size: SizeReport | None = None
-    latency_cache: dict[str, LatencyStats] = field(default_factory=dict)
     progress: Progress | None = None
     early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
     shared_cache: dict[str, Any] = field(default_factory=dict)
@@ -104,18 +103,11 @@ class SearchContext:
             inputs = [{k: v for k, v in b.items() if k != "labels"}
                       for b in self.data.eval_batches(batch_size=self.profile.batch_size)][:200]
         assert self.baseline is not None, "call measure_baseline first"
-        if self.paired_baseline and self.profile.runtime == "torch":
-            stats, teacher, speedup = paired_latency(model, self.teacher.model, self.profile, self.latency_settings,
-                                                     inputs)
-            timing = Timing(stats, speedup, self.baseline.median_ms / speedup, teacher.median_ms)
-        else:  # ONNX Runtime: re-exporting the teacher per trial costs more than a trial's training
-            stats = deployed_latency(model, self.profile, self.latency_settings, inputs,
-                                     float_model=float_model, recipe=recipe)
-            timing = Timing(stats, self.baseline.median_ms / stats.median_ms, stats.median_ms,
-                            self.baseline.median_ms)
+        timing = timing_against_teacher(model, self.teacher.model, self.profile, self.latency_settings,
+                                        self.baseline.median_ms, inputs, paired=self.paired_baseline,
+                                        float_model=float_model, recipe=recipe)
         if not real and key is not None:
             self.timing_cache[key] = timing
-            self.latency_cache[key] = stats
         return timing
 
     def slice_metric(self, model: nn.Module) -> float:

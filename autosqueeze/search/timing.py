@@ -26,6 +26,7 @@ from torch import nn
 from ..measure import LatencyStats
 from ..measure.latency import HardwareProfile, LatencySettings, fixed_threads, stats_from_samples, synthetic_inputs, \
     wait_until_idle
+from ..runtimes import deployed_latency
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,19 @@ def paired_latency(candidate: nn.Module, teacher: nn.Module, profile: HardwarePr
     ratio = float(np.median(t_arr / c_arr))
     return (stats_from_samples(c_arr, warmup=st.warmup, threads=profile.threads),
             stats_from_samples(t_arr, warmup=st.warmup, threads=profile.threads), ratio)
+
+
+def timing_against_teacher(model: nn.Module, teacher: nn.Module, profile: HardwareProfile, settings: LatencySettings,
+                           baseline_ms: float, inputs: list[dict[str, torch.Tensor]] | None = None, *,
+                           paired: bool = True, float_model: nn.Module | None = None, recipe: Any = None,
+                           onnx_path: Any = None) -> Timing:
+    """The :class:`Timing` of ``model`` against ``baseline_ms`` (the teacher's latency measured in
+    this process): paired with ``teacher`` on PyTorch profiles; on ONNX Runtime profiles (or with
+    ``paired=False``) the model is timed alone in the profile's runtime, because re-exporting
+    the teacher for every candidate costs more than it saves."""
+    if paired and profile.runtime == "torch":
+        stats, teacher_stats, speedup = paired_latency(model, teacher, profile, settings, inputs)
+        return Timing(stats, speedup, baseline_ms / speedup, teacher_stats.median_ms)
+    stats = deployed_latency(model, profile, settings, inputs, float_model=float_model, recipe=recipe,
+                             onnx_path=onnx_path)
+    return Timing(stats, baseline_ms / stats.median_ms, stats.median_ms, baseline_ms)

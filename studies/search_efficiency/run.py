@@ -167,6 +167,9 @@ def main() -> int:
     p.add_argument("--work", default=str(HERE / "work"), help="the studies' SQLite file and scaled spaces (scratch)")
     p.add_argument("--trials", type=int, default=40, help="trials per arm and seed (the equal budget)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--run-seed", type=int, action="append", metavar="SEED",
+                   help="run only this seed's studies (repeatable): lets several processes, one per core set, "
+                        "share the work; the results are scored over all --seeds")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--dev-subset", type=int, help="dev examples for ranking (default: the study file's)")
     p.add_argument("--train-subset", type=int, help="training examples to draw recovery batches from")
@@ -213,8 +216,9 @@ def main() -> int:
               f"{refs['int8_baseline']['speedup']:.2f}x", flush=True)
         objectives = {arm: make_objective(space, sc) for arm, space in spaces.items()}
         t0 = time.time()
+        run_seeds = [s for s in seeds if not args.run_seed or s in args.run_seed]
         for rnd in range(args.trials):  # round-robin: machine load drifts hit every arm alike
-            for seed in seeds:
+            for seed in run_seeds:
                 for arm in args.arms:
                     study = studies[(arm, seed)]
                     if len(budget_trials(study)) > rnd:
