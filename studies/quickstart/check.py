@@ -52,7 +52,7 @@ def budgets_from_front(study_file: Path) -> list[float]:
 
     config = load_study_config(study_file)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=config.name, storage=config.storage_url())
+    study = optuna.load_study(study_name=config.name, storage=config.storage_url)
     front = pareto_front(trial_records(study))
     picks = [front[0], front[len(front) // 2]] if len(front) > 1 else front
     return [round(p.latency_ms * 1.02, 3) for p in picks]
@@ -85,12 +85,14 @@ def main() -> int:
     p.add_argument("--work", default=str(HERE / "work"), help="scratch folder (study DB, recipes, models)")
     p.add_argument("--cache", help="AUTOSQUEEZE_CACHE (default: a fresh one in --work, so the teacher is trained)")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--reuse-search", type=float, metavar="SECONDS",
+                   help="keep --work's finished search (that took SECONDS) and redo the steps after it")
     args = p.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
     work, out = Path(args.work).resolve(), Path(args.out)
-    if work.exists():
+    if work.exists() and not args.reuse_search:
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load((HERE / "study.yaml").read_text())
     raw["search_space"] = str((HERE / raw["search_space"]).resolve())
@@ -100,7 +102,7 @@ def main() -> int:
            "AUTOSQUEEZE_GLUE_DIR": str(Path(data_dir).resolve())}
     cli = [sys.executable, "-m", "autosqueeze.cli"]
     log = work / "commands.log"
-    times = {"search": run([*cli, "search", str(study)], env, log),
+    times = {"search": args.reuse_search or run([*cli, "search", str(study)], env, log),
              "report": run([*cli, "report", str(study)], env, log)}
     recipes = []
     for i, budget in enumerate(budgets_from_front(study)):
