@@ -310,3 +310,27 @@ def test_a_worker_with_another_teacher_is_refused(tiny_model_dir, glue_dir, tmp_
     with pytest.raises(ConfigError, match="a study compresses one teacher"):
         run_search(load_study_config(path), str(glue_dir), trials=2)
     assert len(load(path).trials) == 1
+
+
+def test_a_recipe_sampled_again_reuses_its_result_without_training(tiny_model_dir, glue_dir, tmp_path,
+                                                                   isolated_cache, monkeypatch):
+    calls = count_training(monkeypatch)
+    fixed = [{"method": "drop_layers", "params": {"keep": 1}}, {"method": "distill", "params": {"steps": 8}}]
+    path = write_study(tmp_path, tiny_model_dir, steps=fixed, trials=3)
+    run_search(load_study_config(path), str(glue_dir))
+    assert calls == [8]  # trained once: trials 1 and 2 proposed the same recipe
+    first, *again = sorted(load(path).trials, key=lambda t: t.number)
+    assert "duplicate_of" not in first.user_attrs and first.user_attrs["status"] == "complete"
+    for t in again:
+        assert t.user_attrs["duplicate_of"] == first.number and t.values == first.values
+        assert t.user_attrs["metrics"] == first.user_attrs["metrics"]
+
+
+def test_a_reused_result_over_a_new_budget_is_measured_again_and_infeasible(tiny_model_dir, glue_dir, tmp_path,
+                                                                            isolated_cache):
+    fixed = [{"method": "drop_layers", "params": {"keep": 1}}]
+    path = write_study(tmp_path, tiny_model_dir, steps=fixed, trials=1)
+    run_search(load_study_config(path), str(glue_dir))
+    run_search(load_study_config(path), str(glue_dir), trials=2, budget_ms=1e-6)
+    second = sorted(load(path).trials, key=lambda t: t.number)[1]
+    assert "duplicate_of" not in second.user_attrs and second.user_attrs["status"] == "over_budget"

@@ -240,6 +240,26 @@ def worker_identity() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
+def steps_key(steps: list[dict[str, Any]]) -> str:
+    return json.dumps(steps, sort_keys=True, default=str)
+
+
+def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, dict[str, Any]] | None:
+    """(number, stored result) of a completed trial of ``study`` with the same steps and seed.
+
+    A recipe is deterministic (seeded training on the same teacher and data), so a sampler that
+    proposes it again gets the stored result at no cost instead of a second training run. The
+    values a trial stores are its user attributes minus who ran it and its own bookkeeping.
+    """
+    key = steps_key(recipe.to_dict()["steps"])
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        ua = t.user_attrs
+        r = ua.get("recipe") or {}
+        if ua.get("status") == "complete" and r.get("seed") == recipe.seed and steps_key(r.get("steps", [])) == key:
+            return t.number, {k: v for k, v in ua.items() if k not in ("worker", "recipe", "methods", "duplicate_of")}
+    return None
+
+
 def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[float, float]]:
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         trial.set_user_attr("worker", worker_identity())
@@ -247,7 +267,13 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
         trial.set_user_attr("methods", [s.method for s in recipe.steps])
         trial.set_user_attr("recipe", recipe.to_dict())
         try:
-            result = evaluate_recipe(recipe, sc, front_reference(trial.study))
+            t0 = time.perf_counter()
+            earlier = earlier_result(trial.study, recipe)
+            if earlier is not None and (sc.budget_ms is None or earlier[1]["latency_ms"] <= sc.budget_ms):
+                trial.set_user_attr("duplicate_of", earlier[0])
+                result = {**earlier[1], "trial_s": time.perf_counter() - t0}
+            else:
+                result = evaluate_recipe(recipe, sc, front_reference(trial.study))
             metric = result.get("metric", INFEASIBLE_METRIC)
             if metric != metric:  # NaN metric (e.g. degenerate correlation): a failure, with its reason
                 raise FloatingPointError("task metric is NaN")
