@@ -22,9 +22,10 @@ from autosqueeze.teacher import get_teacher
 from tests.test_search_trials import load, write_study
 
 REPO = Path(__file__).resolve().parents[1]
-SLOW_SPACE = [  # trials of a few seconds, so the kill lands mid-training
+SLOW_SPACE = [  # trials of a few seconds, so the kill lands mid-training; a continuous knob makes every
+    # recipe new (a recipe sampled again would reuse its stored result in no time)
     {"method": "drop_layers", "params": {"keep": {"type": "int", "low": 1, "high": 2}}},
-    {"method": "distill", "params": {"steps": 150}},
+    {"method": "distill", "params": {"steps": 600, "temperature": {"type": "float", "low": 1.0, "high": 4.0}}},
 ]
 
 
