@@ -82,12 +82,6 @@ class SearchContext:
             if key in ctx.cache:
                 self.shared_cache[key] = ctx.cache[key]
 
-    def latency(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
-                recipe: Recipe | None = None) -> LatencyStats:
-        """Latency in the profile's runtime (runtimes.deployed_latency: PyTorch or ONNX Runtime, which
-        needs the float model and recipe to redo dynamic int8), as measured (see :meth:`timing`)."""
-        return self.timing(model, key, float_model, recipe).stats
-
     def timing(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
                recipe: Recipe | None = None) -> Timing:
         """The candidate and the teacher timed alternately on the same inputs (timing.py says why).

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> int:
     from autosqueeze.deploy import build
-    from autosqueeze.recipe import Recipe, Step
+    from run import row_recipe  # this folder's run.py
     from autosqueeze.search.study import prepare
     from autosqueeze.search.timing import timing_against_teacher
     from autosqueeze.study_config import load_study_config
@@ -42,7 +42,7 @@ def main() -> int:
              f"{sc.profile.threads} threads. `python studies/methods/retime.py {' '.join(sys.argv[1:])}`", "",
              "| row | median speedup | min | max | all |", "|---|---|---|---|---|"]
     for row in rows:
-        recipe = Recipe(steps=[Step(s["method"], s.get("params") or {}) for s in row["steps"]])
+        recipe = row_recipe(row)
         built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
         speedups = [timing_against_teacher(built.model, sc.teacher.model, sc.profile, sc.latency_settings,
                                            sc.baseline.median_ms).speedup for _ in range(args.repeats)]

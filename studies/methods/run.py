@@ -29,8 +29,14 @@ COLUMNS = ["row", "family", "methods", "size_%", "size_no_emb_%", "speedup", "la
            "trial_s", "note"]
 
 
-def main() -> int:
+def row_recipe(row: dict):
+    """The recipe of one rows.yaml row."""
     from autosqueeze.recipe import Recipe, Step
+
+    return Recipe(steps=[Step(s["method"], s.get("params") or {}) for s in row["steps"]])
+
+
+def main() -> int:
     from autosqueeze.search.objective import evaluate_recipe, with_provenance
     from autosqueeze.search.study import prepare
     from autosqueeze.study_config import load_study_config
@@ -64,7 +70,7 @@ def main() -> int:
     print(f"teacher: {sc.main_metric} {t_metric:.4f}, {sc.baseline.median_ms:.2f} ms "
           f"(p10 {sc.baseline.p10_ms:.2f}, p90 {sc.baseline.p90_ms:.2f})", flush=True)
     for row in todo:
-        recipe = with_provenance(Recipe(steps=[Step(s["method"], s.get("params") or {}) for s in row["steps"]]), sc)
+        recipe = with_provenance(row_recipe(row), sc)
         t0 = time.perf_counter()
         try:
             res = evaluate_recipe(recipe, sc)
