@@ -8,11 +8,14 @@ paths, so supporting another family is one table entry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from torch import nn
 
+from .errors import UserError
 
-class UnsupportedArchitectureError(ValueError):
+
+class UnsupportedArchitectureError(UserError, ValueError):
     """The model's architecture has no adapter."""
 
 
@@ -57,7 +60,7 @@ class ArchAdapter:
         return getattr(model, self.base_attr, model)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return _get(self.backbone(model), self.layers_path)
+        return cast(nn.ModuleList, _get(self.backbone(model), self.layers_path))
 
     def set_layers(self, model: nn.Module, layers: list[nn.Module]) -> None:
         """Replace the encoder layers (e.g. to drop some) and keep the config in step."""
@@ -138,7 +141,8 @@ _BERT_LIKE = dict(
 
 ADAPTERS: tuple[ArchAdapter, ...] = (
     ArchAdapter(family="bert", model_types=("bert",), base_attr="bert", **_BERT_LIKE),
-    ArchAdapter(family="roberta", model_types=("roberta", "xlm-roberta", "camembert"), base_attr="roberta", **_BERT_LIKE),
+    ArchAdapter(family="roberta", model_types=("roberta", "xlm-roberta", "camembert"), base_attr="roberta",
+                **_BERT_LIKE),
     ArchAdapter(family="electra", model_types=("electra",), base_attr="electra", **_BERT_LIKE),
     ArchAdapter(
         family="distilbert",

@@ -30,9 +30,13 @@ def load_any(path: str) -> nn.Module:
         return load_compressed(path)
     from transformers import AutoModelForSequenceClassification
 
-    from .models import resolve_model
+    from .models import check_model_folder, pickle_allowed, resolve_model
 
-    return AutoModelForSequenceClassification.from_pretrained(resolve_model(path)).eval()
+    source = resolve_model(path)
+    if Path(source).is_dir():
+        check_model_folder(Path(source), tokenizer=False)
+    safetensors_only = None if pickle_allowed() else True  # None: whichever the folder has
+    return AutoModelForSequenceClassification.from_pretrained(source, use_safetensors=safetensors_only).eval()
 
 
 def bench(paths: list[str], profile: HardwareProfile, settings: LatencySettings | None = None) -> list[BenchRow]:

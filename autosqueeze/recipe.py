@@ -11,7 +11,6 @@ import copy
 import logging
 import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,17 @@ from typing import Any
 import yaml
 from torch import nn
 
+from .atomic import write_text_atomic
+from .errors import OutputError, UserError
 from .methods import MethodContext, MethodError, get_method
 from .methods.registry import config_to_params
+from .typecheck import type_problems
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe file or recipe value is invalid."""
 
 
@@ -46,7 +48,7 @@ class Step:
             )
         return spec.make_config(self.params)
 
-    def normalized(self) -> "Step":
+    def normalized(self) -> Step:
         """The same step with params completed by the Config's defaults."""
         return Step(self.method, config_to_params(self.config()), self.version)
 
@@ -64,7 +66,7 @@ class Recipe:
     versions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def validate(self) -> "Recipe":
+    def validate(self) -> Recipe:
         """Check every step's method and params, and the stage order; returns self."""
         if not isinstance(self.steps, list):
             raise RecipeError("'steps' must be a list (empty: the uncompressed teacher)")
@@ -91,13 +93,14 @@ class Recipe:
         return {"format": FORMAT_VERSION, **d}
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "recipe") -> "Recipe":
+    def from_dict(cls, d: Any, source: str = "recipe") -> Recipe:
         if not isinstance(d, dict):
             raise RecipeError(f"{source}: expected a mapping at the top level, got {type(d).__name__}")
         d = dict(d)
         fmt = d.pop("format", FORMAT_VERSION)
         if fmt != FORMAT_VERSION:
-            raise RecipeError(f"{source}: recipe format {fmt} is not supported (this autosqueeze reads {FORMAT_VERSION})")
+            raise RecipeError(
+                f"{source}: recipe format {fmt} is not supported (this autosqueeze reads {FORMAT_VERSION})")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
@@ -109,7 +112,18 @@ class Recipe:
         for i, s in enumerate(raw_steps):
             if not isinstance(s, dict) or "method" not in s or not isinstance(s.get("params", {}), dict):
                 raise RecipeError(f"{source}: step {i + 1} must be a mapping with 'method' and a 'params' mapping")
-            steps.append(Step(str(s["method"]), dict(s.get("params") or {}), int(s.get("version", 1))))
+            version = s.get("version", 1)
+            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+                raise RecipeError(f"{source}: step {i + 1} 'version' must be a whole number >= 1, got {version!r}")
+            steps.append(Step(str(s["method"]), dict(s.get("params") or {}), version))
+        wrong = [w for w in type_problems(cls, d) if not w.startswith("'steps'")]
+        for key in ("teacher", "data", "profile", "measured", "versions"):
+            if key in d and not isinstance(d[key], dict):
+                wrong.append(f"'{key}' must be a mapping, got {d[key]!r}")
+        if "notes" in d and not isinstance(d["notes"], list):
+            wrong.append(f"'notes' must be a list, got {d['notes']!r}")
+        if wrong:
+            raise RecipeError(f"{source}: {'; '.join(wrong)}")
         try:
             return cls(steps=steps, **d)
         except TypeError as err:
@@ -125,20 +139,26 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
-    return Recipe.from_dict(raw, str(path)).validate()
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        raise RecipeError(f"{path}: not valid YAML: {what}{where}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not a UTF-8 text file (byte {err.start}): is it a recipe YAML?") from None
+    recipe = Recipe.from_dict(raw, str(path))
+    try:
+        return recipe.validate()
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
 
 
 def write_yaml_atomic(data: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder: give the recipe file to write, e.g. {path / 'recipe.yaml'}")
+    return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def library_versions() -> dict[str, str]:

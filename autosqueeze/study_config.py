@@ -5,27 +5,53 @@ Every error names the file and the key, and says what is allowed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .builtin_spaces import resolve_space
+from .errors import ConfigError
+from .elastic.train import ElasticSettings
 from .measure.latency import HardwareProfile, LatencySettings
 from .tasks import get_task
 from .train import TrainSettings
+from .typecheck import type_problems
 
 SAMPLERS = ("tpe", "nsga2", "random")
-
-
-class ConfigError(ValueError):
-    """The study file is invalid."""
+__all__ = ["ConfigError", "EvalSettings", "StudyConfig", "load_study_config"]
 
 
 @dataclass(frozen=True)
 class EvalSettings:
     dev_subset: int | None = None  # None: the whole dev set
     batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class FinalizeSettings:
+    """The second fidelity: the front's candidates distilled from the teacher for ``steps`` steps."""
+
+    steps: int = 300
+    lr: float = 5e-5
+    temperature: float = 1.0
+    alpha_hidden: float = 1.0
+    top_k: int = 8  # at most this many candidates (front points spread over latency, plus the best in budget)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "steps" else 1):
+                raise ValueError(f"finalize.{name} must be an integer >= {0 if name == 'steps' else 1}, got {value!r}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"finalize.{name} must be a number > 0, got {value!r}")
+        if isinstance(self.alpha_hidden, bool) or not isinstance(self.alpha_hidden, (int, float)) or \
+                self.alpha_hidden < 0:
+            raise ValueError(f"finalize.alpha_hidden must be a number >= 0, got {self.alpha_hidden!r}")
 
 
 @dataclass
@@ -46,6 +72,8 @@ class StudyConfig:
     latency_budget_ms: float | None = None
     storage: str | None = None
     data_dir: str | None = None
+    elastic: ElasticSettings = field(default_factory=ElasticSettings)  # used when the space slices an elastic student
+    finalize: FinalizeSettings = field(default_factory=FinalizeSettings)  # the full-fidelity pass over the front
 
     @property
     def folder(self) -> Path:
@@ -71,25 +99,31 @@ def _section(raw: dict[str, Any], key: str, cls: type, src: str, defaults: dict[
     unknown = sorted(set(value) - known)
     if unknown:
         raise ConfigError(f"{src}: unknown key(s) {unknown} in '{key}'; allowed: {sorted(known)}")
+    wrong = type_problems(cls, value)
+    if wrong:
+        raise ConfigError(f"{src}: in '{key}': {'; '.join(wrong)}")
     try:
         return cls(**{**(defaults or {}), **value})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{src}: invalid '{key}': {err}") from None
 
 
-TOP_KEYS = {"name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval", "latency", "trials",
+TOP_KEYS = {"elastic", "finalize", "name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval", "latency", "trials",
             "sampler", "seed", "latency_budget_ms", "storage", "data_dir"}
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"study file {path} does not exist")
+        what = "is a folder, not a study YAML file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"study file {path} {what}")
     src = str(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{src}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"{src}: not valid YAML: {yaml_error_line(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{src}: not a UTF-8 text file (byte {err.start}); save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{src}: expected a mapping of study settings at the top level")
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -102,10 +136,10 @@ def load_study_config(path: str | Path) -> StudyConfig:
         task = get_task(str(raw["task"])).name
     except ValueError as err:
         raise ConfigError(f"{src}: 'task': {err}") from None
-    space = Path(str(raw["search_space"]))
-    space = space if space.is_absolute() else (path.parent / space)
-    if not space.is_file():
-        raise ConfigError(f"{src}: search_space {space} does not exist")
+    try:  # a path relative to the study file, or the name of a built-in space (quick, full, ...)
+        space = resolve_space(str(raw["search_space"]), path.parent)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{src}: {err}") from None
     teacher = _section(raw, "teacher", TrainSettings, src)
     recovery = _section(raw, "recovery", TrainSettings, src,
                         {"steps": 0, "batch_size": teacher.batch_size, "max_seq_len": teacher.max_seq_len,
@@ -115,16 +149,37 @@ def load_study_config(path: str | Path) -> StudyConfig:
         model=str(raw.get("model", "default")), teacher=teacher, recovery=recovery,
         hardware=_section(raw, "hardware", HardwareProfile, src), eval=_section(raw, "eval", EvalSettings, src),
         latency=_section(raw, "latency", LatencySettings, src),
+        elastic=_section(raw, "elastic", ElasticSettings, src), finalize=_section(raw, "finalize", FinalizeSettings, src),
         trials=raw.get("trials", 20), sampler=str(raw.get("sampler", "tpe")), seed=raw.get("seed", 0),
         latency_budget_ms=raw.get("latency_budget_ms"), storage=raw.get("storage"), data_dir=raw.get("data_dir"),
     )
-    if not isinstance(cfg.trials, int) or cfg.trials < 1:
+    if not is_int(cfg.trials) or cfg.trials < 1:
         raise ConfigError(f"{src}: 'trials' must be a positive integer, got {cfg.trials!r}")
-    if not isinstance(cfg.seed, int):
+    if not is_int(cfg.seed):
         raise ConfigError(f"{src}: 'seed' must be an integer, got {cfg.seed!r}")
     if cfg.sampler not in SAMPLERS:
         raise ConfigError(f"{src}: 'sampler' must be one of {SAMPLERS}, got {cfg.sampler!r}")
-    if cfg.latency_budget_ms is not None and not (isinstance(cfg.latency_budget_ms, (int, float))
-                                                  and cfg.latency_budget_ms > 0):
+    if cfg.latency_budget_ms is not None and not is_positive_number(cfg.latency_budget_ms):
         raise ConfigError(f"{src}: 'latency_budget_ms' must be a positive number, got {cfg.latency_budget_ms!r}")
+    for key in ("storage", "data_dir"):
+        if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
+            raise ConfigError(f"{src}: '{key}' must be a string, got {getattr(cfg, key)!r}")
     return cfg
+
+
+def is_int(value: Any) -> bool:
+    """A whole number that is not a bool (YAML's ``true`` is an int to Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_positive_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)
+
+
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: what is wrong and where (line, column)."""
+    mark = getattr(err, "problem_mark", None)
+    what = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{what}{where}"

@@ -11,11 +11,12 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from autosqueeze.errors import TrialsKeepFailing
 from autosqueeze.methods import distill as distill_mod
 from autosqueeze.methods import registry
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.search import objective as objective_mod
-from autosqueeze.search import timing as timing_mod
+from autosqueeze.measure import paired as timing_mod
 from autosqueeze.search.early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly
 from autosqueeze.search.study import prepare, run_search
 from autosqueeze.study_config import load_study_config
@@ -108,7 +109,7 @@ class FakeClock:
 
 def test_paired_timing_cancels_changing_load(monkeypatch):
     from autosqueeze.measure.latency import HardwareProfile, LatencySettings
-    from autosqueeze.search import timing
+    from autosqueeze.measure import paired as timing
 
     clock = FakeClock()
     monkeypatch.setattr(timing.time, "perf_counter", clock)
@@ -245,13 +246,14 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tin
         return lambda student, batch: student(**{k: v for k, v in batch.items() if k != "labels"}).logits.sum() * math.nan
 
     config = load_study_config(write_study(tmp_path, tiny_model_dir, trials=3))
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, pytest.raises(TrialsKeepFailing, match=r"1 trials in a row failed.*out of memory"):
         m.setitem(registry._REGISTRY, "drop_layers", dataclasses.replace(spec, apply=out_of_memory))
-        run_search(config, str(glue_dir), trials=1)
-    with monkeypatch.context() as m:
+        run_search(config, str(glue_dir), trials=1, max_failures_in_a_row=1)
+    with monkeypatch.context() as m, pytest.raises(TrialsKeepFailing, match="loss became nan"):
         m.setattr(distill_mod, "distill_loss", nan_loss)
-        run_search(config, str(glue_dir), trials=2)
-    run_search(config, str(glue_dir), trials=3)  # the study goes on
+        run_search(config, str(glue_dir), trials=1, max_failures_in_a_row=1)
+    summary = run_search(config, str(glue_dir), trials=1)  # the study goes on; failures are not results
+    assert summary.done == 1
     trials = load(config.path).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert trials[0].user_attrs["error"] == "RuntimeError: out of memory (simulated)"
@@ -297,7 +299,7 @@ def test_a_range_the_model_cannot_satisfy_stops_the_search_before_any_trial(tiny
     assert len(err) == 1
     assert str(tmp_path / "space.yaml") in err[0] and "drop_layers.keep = 5" in err[0]
     assert "only 3 layers" in err[0] and "narrow the range of drop_layers.keep" in err[0]
-    assert load(path).trials == []
+    assert not (tmp_path / "t.db").exists()  # a new study's database is created only once it can run
 
 
 def test_a_worker_with_another_teacher_is_refused(tiny_model_dir, glue_dir, tmp_path, isolated_cache):

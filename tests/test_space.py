@@ -112,8 +112,10 @@ def _tiny_full(tmp_path: Path) -> Path:
         p = step.get("params", {})
         if step["method"] == "drop_layers":
             p["keep"] = {"type": "int", "low": 2, "high": 3}
-        if step["method"] == "decompose_svd":
+        if step["method"] == "decompose_svd" and "rank" in p:
             p["rank"] = {"type": "int", "low": 4, "high": 8, "step": 4}
+        if "embedding_rank" in p:  # the tiny model's embeddings are 120 x 32
+            p["embedding_rank"] = 8
         if step["method"] == "quantize_weights":
             p["group_size"] = {"type": "categorical", "choices": [8, 16]}
         if "steps" in p:

@@ -2,4 +2,7 @@
 from .latency import HardwareProfile, LatencySettings, LatencyStats, measure_latency, synthetic_inputs
 from .size import SizeReport, model_size
 
-__all__ = ["HardwareProfile", "LatencySettings", "LatencyStats", "measure_latency", "synthetic_inputs", "SizeReport", "model_size"]
+__all__ = [
+    "HardwareProfile", "LatencySettings", "LatencyStats", "measure_latency", "synthetic_inputs",
+    "SizeReport", "model_size",
+]

@@ -11,8 +11,9 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,11 +140,12 @@ def stats_from_samples(samples: np.ndarray, *, warmup: int, threads: int, noisy_
     med = float(np.median(samples))
     p10, p90 = (float(x) for x in np.percentile(samples, [10, 90]))
     noisy = med > 0 and (p90 - p10) / med > noisy_spread
-    return LatencyStats(med, p10, p90, float(samples.mean()), float(samples.std()), len(samples), warmup, threads, noisy)
+    return LatencyStats(med, p10, p90, float(samples.mean()), float(samples.std()), len(samples), warmup, threads,
+                        noisy)
 
 
 def measure_latency(
-    model: nn.Module | Callable[[dict[str, torch.Tensor]], Any],
+    model: nn.Module | Callable[..., Any],
     profile: HardwareProfile,
     inputs: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
     *,

@@ -1,7 +1,7 @@
 """Task metric of a model on dev examples (the task's official GLUE metrics)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ def predict(model: nn.Module, data: TaskData, examples: Sequence[Example], batch
 
 
 def evaluate(
-    model: nn.Module, data: TaskData, extra: dict[str, Sequence[Example]] | None = None, batch_size: int = 64
+    model: nn.Module, data: TaskData, extra: Mapping[str, Sequence[Example]] | None = None, batch_size: int = 64
 ) -> dict[str, float]:
     """Official metrics on ``data.dev``; each extra split adds ``<metric>_<split>`` keys."""
     labels = np.asarray([e.label for e in data.dev])
@@ -36,7 +36,7 @@ def evaluate(
     return {k: float(v) for k, v in result.items()}
 
 
-def evaluate_deployed(model: nn.Module, data: TaskData, extra: dict[str, Sequence[Example]] | None,
+def evaluate_deployed(model: nn.Module, data: TaskData, extra: Mapping[str, Sequence[Example]] | None,
                       batch_size: int, profile_batch_size: int) -> tuple[dict[str, float], dict | None]:
     """Metrics as deployed, and the exit statistics of a dynamic-inference model.
 
@@ -47,7 +47,7 @@ def evaluate_deployed(model: nn.Module, data: TaskData, extra: dict[str, Sequenc
     if not getattr(model, "autosqueeze_needs_real_inputs", False):
         return evaluate(model, data, extra, batch_size), None
     if hasattr(model, "autosqueeze_reset_exit_stats"):
-        model.autosqueeze_reset_exit_stats()
+        model.autosqueeze_reset_exit_stats()  # type: ignore[operator]  # the early-exit model's own hook
     metrics = evaluate(model, data, extra, profile_batch_size)
-    stats = model.autosqueeze_exit_stats() if hasattr(model, "autosqueeze_exit_stats") else None
+    stats = model.autosqueeze_exit_stats() if hasattr(model, "autosqueeze_exit_stats") else None  # type: ignore[operator]
     return metrics, stats

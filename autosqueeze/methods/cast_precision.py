@@ -58,7 +58,7 @@ class CastLinear(nn.Linear):
     autosqueeze_quantized = True
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype, keep_output: bool = False) -> "CastLinear":
+    def from_linear(cls, linear: nn.Linear, dtype: torch.dtype, keep_output: bool = False) -> CastLinear:
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         new.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
         if linear.bias is not None:
@@ -81,7 +81,7 @@ class CastEmbedding(nn.Embedding):
     autosqueeze_quantized = True
 
     @classmethod
-    def from_embedding(cls, emb: nn.Embedding, dtype: torch.dtype) -> "CastEmbedding":
+    def from_embedding(cls, emb: nn.Embedding, dtype: torch.dtype) -> CastEmbedding:
         new = cls(emb.num_embeddings, emb.embedding_dim, padding_idx=emb.padding_idx, max_norm=emb.max_norm,
                   norm_type=emb.norm_type, scale_grad_by_freq=emb.scale_grad_by_freq, sparse=emb.sparse,
                   device="meta")
@@ -106,7 +106,7 @@ def apply(model: nn.Module, config: CastPrecisionConfig, ctx: MethodContext) -> 
         log.warning("cast_precision: fp16 on CPU has no fast kernels here; accuracy is real, latency is "
                     "whatever is measured (usually slower than fp32)")
     ups = _ffn_up_ids(model, ctx) if "ffn" in config.parts else set()
-    for part, name, mod in targets:
+    for _part, name, mod in targets:
         if isinstance(mod, nn.Embedding):
             replace_module(model, name, CastEmbedding.from_embedding(mod, dtype))
             continue
@@ -121,6 +121,7 @@ SPEC = register(
     CastPrecisionConfig,
     apply,
     stage=Stage.QUANTIZE,
+    data_free=True,
     family="quantization",
     summary="bf16 / fp16 weights by part (embeddings, attention, FFN, classifier), fp32 in between",
 )

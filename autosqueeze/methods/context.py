@@ -1,8 +1,9 @@
 """What a method may use besides the model and its config."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,10 @@ class MethodContext:
     cache: dict[str, Any] = field(default_factory=dict)  # e.g. teacher outputs, shared across steps
     device: str = "cpu"
     post_step_hooks: list[Callable[[nn.Module], None]] = field(default_factory=list)  # run after each optimiser step
+    # vocabulary methods (prune_vocab): every training example's input ids once, as the model sees them
+    # (without it they scan ``batches``), and the tokenizer whose special token ids they keep
+    train_token_ids: Callable[[], Iterator[torch.Tensor]] | None = None
+    tokenizer: Any = None
 
     def batches(self, n: int, seed_offset: int = 0) -> Iterator[Batch]:
         if self.train_batches is None:

@@ -87,7 +87,7 @@ class LowRankLinear(nn.Module):
         return self.second(self.first(x))
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, rank: int) -> "LowRankLinear":
+    def from_linear(cls, lin: nn.Linear, rank: int) -> LowRankLinear:
         w = lin.weight.detach()
         u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
         root = s[:rank].sqrt()
@@ -116,7 +116,7 @@ class FactorizedEmbedding(nn.Module):
         return self.proj(self.embed(ids))
 
     @classmethod
-    def from_embedding(cls, emb: nn.Embedding, rank: int) -> "FactorizedEmbedding":
+    def from_embedding(cls, emb: nn.Embedding, rank: int) -> FactorizedEmbedding:
         w = emb.weight.detach()
         u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
         new = cls(emb.num_embeddings, emb.embedding_dim, rank, emb.padding_idx, w.device, w.dtype)

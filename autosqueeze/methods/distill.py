@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -188,7 +189,7 @@ def distill_loss(config: DistillConfig, teacher: nn.Module | TeacherOutputs, lay
             loss = loss + config.alpha_attention * a / len(layer_map)
         return loss
 
-    loss_fn.teacher_outputs = teacher  # type: ignore[attr-defined]  (hit/miss counters for tests)
+    loss_fn.teacher_outputs = teacher  # type: ignore[attr-defined]  # hit/miss counters for tests
     return loss_fn
 
 

@@ -70,6 +70,7 @@ SPEC = register(
     DropLayersConfig,
     apply,
     stage=Stage.DEPTH,
+    data_free=True,
     family="structured pruning",
     summary="remove whole encoder layers",
 )

@@ -2,8 +2,22 @@
 
 An exit head (a copy of the model's own classifier head: CLS token → dense → activation →
 output) sits after every encoder layer except the last, which keeps the model's own
-classifier. The heads are trained by distillation from the model's final logits with the
-backbone frozen (``steps``, ``lr``). At inference a batch leaves at layer i when
+classifier. ``training`` says how the exits learn (``steps``, ``lr``):
+
+- ``frozen`` (DeeBERT's second stage): each head is distilled from the model's own final
+  logits; the backbone gets no gradient, so it stays exactly as it was. Cheap, but the
+  lower layers were never trained to be classified from, so few inputs leave early.
+- ``joint`` (BERxiT / PABEE-style): backbone, classifier and every exit head are trained
+  together on the weighted sum of the exit losses, exit i (1-based, the final classifier
+  being exit ``depth``) weighted by i; each exit's loss is ``alpha_distill`` × the
+  distillation loss from the teacher's logits (temperature ``temperature``; the gold labels
+  alone when there is no teacher) + (1 − ``alpha_distill``) × cross-entropy on the gold
+  labels. The lower layers learn to be classified from, which is what makes exits pay.
+  Post-step hooks (pruning masks, the trial's early stopper) see the whole model.
+
+Both honour the trial's early stopper (``ctx.cache["should_stop"]`` and
+``ctx.post_step_hooks``). ``lr`` defaults to 5e-4 (frozen: heads only) or 1e-4 (joint).
+At inference a batch leaves at layer i when
 
 - ``rule: entropy`` — every example's prediction entropy, normalised by log(num_labels) to
   [0, 1], is <= ``threshold`` (DeeBERT). ``threshold: 0`` turns exits off (the heads are
@@ -37,6 +51,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MethodType
 from typing import Any
@@ -49,10 +64,13 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..arch import ArchAdapter, get_adapter
 from ..train import seed_everything, train_loop
+from .common import has_quantized_layers
 from .context import MethodContext
+from .distill import TeacherOutputs
 from .registry import MethodError, Stage, register
 
 RULES = ("entropy", "patience")
+TRAINING = ("frozen", "joint")
 ATTR = "autosqueeze_exit"  # the EarlyExit child module on the task model
 _ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu}
 # Classifier head of each family: (dense, output, activation), paths relative to the task
@@ -70,10 +88,19 @@ class EarlyExitConfig:
     threshold: float = 0.3  # rule entropy: exit when normalised entropy <= threshold (0: never)
     rule: str = "entropy"
     patience: int = 2  # rule patience: unchanged predictions over this many consecutive heads
-    steps: int = 200  # head training steps (backbone frozen)
-    lr: float = 5e-4
+    steps: int = 200  # training steps (heads only, or backbone and heads: ``training``)
+    lr: float | None = None  # None: 5e-4 frozen, 1e-4 joint
+    training: str = "frozen"  # frozen | joint
+    alpha_distill: float = 0.5  # joint: weight of distillation from the teacher vs gold labels
+    temperature: float = 2.0  # joint: distillation temperature
 
     def __post_init__(self) -> None:
+        if self.training not in TRAINING:
+            raise ValueError(f"training must be one of {TRAINING}, got {self.training!r}")
+        if not 0.0 <= self.alpha_distill <= 1.0:
+            raise ValueError(f"alpha_distill must be in [0, 1], got {self.alpha_distill}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         if not 0.0 <= self.threshold <= 1.0:
@@ -82,8 +109,11 @@ class EarlyExitConfig:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-4 if self.training == "joint" else 5e-4)
 
 
 class ExitHead(nn.Module):
@@ -143,8 +173,8 @@ class EarlyExit(nn.Module):
 
 
 # --- running the backbone layer by layer ------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def _embedding_args(cls: type) -> frozenset[str]:
+@functools.cache
+def _embedding_args(cls: type[nn.Module]) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
@@ -186,7 +216,8 @@ def final_logits(model: nn.Module, adapter: ArchAdapter, hidden: torch.Tensor) -
     return out(_ACTIVATIONS[act](dense(hidden[:, 0])))
 
 
-def all_layer_outputs(model: nn.Module, adapter: ArchAdapter, inputs: dict[str, Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def all_layer_outputs(model: nn.Module, adapter: ArchAdapter,
+                      inputs: dict[str, Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every layer's output and the final logits, computed like the early-exit forward."""
     hidden, mask = _embed(model, adapter, inputs)
     outs = []
@@ -280,9 +311,62 @@ def _train_heads(model: nn.Module, ee: EarlyExit, config: EarlyExitConfig, ctx: 
         return torch.stack(losses).mean()
 
     seed_everything(ctx.seed)
+    hooks = [functools.partial(_on_model, hook, model) for hook in ctx.post_step_hooks]  # they see the whole model
     stats = train_loop(ee.heads, ctx.batches(config.steps, seed_offset=2), loss_fn, steps=config.steps,
-                       lr=config.lr, progress=ctx.progress, what="early_exit",
-                       should_stop=ctx.cache.get("should_stop"))
+                       lr=config.learning_rate(), progress=ctx.progress, what="early_exit",
+                       should_stop=ctx.cache.get("should_stop"), post_step=hooks)
+    model.eval()
+    return int(stats["steps"])
+
+
+def _on_model(hook: Callable[[nn.Module], None], model: nn.Module, _trained: nn.Module) -> None:
+    hook(model)
+
+
+def exit_losses(logits: list[torch.Tensor], labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+                config: EarlyExitConfig) -> torch.Tensor:
+    """Each exit's loss (one value per exit, the final classifier last): distillation from
+    ``teacher_logits`` and/or cross-entropy on ``labels``, mixed by ``alpha_distill``."""
+    alpha = config.alpha_distill if teacher_logits is not None else 0.0
+    T = config.temperature
+    target = F.softmax(teacher_logits.float() / T, -1) if teacher_logits is not None else None
+    out = []
+    for z in logits:
+        loss = (1.0 - alpha) * F.cross_entropy(z.float(), labels) if alpha < 1.0 else z.new_zeros(())
+        if alpha > 0.0:
+            kd = F.kl_div(F.log_softmax(z.float() / T, -1), target, reduction="batchmean")
+            loss = loss + alpha * kd * T * T
+        out.append(loss)
+    return torch.stack(out)
+
+
+def _train_joint(model: nn.Module, ee: EarlyExit, config: EarlyExitConfig, ctx: MethodContext) -> int:
+    """Backbone, classifier and exit heads trained together (weighted sum of the exits' losses)."""
+    if has_quantized_layers(model):
+        raise MethodError("early_exit: joint training cannot train int8 layers; put quantization after it")
+    adapter = ctx.adapter
+    depth = len(adapter.layers(model))
+    weights = torch.arange(1, depth + 1, dtype=torch.float32)
+    weights = weights / weights.sum()
+    seed_offset = 2
+    teacher = None
+    if ctx.teacher is not None and config.alpha_distill > 0:
+        ctx.teacher.eval()
+        teacher = TeacherOutputs(ctx.teacher, ctx.cache, ctx.seed + seed_offset, hidden=False, attn=False)
+    calls = [0]
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        t_logits = teacher(calls[0], inputs)["logits"] if teacher is not None else None
+        calls[0] += 1
+        outs, final = all_layer_outputs(m, adapter, inputs)
+        logits = [head(h) for head, h in zip(ee.heads, outs)] + [final]
+        return (weights * exit_losses(logits, batch["labels"], t_logits, config)).sum()
+
+    seed_everything(ctx.seed)
+    stats = train_loop(model, ctx.batches(config.steps, seed_offset=seed_offset), loss_fn, steps=config.steps,
+                       lr=config.learning_rate(), progress=ctx.progress, what="early_exit",
+                       should_stop=ctx.cache.get("should_stop"), post_step=ctx.post_step_hooks)
     model.eval()
     return int(stats["steps"])
 
@@ -297,13 +381,15 @@ def apply(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> nn.M
         raise MethodError("early_exit: decoder (causal) models are not supported")
     ee = _build(model, config, ctx)
     model.add_module(ATTR, ee)
-    if not (ctx.probe or ctx.replay) and config.steps > 0:
-        ctx.decisions["steps_done"] = _train_heads(model, ee, config, ctx)
     ee.enabled = not ctx.probe
-    model.forward = MethodType(_early_exit_forward, model)
+    model.forward = MethodType(_early_exit_forward, model)  # before training: an early stopper sees the exits
     model.autosqueeze_exit_stats = ee.stats
     model.autosqueeze_reset_exit_stats = ee.reset_stats
     model.autosqueeze_needs_real_inputs = True
+    if not (ctx.probe or ctx.replay) and config.steps > 0:
+        train = _train_joint if config.training == "joint" else _train_heads
+        ctx.decisions["steps_done"] = train(model, ee, config, ctx)
+        ee.reset_stats()  # calls made while training (an early stopper's) are not the model's
     model.eval()
     return model
 

@@ -323,14 +323,20 @@ def apply(model: nn.Module, config: StructuredPruneConfig, ctx: MethodContext) -
             if not keep or len(set(keep)) != len(keep) or not all(0 <= n < total for n in keep):
                 raise MethodError(f"prune_structured: layer {i} kept neurons are not distinct indices < {total}")
             prune_neurons(adapter, layer, keep)
+    set_config_widths(model, adapter)
+    ctx.decisions.update(decisions)
+    return model
+
+
+def set_config_widths(model: nn.Module, adapter: ArchAdapter) -> None:
+    """``model.config``'s head count and FFN size follow the layers when every layer agrees."""
+    layers = list(adapter.layers(model))
     for attr, counts in ((adapter.config_heads, [adapter.num_heads(layer) for layer in layers]),
                          (adapter.config_ffn, [adapter.ffn(layer)[1].in_features for layer in layers])):
         if len(set(counts)) == 1:
             setattr(model.config, attr, counts[0])
         else:
-            log.info("prune_structured: per-layer %s %s differ; model.config keeps its value", attr, counts)
-    ctx.decisions.update(decisions)
-    return model
+            log.info("per-layer %s %s differ; model.config keeps its value", attr, counts)
 
 
 SPEC = register(

@@ -73,9 +73,10 @@ class SparseLinear(nn.Linear):
     """A Linear whose pruned weights stay zero; optionally multiplied as sparse CSR in inference."""
 
     mask: torch.Tensor
+    _csr: tuple[tuple[int, int], torch.Tensor] | None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor, kernel: str) -> "SparseLinear":
+    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor, kernel: str) -> SparseLinear:
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         new.weight, new.bias = linear.weight, linear.bias  # the same Parameters
         new.register_buffer("mask", mask.to(torch.bool), persistent=False)
@@ -88,7 +89,7 @@ class SparseLinear(nn.Linear):
     def raw_weight(self) -> torch.Tensor:
         """The stored weight (under a parametrization, e.g. QAT fake-quant, its original)."""
         if parametrize.is_parametrized(self, "weight"):
-            return self.parametrizations.weight.original
+            return self.parametrizations.weight.original  # type: ignore[return-value]
         return self.weight
 
     @torch.no_grad()
@@ -116,7 +117,7 @@ class SparseLinear(nn.Linear):
                 self._csr = (key, w.detach().to_sparse_csr())
         return self._csr[1]
 
-    def train(self, mode: bool = True) -> "SparseLinear":
+    def train(self, mode: bool = True) -> SparseLinear:
         self._csr = None  # weights are about to change; rebuilt at the next sparse forward
         return super().train(mode)
 

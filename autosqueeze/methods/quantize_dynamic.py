@@ -67,6 +67,7 @@ SPEC = register(
     QuantizeDynamicConfig,
     apply,
     stage=Stage.QUANTIZE,
+    data_free=True,
     family="quantization",
     summary="int8 weights, dynamic int8 activations for Linear layers (CPU)",
 )

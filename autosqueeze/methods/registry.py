@@ -7,12 +7,15 @@ unknown names are errors.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
+from ..errors import UserError
+from ..typecheck import type_problems
 from .context import MethodContext
 
 
@@ -29,7 +32,7 @@ class Stage(IntEnum):
     QUANTIZE = 70  # precision of the deployed weights
 
 
-class MethodError(ValueError):
+class MethodError(UserError, ValueError):
     """A method cannot be applied: bad config, wrong model or wrong order."""
 
 
@@ -44,6 +47,7 @@ class MethodSpec:
     stage: Stage
     version: int = 1
     trains: bool = False  # changes only weights by training: skipped when probing latency
+    data_free: bool = False  # applying it in probe mode gives exactly the final model (no data, no training)
     family: str = ""  # survey family: quantization, pruning, distillation, ...
     summary: str = ""
 
@@ -56,6 +60,9 @@ class MethodSpec:
             raise MethodError(
                 f"method {self.name!r} has no parameter(s) {unknown}; known: {sorted(known)}"
             )
+        wrong = type_problems(self.config_cls, params)
+        if wrong:
+            raise MethodError(f"method {self.name!r}: {'; '.join(wrong)}")
         try:
             return self.config_cls(**params)
         except (TypeError, ValueError) as err:
@@ -73,6 +80,7 @@ def register(
     stage: Stage,
     version: int = 1,
     trains: bool = False,
+    data_free: bool = False,
     family: str = "",
     summary: str = "",
 ) -> MethodSpec:
@@ -80,7 +88,7 @@ def register(
         raise MethodError(f"method {name!r} is already registered")
     if not dataclasses.is_dataclass(config_cls):
         raise MethodError(f"method {name!r}: config must be a dataclass")
-    spec = MethodSpec(name, config_cls, apply, stage, version, trains, family, summary)
+    spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, family, summary)
     _REGISTRY[name] = spec
     return spec
 

@@ -112,7 +112,10 @@ def param_importances(study: optuna.Study, records: list[TrialRecord], metric_na
                 tmp.add_trials(trials)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    raw = optuna.importance.get_param_importances(tmp, target=lambda t, i=idx, s=sign: s * t.values[i])
+                    def _target(t: optuna.trial.FrozenTrial, i: int = idx, s: float = sign) -> float:
+                        return s * t.values[i]
+
+                    raw = optuna.importance.get_param_importances(tmp, target=_target)
                 imp.values = {k: float(v) for k, v in raw.items() if not math.isnan(v)}
                 if not imp.values:
                     imp.note = "Optuna found no parameter to attribute the variation to"

@@ -15,7 +15,7 @@ import optuna
 
 from ..study_config import StudyConfig
 from . import table
-from .analysis import (history, method_frequency, param_importances, references, status_counts, teacher_metric)
+from .analysis import history, method_frequency, param_importances, references, status_counts, teacher_metric
 from .pareto import TrialRecord, pareto_front, trial_records
 from .plots import Section, history_figure, importance_figure, method_frequency_figure, pareto_figure, write_html
 
@@ -38,7 +38,8 @@ def _frequency_table(counts: list[Any], n_front: int) -> str:
     return f"<table class='methods'>{head}{body}</table><p class='meta'>{n_front} trials on the front.</p>"
 
 
-def report_sections(study: optuna.Study, records: list[TrialRecord], metric_name: str) -> tuple[list[Section], list[dict]]:
+def report_sections(study: optuna.Study, records: list[TrialRecord],
+                    metric_name: str) -> tuple[list[Section], list[dict]]:
     """The page's sections and the effectiveness rows, from a study and its records."""
     attrs = study.user_attrs
     front = pareto_front(records)
@@ -93,7 +94,8 @@ def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str 
     title = f"autosqueeze study {config.name}: {config.task}, {len(records)} trials"
     html_path = write_html(sections, out_dir / "report.html", title, meta)
     md = out_dir / "effectiveness.md"
-    _write_atomic(md, f"# {title}\n\n" + "\n".join(f"- {m}" for m in meta) + "\n\n" + table.to_markdown(rows, metric_name))
+    header = f"# {title}\n\n" + "\n".join(f"- {m}" for m in meta) + "\n\n"
+    _write_atomic(md, header + table.to_markdown(rows, metric_name))
     csv_path = out_dir / "effectiveness.csv"
     _write_atomic(csv_path, table.to_csv(rows, metric_name))
     notes = [n for s in sections for n in s.notes]

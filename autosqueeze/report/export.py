@@ -1,28 +1,67 @@
-"""``autosqueeze export``: the most accurate Pareto recipe within a budget, with provenance."""
+"""``autosqueeze export``: the most accurate Pareto recipe within a budget, with provenance.
+
+When the study has been finalized (``autosqueeze finalize``), the choice is made among the
+final (fully trained) points and the exported recipe is the final one; otherwise among the
+search-time points. The recipe's ``measured.fidelity`` says which.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
+
 from ..recipe import Recipe
 from ..study_config import StudyConfig
-from .pareto import TrialRecord, select, trial_records
+from .fidelity import records_for_export
+from .pareto import NoTrialWithinBudget, TrialRecord, pareto_front, select
 from .provenance import add_provenance, selection_note
+
+
+def teacher_metric(study: optuna.Study) -> float:
+    teacher = study.user_attrs.get("teacher") or {}
+    value = teacher.get("search_metric")
+    if value is None:
+        raise NoTrialWithinBudget("the study recorded no teacher metric: run `autosqueeze search` on it again")
+    return float(value)
+
+
+def fastest_within_drop(records: list[TrialRecord], reference: float, max_drop_pts: float) -> TrialRecord:
+    """The fastest Pareto point whose metric is at most ``max_drop_pts`` points (x100) below ``reference``."""
+    if not max_drop_pts >= 0:
+        raise NoTrialWithinBudget(f"--max-drop must be a number of points >= 0, got {max_drop_pts}")
+    front = pareto_front(records)
+    ok = [r for r in front if r.metric is not None and 100 * (reference - r.metric) <= max_drop_pts + 1e-9]
+    if not ok:
+        best = max((r.metric for r in front if r.metric is not None), default=None)
+        detail = f"the best point is {100 * (reference - best):.2f} points below" if best is not None else "none"
+        raise NoTrialWithinBudget(f"no Pareto point within {max_drop_pts:g} points of the teacher's metric "
+                                  f"{reference:.4f} ({detail}): allow a larger --max-drop")
+    return min(ok, key=lambda r: (r.latency_ms or float("inf"), r.number))
 
 
 def export_recipe(config: StudyConfig, out: Path, *, latency_budget_ms: float | None = None,
                   min_speedup: float | None = None, trial_number: int | None = None,
-                  storage: str | None = None) -> tuple[Path, TrialRecord]:
+                  max_drop: float | None = None, storage: str | None = None) -> tuple[Path, TrialRecord]:
     """Pick a trial (raises NoTrialWithinBudget) and write its recipe atomically.
 
-    Without a budget or a trial number, the most accurate trial of the front is exported.
+    Without a budget, a drop or a trial number, the most accurate trial of the front is exported.
     """
     from ..search.study import open_study
 
     study = open_study(config, storage, create=False)
-    record = select(trial_records(study), latency_budget_ms=latency_budget_ms, min_speedup=min_speedup,
-                    trial_number=trial_number)
+    records, fidelity = records_for_export(study)
+    if max_drop is not None:
+        if latency_budget_ms is not None or min_speedup is not None or trial_number is not None:
+            raise NoTrialWithinBudget("give --max-drop alone (it picks the fastest point within the drop)")
+        record = fastest_within_drop(records, teacher_metric(study), max_drop)
+        selection = f"the fastest Pareto point within {max_drop:g} points of the teacher ({fidelity} fidelity)"
+    else:
+        record = select(records, latency_budget_ms=latency_budget_ms, min_speedup=min_speedup,
+                        trial_number=trial_number)
+        selection = selection_note(latency_budget_ms, min_speedup, trial_number) + f" ({fidelity} fidelity)"
     recipe: Recipe = record.to_recipe()
     add_provenance(recipe, record, study.user_attrs, study_name=config.name, study_path=str(config.path),
-                   selection=selection_note(latency_budget_ms, min_speedup, trial_number))
+                   selection=selection)
+    recipe.measured = {**recipe.measured, "fidelity": fidelity}
     recipe.validate()
     return recipe.save(out), record

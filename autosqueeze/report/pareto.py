@@ -6,6 +6,7 @@ from typing import Any
 
 import optuna
 
+from ..errors import UserError
 from ..recipe import Recipe
 
 
@@ -68,17 +69,22 @@ def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
     Trials with exactly the same metric and latency (e.g. one recipe sampled twice) appear
     once, as the earliest of them.
     """
-    cands = [r for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
-    front = [r for r in cands if not any(
-        (o.metric >= r.metric and o.latency_ms <= r.latency_ms) and (o.metric > r.metric or o.latency_ms < r.latency_ms)
-        for o in cands)]
+    cands = [(r, *_point(r)) for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
+    front = [(r, m, lat) for r, m, lat in cands if not any(
+        (om >= m and olat <= lat) and (om > m or olat < lat) for _, om, olat in cands)]
     unique: dict[tuple[float, float], TrialRecord] = {}
-    for r in sorted(front, key=lambda r: r.number):
-        unique.setdefault((r.metric, r.latency_ms), r)
-    return sorted(unique.values(), key=lambda r: (r.latency_ms, r.number))
+    for r, m, lat in sorted(front, key=lambda t: t[0].number):
+        unique.setdefault((m, lat), r)
+    return sorted(unique.values(), key=lambda r: (_point(r)[1], r.number))
 
 
-class NoTrialWithinBudget(LookupError):
+def _point(r: TrialRecord) -> tuple[float, float]:
+    """(metric, latency) of a record known to have both (a front member)."""
+    assert r.metric is not None and r.latency_ms is not None
+    return r.metric, r.latency_ms
+
+
+class NoTrialWithinBudget(UserError, LookupError):
     """No Pareto trial meets the budget."""
 
 
@@ -106,7 +112,7 @@ def select(records: list[TrialRecord], *, latency_budget_ms: float | None = None
     if not front:
         raise NoTrialWithinBudget("the study has no completed feasible trial yet: run `autosqueeze search` first")
     ok = [r for r in front
-          if (latency_budget_ms is None or r.latency_ms <= latency_budget_ms)
+          if (latency_budget_ms is None or _point(r)[1] <= latency_budget_ms)
           and (min_speedup is None or (r.speedup or 0) >= min_speedup)]
     if not ok:
         fastest = front[0]
@@ -117,4 +123,4 @@ def select(records: list[TrialRecord], *, latency_budget_ms: float | None = None
             f"the fastest is trial {fastest.number} at {fastest.latency_ms:.2f} ms ({fastest.speedup:.2f}x): "
             f"raise the budget or search longer"
         )
-    return max(ok, key=lambda r: (r.metric, -r.latency_ms))
+    return max(ok, key=lambda r: (_point(r)[0], -_point(r)[1]))

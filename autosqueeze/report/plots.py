@@ -22,7 +22,8 @@ def _hover(r: TrialRecord, metric_name: str) -> str:
     lat = "-" if r.latency_ms is None else f"{r.latency_ms:.2f} ms ({(r.speedup or 0):.2f}x)"
     pct = r.attrs.get("size_pct") or {}
     size = f"<br>size: {pct['total']:.1f}% of the teacher" if "total" in pct else ""
-    return f"<b>trial {r.number}</b> ({html.escape(r.status)})<br>{metric_name}: {metric}<br>latency: {lat}{size}<br>{recipe}"
+    return (f"<b>trial {r.number}</b> ({html.escape(r.status)})<br>{metric_name}: {metric}<br>latency: {lat}{size}"
+            f"<br>{recipe}")
 
 
 def pareto_figure(records: list[TrialRecord], front: list[TrialRecord], metric_name: str,
@@ -49,14 +50,16 @@ def pareto_figure(records: list[TrialRecord], front: list[TrialRecord], metric_n
                                  name="Pareto front", line={"shape": "hv", "color": "black", "width": 1.5},
                                  marker={"symbol": "circle-open", "size": 15, "color": "black"},
                                  text=[_hover(r, metric_name) for r in front], hoverinfo="text"))
-    ys = [r.metric for r in done + partial] + [ref.metric for ref in refs or [] if ref.metric is not None]
+    ys = [r.metric for r in done + partial if r.metric is not None] + [
+        ref.metric for ref in refs or [] if ref.metric is not None]
     for i, ref in enumerate(refs or []):
         if ref.latency_ms is None or ref.metric is None:
             continue
         fig.add_trace(go.Scatter(
             x=[ref.latency_ms], y=[ref.metric], mode="markers+text", name=ref.name, text=[ref.name],
             textposition="top center", marker={"symbol": REF_SYMBOLS[i % len(REF_SYMBOLS)], "size": 16},
-            hovertext=[f"{html.escape(ref.name)}<br>{metric_name}: {ref.metric:.4f}<br>latency: {ref.latency_ms:.2f} ms"],
+            hovertext=[f"{html.escape(ref.name)}<br>{metric_name}: {ref.metric:.4f}"
+                       f"<br>latency: {ref.latency_ms:.2f} ms"],
             hoverinfo="text"))
     if budget_ms and ys:
         lo, hi = min(ys), max(ys)

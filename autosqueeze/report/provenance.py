@@ -7,46 +7,18 @@ library versions) and everything the trial measured (metric, latency with spread
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
+from ..models import base_model_hash
 from ..recipe import Recipe
 from ..runtimes.fingerprint import hardware_fingerprint
 from .pareto import TrialRecord
 
 log = logging.getLogger(__name__)
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "tf_model.h5")
 MEASURED_KEYS = ("metric", "metrics", "latency_ms", "speedup", "baseline_ms", "size", "size_pct", "latency",
                  "exit_stats")
-
-
-def base_model_hash(name: str) -> str | None:
-    """SHA-256 (16 hex) of a local base model's weight files, or None for a hub name or no files.
-
-    Hashes the files, not the loaded tensors: cheap (one read) and independent of the task head.
-    """
-    from ..models import resolve_model
-
-    try:
-        path = Path(resolve_model(name))
-    except (RuntimeError, FileNotFoundError) as err:
-        log.info("no base model hash for %s: %s", name, err)
-        return None
-    if not path.is_dir():
-        return None
-    files = sorted({f for pat in WEIGHT_PATTERNS for f in path.glob(pat) if f.is_file()})
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def selection_note(latency_budget_ms: float | None, min_speedup: float | None, trial_number: int | None) -> str:

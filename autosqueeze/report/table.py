@@ -35,7 +35,8 @@ def _row(r: TrialRecord, role: str, teacher_metric: float | None) -> dict[str, A
 
 
 def effectiveness_rows(front: list[TrialRecord], records: list[TrialRecord] | None = None,
-                       teacher_metric: float | None = None, refs: list[Reference] | None = None) -> list[dict[str, Any]]:
+                       teacher_metric: float | None = None,
+                       refs: list[Reference] | None = None) -> list[dict[str, Any]]:
     """Rows: references first, then the front (most accurate first), then best single-method trials.
 
     A trial that is both on the front and the best of its method appears once, with both roles.

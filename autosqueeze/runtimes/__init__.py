@@ -14,14 +14,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..measure.latency import HardwareProfile, LatencySettings, LatencyStats, measure_latency
 from .onnx_export import OnnxInfo, OnnxUnavailable, OnnxUnsupported, export_for_deployment, export_onnx
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnxruntime")
 
-__all__ = ["RUNTIMES", "OnnxInfo", "OnnxUnavailable", "OnnxUnsupported", "deployed_latency", "export_for_deployment",
-           "export_onnx"]
+__all__ = ["RUNTIMES", "OnnxInfo", "OnnxUnavailable", "OnnxUnsupported", "RuntimeRefused", "check_runtime",
+           "deployed_latency", "export_for_deployment", "export_onnx"]
+
+
+class RuntimeRefused(UserError, ValueError):
+    """The model can only be deployed (and timed) in another runtime than the one asked for."""
+
+
+def check_runtime(model: nn.Module, runtime: str) -> None:
+    """Refuse, in one line, to time or deploy ``model`` in ``runtime`` when one of its steps needs
+    another (``quantize_static``: ONNX Runtime; its PyTorch model only simulates int8)."""
+    need = getattr(model, "autosqueeze_requires_runtime", None)
+    if need is not None and need != runtime:
+        raise RuntimeRefused(getattr(model, "autosqueeze_runtime_reason", None)
+                             or f"this model needs runtime {need}, not {runtime}")
 
 
 def deployed_latency(model: nn.Module, profile: HardwareProfile, settings: LatencySettings | None = None,
@@ -36,6 +50,7 @@ def deployed_latency(model: nn.Module, profile: HardwareProfile, settings: Laten
     is timed on the same inputs.
     """
     if profile.runtime == "torch":
+        check_runtime(model, "torch")
         return measure_latency(model, profile, inputs, settings=settings)
     if profile.runtime != "onnxruntime":
         raise ValueError(f"unknown runtime {profile.runtime!r}; choose one of {RUNTIMES}")

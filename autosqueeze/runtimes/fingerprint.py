@@ -20,7 +20,7 @@ PACKAGES = ("torch", "transformers", "onnxruntime", "onnx", "onnxscript", "numpy
 @lru_cache(maxsize=1)
 def cpu_info() -> dict[str, Any]:
     """CPU model name and the kernel-relevant feature flags (Linux /proc/cpuinfo, else platform)."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -70,7 +70,8 @@ def same_machine(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     diffs = []
     for key, label in ((("cpu", "model"), "CPU"), (("threads",), "threads"), (("runtime",), "runtime"),
                        (("versions", "torch"), "torch"), (("versions", "onnxruntime"), "onnxruntime")):
-        va, vb = a, b
+        va: Any = a
+        vb: Any = b
         for k in key:
             va = va.get(k) if isinstance(va, dict) else None
             vb = vb.get(k) if isinstance(vb, dict) else None

@@ -1,4 +1,4 @@
-"""ONNX export of a compressed model, and dynamic int8 through ``onnxruntime.quantization``.
+"""ONNX export of a compressed model, and its int8 redone by ``onnxruntime.quantization``.
 
 :func:`export_onnx` writes one ``.onnx`` file whose inputs are the tokenizer's tensors
 (``input_ids``, ``attention_mask`` and, for BERT-style models, ``token_type_ids``) with a
@@ -6,11 +6,16 @@ dynamic batch and sequence axis, and whose output is ``logits``. It tries the
 ``torch.export``-based exporter first (``dynamo=True``, needs ``onnxscript``) and falls back
 to the TorchScript exporter; each export is checked against PyTorch on a batch of another
 shape before it is accepted, so a graph that froze a shape or a branch is refused.
+Models no ONNX Runtime graph can express are refused up front with a one-line reason
+(:func:`unsupported_reason`): early exit (its depth is decided per batch), bf16 weights or
+compute (no bf16 MatMul kernel in ONNX Runtime's CPU provider), CSR sparse kernels (no ONNX
+operator). Every refusal is one line, without the exporters' graph dumps or colour codes.
 
 :func:`export_for_deployment` exports what a recipe deploys: the model itself when it has
-no quantization step; the float model re-quantized by ONNX Runtime when the recipe uses
-PyTorch's dynamic int8 (``quantize_dynamic``: its packed int8 modules cannot be exported, so
-the same Linear layers are quantized dynamically, int8 weights per tensor, in the ONNX graph).
+no int8 step; the float model re-quantized by ONNX Runtime when the recipe uses PyTorch's
+dynamic int8 (``quantize_dynamic``: its packed int8 modules cannot be exported, so the same
+Linear layers are quantized dynamically, int8 weights per tensor, in the ONNX graph) or
+static int8 (``quantize_static``: QDQ with the recorded calibration, see onnx_int8.py).
 """
 from __future__ import annotations
 
@@ -19,7 +24,11 @@ import inspect
 import io
 import logging
 import os
+import re
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +37,73 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 EXPORTERS = ("dynamo", "torchscript")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 INSTALL = "pip install 'autosqueeze[onnx]'"
 
 
-class OnnxUnavailable(RuntimeError):
+class OnnxUnavailable(UserError, RuntimeError):
     """onnx / onnxruntime are not installed (an optional dependency)."""
 
 
 class OnnxUnsupported(RuntimeError):
-    """This model cannot be exported to ONNX (the reason says why)."""
+    """This model cannot be exported to ONNX (the reason says why, in one line)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(one_line(reason, limit=600))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    """The first non-empty line of ``text`` without terminal colour codes, at most ``limit`` characters."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(text)).splitlines() if ln.strip()]
+    line = " ".join(lines[0].split()) if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why no ONNX Runtime graph can run ``model`` as it runs in PyTorch (None: try exporting)."""
+    if getattr(model, "autosqueeze_needs_real_inputs", False):
+        return ("its cost is decided per batch at run time (early exit): an ONNX graph would freeze one path; "
+                "deploy it with PyTorch")
+    bf16 = any(t.dtype == torch.bfloat16 for m in model.modules() if not isinstance(m, nn.Embedding)
+               for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
+    if bf16 or any(getattr(m, "compute", None) is torch.bfloat16 for m in model.modules()):
+        return ("bf16 weights or compute: ONNX Runtime's CPU provider has no bf16 MatMul kernel; deploy bf16 "
+                "with PyTorch (fp16 and int8 export)")
+    if any(getattr(m, "kernel", None) == "csr" for m in model.modules()):
+        return ("CSR sparse kernels (prune_unstructured kernel: csr) have no ONNX operator; use kernel: dense "
+                "to export the same sparse weights as dense matmuls")
+    return None
+
+
+@contextlib.contextmanager
+def quiet_fds() -> Iterator[None]:
+    """Silence what C++ code writes to file descriptors 1 and 2 (graph dumps, kernel warnings)."""
+    saved: list[tuple[int, int]] = []
+    sink = tempfile.TemporaryFile()
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        for fd in (1, 2):
+            copy = os.dup(fd)
+            saved.append((fd, copy))
+            os.dup2(sink.fileno(), fd)
+    except (OSError, ValueError, io.UnsupportedOperation):  # no real descriptors (embedded interpreters)
+        pass
+    try:
+        yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        sink.close()
 
 
 def require(module: str = "onnxruntime") -> Any:
@@ -110,19 +174,19 @@ def example_inputs(model: nn.Module, names: tuple[str, ...], batch: int, seq: in
 
 def _run_exporter(wrapped: nn.Module, args: tuple[torch.Tensor, ...], names: tuple[str, ...], path: Path,
                   exporter: str, max_seq: int, external: bool) -> None:
-    common = dict(input_names=list(names), output_names=["logits"], opset_version=18)
+    common: dict[str, Any] = dict(input_names=list(names), output_names=["logits"], opset_version=18)
     quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed" notices of the dynamo exporter
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), quiet_fds():
             warnings.simplefilter("ignore")
             if exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=4096)
                 seq = torch.export.Dim("seq", min=1, max=max_seq)
                 program = torch.onnx.export(wrapped, args, None, dynamo=True, verbose=False, optimize=True,
                                             dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), **common)
-                program.save(str(path), external_data=external)
+                program.save(str(path), external_data=external)  # type: ignore[union-attr]  # dynamo: a program
             else:
                 axes = {n: {0: "batch", 1: "seq"} for n in names} | {"logits": {0: "batch"}}
                 torch.onnx.export(wrapped, args, str(path), dynamo=False, dynamic_axes=axes, do_constant_folding=True,
@@ -134,7 +198,9 @@ def _run_exporter(wrapped: nn.Module, args: tuple[torch.Tensor, ...], names: tup
 def check_export(path: Path, model: nn.Module, names: tuple[str, ...]) -> float:
     """Max |ONNX Runtime − PyTorch| on a padded batch of another shape than the traced one."""
     ort = require("onnxruntime")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # kernel-fallback warnings are not ours to print
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     args = example_inputs(model, names, batch=3, seq=11, seed=1, padded=True)
     with torch.inference_mode():
         ref = model(**dict(zip(names, args))).logits.float().numpy()
@@ -154,9 +220,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, exporter: str | None = No
     """
     require("onnx")
     require("onnxruntime")
-    if getattr(model, "autosqueeze_needs_real_inputs", False):
-        raise OnnxUnsupported("its cost is decided per batch at run time (early exit): an ONNX graph would "
-                              "freeze one path; deploy it with PyTorch")
+    reason = unsupported_reason(model)
+    if reason:
+        raise OnnxUnsupported(reason)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = input_names(model)
@@ -168,14 +234,15 @@ def export_onnx(model: nn.Module, path: str | Path, *, exporter: str | None = No
     tries = EXPORTERS if order == "auto" else (order,)
     max_seq = int(getattr(model.config, "max_position_embeddings", 512))
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    errors = []
+    errors: list[str] = []
     for name in tries:
         try:
             _run_exporter(wrapped, example_inputs(model, names, 2, 16), names, path, name, max_seq,
                           external=nbytes > 1_800_000_000)
             diff = check_export(path, model, names)
             with torch.inference_mode():
-                scale = float(model(**dict(zip(names, example_inputs(model, names, 3, 11, 1, True)))).logits.abs().max())
+                probe = dict(zip(names, example_inputs(model, names, 3, 11, 1, True)))
+                scale = float(model(**probe).logits.abs().max())
             if not diff <= tolerance * max(scale, 1e-3) + 1e-5:
                 raise OnnxUnsupported(f"its outputs differ from PyTorch by {diff:.3g}")
             return OnnxInfo(str(path), name, list(names), max_abs_diff=diff, size_bytes=path.stat().st_size,
@@ -183,113 +250,91 @@ def export_onnx(model: nn.Module, path: str | Path, *, exporter: str | None = No
         except OnnxUnavailable:
             raise
         except Exception as err:  # exporters raise many types; try the next one
-            line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            line = one_line(err) or type(err).__name__
             log.info("ONNX export with %s failed: %s", name, line)
             errors.append(f"{name} exporter: {type(err).__name__}: {line}")
             path.unlink(missing_ok=True)
     raise OnnxUnsupported("; ".join(errors))
 
 
-# --- dynamic int8 in the ONNX graph -----------------------------------------------------------
-def _node_modules(node: Any) -> list[str]:
-    """Module paths a node comes from (dynamo: name-scope metadata; TorchScript: the node name)."""
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            import ast
-
-            try:
-                return [s for s in ast.literal_eval(prop.value) if isinstance(s, str)]
-            except (ValueError, SyntaxError):
-                return []
-    parts = [p for p in node.name.split("/") if p]
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def matmul_nodes(onnx_path: str | Path, module_names: set[str], prefix: str = "model.") -> list[str]:
-    """Names of the MatMul/Gemm nodes with a constant weight that come from ``module_names``."""
-    onnx = require("onnx")
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    out = []
-    for node in graph.node:
-        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in consts:
-            continue
-        scopes = {s[len(prefix):] if s.startswith(prefix) else s for s in _node_modules(node)}
-        if scopes & module_names:
-            out.append(node.name)
-    return out
-
-
-def quantize_onnx_dynamic(src: str | Path, dst: str | Path, module_names: set[str]) -> int:
-    """Dynamic int8 (int8 weights per tensor, activations quantized per batch) for the MatMuls of
-    ``module_names`` (Linear layers, qualified names in the PyTorch model); returns how many."""
-    require("onnxruntime")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    nodes = matmul_nodes(src, module_names)
-    if not nodes:
-        raise OnnxUnsupported(f"found none of the {len(module_names)} Linear layers to quantize in {src}")
-    if len(nodes) != len(module_names):
-        log.warning("ONNX int8: %d MatMul nodes matched for %d Linear layers", len(nodes), len(module_names))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime.quantization logs advice through the root logger
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                             op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
-                             extra_options={"MatMulConstBOnly": True})
-    finally:
-        root.setLevel(level)
-    return len(nodes)
+# --- what a recipe deploys: int8 redone in the graph ----------------------------------------
+GRAPH_INT8 = ("quantize_dynamic", "quantize_static")  # steps ONNX Runtime redoes on the float graph
 
 
 def _has_packed_int8(model: nn.Module) -> bool:
     return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
+def _static_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """Calibrated input ranges of the deployed model's static int8 Linears (``quantize_static``)."""
+    return {name: (float(m.rmin), float(m.rmax)) for name, m in model.named_modules()
+            if getattr(m, "autosqueeze_static_int8", False)}
+
+
 def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn.Module | None = None,
                           recipe: Any = None, exporter: str | None = None) -> OnnxInfo:
     """Export the model a recipe deploys; ``float_model`` is the model before its quantization steps.
 
-    PyTorch dynamic int8 (``quantize_dynamic`` steps) is redone by ONNX Runtime on the same
-    Linear layers; other quantization steps (half-precision casts, weight-only int8/int4) are
-    exported as they run in PyTorch, when the exporters can.
+    PyTorch dynamic int8 (``quantize_dynamic`` steps) is redone by ONNX Runtime's dynamic
+    quantization on the same Linear layers; static int8 (``quantize_static``) by ONNX
+    Runtime's QDQ static quantization with the ranges the step calibrated (read from
+    ``model``'s layers). Other quantization steps (half-precision casts, weight-only
+    int8/int4, embedding int8) are exported as they run in PyTorch, when ONNX Runtime can.
     """
     from ..deploy import quantize_start
     from ..methods.common import is_quantized_module, part_weights
+    from .onnx_int8 import quantize_onnx_dynamic, quantize_onnx_static
 
     path = Path(path)
     steps = [] if recipe is None else recipe.steps[quantize_start(recipe):]
-    dynamic = [s for s in steps if s.method == "quantize_dynamic"]
-    if not dynamic:
+    int8 = [s for s in steps if s.method in GRAPH_INT8]
+    if not int8:
         if _has_packed_int8(model):
             raise OnnxUnsupported("PyTorch's packed int8 layers cannot be exported; pass the recipe and float model")
+        if _static_ranges(model):
+            raise OnnxUnsupported("static int8 layers are exported from the float model; pass the recipe and "
+                                  "float model")
         return export_onnx(model, path, exporter=exporter)
-    if float_model is None or _has_packed_int8(float_model):
-        raise OnnxUnsupported("a quantize_dynamic recipe is exported from its float model, and none was given")
+    if len({s.method for s in int8}) > 1:
+        raise OnnxUnsupported("a recipe with both quantize_dynamic and quantize_static steps: ONNX Runtime "
+                              "quantizes a graph one way; keep one int8 method")
+    if float_model is None or _has_packed_int8(float_model) or _static_ranges(float_model):
+        raise OnnxUnsupported(f"a {int8[0].method} recipe is exported from its float model, and none was given")
     from ..arch import get_adapter
     from ..methods import MethodContext
     from ..recipe import Recipe, apply_recipe
 
     adapter = get_adapter(float_model)
     base = float_model
-    others = [s for s in steps if s.method != "quantize_dynamic"]
+    others = [s for s in steps if s.method not in GRAPH_INT8]
     if others:  # e.g. bf16 embeddings + int8 encoder: cast first, then int8 in the graph
         base, _ = apply_recipe(Recipe(steps=others), float_model, MethodContext(adapter=adapter, seed=recipe.seed,
                                                                                 replay=True))
-    targets = set()
-    for step in dynamic:
-        targets |= {name for _, name, mod in part_weights(base, adapter, step.config().parts)
-                    if not is_quantized_module(mod)}
     float_path = path.with_name(f".{path.stem}.float.onnx")
     try:
         info = export_onnx(base, float_path, exporter=exporter)
-        info.quantized_nodes = quantize_onnx_dynamic(float_path, path, targets)
+        if int8[0].method == "quantize_dynamic":
+            targets = set()
+            for step in int8:
+                targets |= {name for _, name, mod in part_weights(base, adapter, step.config().parts)
+                            if not is_quantized_module(mod)}
+            info.quantized_nodes = quantize_onnx_dynamic(float_path, path, targets)
+            how = "onnxruntime.quantization.quantize_dynamic (weights per tensor, QInt8)"
+        else:
+            ranges = _static_ranges(model)
+            if not ranges:
+                raise OnnxUnsupported("the quantize_static model has no calibrated layers: pass the deployed model")
+            cfg = int8[0].config()
+            names = tuple(info.inputs)
+            feeds = [{n: a.numpy() for n, a in zip(names, example_inputs(base, names, 2, 16, seed=s, padded=True))}
+                     for s in range(2)]
+            info.quantized_nodes = quantize_onnx_static(float_path, path, ranges, feeds,
+                                                        per_channel=cfg.per_channel, activations=cfg.activations)
+            how = (f"onnxruntime.quantization.quantize_static (QDQ, weights QInt8 "
+                   f"{'per channel' if cfg.per_channel else 'per tensor'}, activations {cfg.activations} with the "
+                   f"recorded calibration ranges)")
     finally:
         float_path.unlink(missing_ok=True)
     info.path, info.quantized, info.size_bytes = str(path), True, path.stat().st_size
-    info.notes.append("int8 by onnxruntime.quantization.quantize_dynamic (weights per tensor, QInt8); "
-                      "max_abs_diff is the float graph's")
+    info.notes.append(f"int8 by {how}; max_abs_diff is the float graph's")
     return info

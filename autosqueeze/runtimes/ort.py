@@ -17,8 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..measure.latency import (HardwareProfile, LatencySettings, LatencyStats, stats_from_samples, synthetic_inputs,
-                               time_callable, wait_until_idle)
+from ..measure.latency import (
+    HardwareProfile,
+    LatencySettings,
+    LatencyStats,
+    stats_from_samples,
+    synthetic_inputs,
+    time_callable,
+    wait_until_idle,
+)
 from .onnx_export import OnnxUnavailable, require
 
 log = logging.getLogger(__name__)

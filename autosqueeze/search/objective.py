@@ -18,8 +18,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from torch import nn
@@ -30,6 +31,7 @@ from ..deploy import build
 from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, model_size
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate, evaluate_deployed
+from ..measure.paired import Timing, timing_against_teacher
 from ..methods import MethodContext, get_method
 from ..methods.distill import CACHE_KEY as DISTILL_CACHE_KEY
 from ..recipe import Recipe, Step
@@ -37,7 +39,6 @@ from ..runtimes import deployed_latency
 from ..tasks import compute_metrics
 from ..teacher import Teacher
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
-from .timing import Timing, timing_against_teacher
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -66,6 +67,7 @@ class SearchContext:
     shared_cache: dict[str, Any] = field(default_factory=dict)
     paired_baseline: bool = True  # time each new candidate alternately with the teacher (timing.py)
     timing_cache: dict[str, Timing] = field(default_factory=dict)
+    elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
 
     def method_context(self, seed: int, probe: bool) -> MethodContext:
         ctx = MethodContext(
@@ -106,12 +108,31 @@ class SearchContext:
 
     def slice_metric(self, model: nn.Module) -> float:
         """Main metric on the first ``early_stop.dev_examples`` dev examples (early stopping)."""
-        from ..measure.metrics import predict
         import numpy as np
+
+        from ..measure.metrics import predict
 
         examples = self.data.dev[: self.early_stop.dev_examples]
         pred = predict(model, self.data, examples, self.eval_batch_size)
         return float(compute_metrics(self.data.task, pred, np.asarray([e.label for e in examples]))[self.main_metric])
+
+
+def is_data_free(recipe: Recipe) -> bool:
+    """Whether building in probe mode already gives the final model (no training, no data-dependent choice)."""
+    return all(get_method(s.method).data_free for s in recipe.steps)
+
+
+def bind_elastic(recipe: Recipe, key: str | None) -> Recipe:
+    """Name the study's elastic student in the recipe's ``elastic`` step (a space leaves it open)."""
+    if not any(s.method == "elastic" for s in recipe.steps):
+        return recipe
+    if key is None:
+        raise RuntimeError("the space slices an elastic student but the study prepared none")
+    steps = [Step(s.method, {**s.params, "student": key}, s.version) if s.method == "elastic" else s
+             for s in recipe.steps]
+    return Recipe(steps=steps, base_model=recipe.base_model, task=recipe.task, seed=recipe.seed,
+                  teacher=recipe.teacher, data=recipe.data, profile=recipe.profile, measured=recipe.measured,
+                  versions=recipe.versions, notes=recipe.notes)
 
 
 def architecture_key(recipe: Recipe) -> str:
@@ -162,6 +183,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     probe = probe_built.model
     lat = sc.timing(probe, architecture_key(recipe), probe_built.float_model, recipe)
     data_dependent = bool(getattr(probe, "autosqueeze_needs_real_inputs", False))
+    reuse = probe_built if is_data_free(recipe) else None  # the probe already is the final model
     del probe, probe_built
     result: dict[str, Any] = {**lat.to_result(sc.baseline.median_ms), "probe_s": time.perf_counter() - t0}
     if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms:
@@ -178,10 +200,11 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
         ctx.post_step_hooks.append(stopper.hook)
     try:
         with fixed_threads(sc.train_threads):
-            built = build(recipe, sc.teacher.model, ctx)
+            built = reuse or build(recipe, sc.teacher.model, ctx)
             metrics, exit_stats = evaluate_deployed(built.model, sc.data, sc.extra_dev, sc.eval_batch_size,
                                                     sc.profile.batch_size)
     except TrialStoppedEarly as stop:
+        assert stopper is not None  # only the stopper raises TrialStoppedEarly
         result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
                       stopped_at=stop.record, trial_s=time.perf_counter() - t0)
         return result
@@ -257,7 +280,7 @@ def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, dict[str, 
 def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[float, float]]:
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         trial.set_user_attr("worker", worker_identity())
-        recipe = with_provenance(space.suggest(trial), sc)
+        recipe = with_provenance(bind_elastic(space.suggest(trial), sc.elastic_key), sc)
         trial.set_user_attr("methods", [s.method for s in recipe.steps])
         trial.set_user_attr("recipe", recipe.to_dict())
         try:

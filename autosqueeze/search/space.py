@@ -42,6 +42,7 @@ from typing import Any
 import optuna
 import yaml
 
+from ..errors import UserError
 from ..methods import MethodError, get_method
 from ..recipe import Recipe, RecipeError, Step
 
@@ -49,7 +50,7 @@ DIST_TYPES = ("int", "float", "categorical")
 NONE_CHOICE = "none"
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """The search space file is invalid (or cannot be applied to the study's model)."""
 
 
@@ -82,9 +83,9 @@ class Dist:
 
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.type == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)  # type: ignore[arg-type]
         if self.type == "float":
-            return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+            return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)  # type: ignore[arg-type]
         if self.labelled:
             labels = [json.dumps(_plain(c)) for c in self.choices]
             return json.loads(trial.suggest_categorical(name, labels))
@@ -95,7 +96,7 @@ class Dist:
         if self.type == "categorical":
             return [_plain(c) for c in self.choices]
         cast = int if self.type == "int" else float
-        return [cast(self.low), cast(self.high)]
+        return [cast(self.low), cast(self.high)]  # type: ignore[arg-type]  # set for int/float knobs
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,8 @@ def load_space(path: str | Path) -> SearchSpace:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise SpaceError(f"{src}: not valid YAML: {str(err).splitlines()[0]}") from None
+    except UnicodeDecodeError as err:
+        raise SpaceError(f"{src}: not a UTF-8 text file (byte {err.start}); save it as UTF-8") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list) or not raw["steps"]:
         raise SpaceError(f"{src}: expected a mapping with a non-empty 'steps' list")
     extra_top = sorted(set(raw) - {"steps", "description"})

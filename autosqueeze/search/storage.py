@@ -15,20 +15,24 @@ count. Two mechanisms fail it:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sqlite3
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from ..study_config import ConfigError
+from ..errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 30
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def heartbeat_interval() -> int:
@@ -68,15 +72,70 @@ def _postgres_driver(url: str) -> str:
                       f"(psycopg2-binary)")
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats; clear one-line errors for a missing driver or server."""
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for an in-memory or non-SQLite URL)."""
+    if not is_sqlite(url):
+        return None
+    path = url.split(":///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def storage_exists(url: str) -> bool:
+    """False only for a SQLite file that is not there yet (a server storage is assumed to exist)."""
+    path = sqlite_file(url)
+    return path is None or path.exists()
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that is not a SQLite database, or a truncated or damaged one, in one line
+    (read-only: the file is not changed)."""
+    if not path.is_file():
+        raise StorageError(f"storage {path} is not a file: give the study database (.db) file")
+    size = path.stat().st_size
+    if size == 0:
+        return  # an empty file: SQLite makes it a new database
+    with open(path, "rb") as f:
+        head = f.read(100)
+    if not head.startswith(SQLITE_MAGIC):
+        raise StorageError(f"storage {path} is not a SQLite database (is it the right file?); "
+                           f"give the study's .db file, or a new file name to start a new study")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    valid = len(head) == 100 and head[24:28] == head[92:96]  # the header's page count is current
+    if len(head) < 100 or (valid and pages and size < pages * page_size):
+        raise StorageError(f"storage {path} is truncated ({size} bytes, the database says "
+                           f"{pages * page_size}): restore it from a copy, or start a new study with another file")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            status = db.execute("PRAGMA quick_check").fetchone()
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise StorageError(f"storage {path} is damaged ({err}): restore it from a copy, or start a new study "
+                           f"with another file") from None
+    if not status or status[0] != "ok":
+        raise StorageError(f"storage {path} is damaged ({status[0] if status else 'no answer'}): restore it "
+                           f"from a copy, or start a new study with another file")
+    if tables and not {"studies", "version_info"} <= tables:
+        raise StorageError(f"storage {path} is a SQLite database of something else (no study tables): give the "
+                           f"study's .db file, or a new file name to start a new study")
+
+
+def make_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats; clear one-line errors for a missing driver or server, and
+    for a SQLite file that is absent (unless ``create``), not a database, or damaged."""
     if url.startswith(("postgresql", "postgres")):
         url = _postgres_driver(url)
     if is_sqlite(url):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:" and not Path(path).parent.is_dir():
-            raise ConfigError(f"storage {url}: folder {Path(path).parent} does not exist")
-        engine_kwargs = {"connect_args": {"timeout": 120}}  # several local workers wait for the lock
+        path = sqlite_file(url)
+        if path is not None and not path.parent.is_dir():
+            raise StorageError(f"storage {url}: folder {path.parent} does not exist")
+        if path is not None and path.exists():
+            check_sqlite_file(path)
+        elif path is not None and not create:
+            raise StorageError(f"no study database {path}: run `autosqueeze search` on the study file first "
+                               f"(or pass --storage)")
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}  # several local workers wait for the lock
     else:
         engine_kwargs = {"pool_pre_ping": True}
     hb = heartbeat_interval()
@@ -94,8 +153,11 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
             time.sleep(1.0 + attempt)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError, ImportError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"cannot open storage {redact(url)}: {first}; check the URL and that the "
-                              f"database server is running and reachable") from None
+            raise StorageError(f"cannot open storage {redact(url)}: {first}; check the URL and that the "
+                               f"database server is running and reachable") from None
+        except sqlalchemy.exc.DatabaseError as err:  # a file SQLite cannot read after all
+            first = " ".join(str(err.orig or err).split())[:200]
+            raise StorageError(f"storage {redact(url)} is not a usable study database ({first})") from None
     raise AssertionError("unreachable")
 
 

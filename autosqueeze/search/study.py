@@ -14,27 +14,31 @@ import os
 import socket
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from ..measure.latency import HardwareProfile
+from ..errors import TrialsKeepFailing
+from ..measure.latency import HardwareProfile, fixed_threads
 from ..models import DEFAULT_MODEL
 from ..recipe import library_versions
+from ..runtimes.fingerprint import hardware_fingerprint
 from ..study_config import ConfigError, StudyConfig
 from ..tasks import get_task
 from ..teacher import get_teacher, load_task_data
 from .early_stop import EarlyStopSettings
 from .objective import SearchContext, make_objective, measure_baseline, reference_points
 from .space import SearchSpace, load_space
-from .storage import fail_dead_local_trials, fail_stale_trials, is_sqlite, make_storage, redact
+from .storage import fail_dead_local_trials, fail_stale_trials, is_sqlite, make_storage, redact, storage_exists
 from .validate import validate_for_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
 DONE_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # complete, over budget, stopped early: not failures
+MAX_FAILURES_IN_A_ROW = 5
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -54,7 +58,7 @@ def open_study(config: StudyConfig, storage: str | None = None, seed_offset: int
                create: bool = True) -> optuna.Study:
     """The study named in ``config`` (created if absent and ``create``)."""
     url = storage or config.storage_url
-    rdb = make_storage(url)
+    rdb = make_storage(url, create=create)
     sampler = make_sampler(config.sampler, config.seed + seed_offset)
     if not create:
         try:
@@ -63,12 +67,24 @@ def open_study(config: StudyConfig, storage: str | None = None, seed_offset: int
             raise FileNotFoundError(
                 f"no study {config.name!r} in {redact(url)}: run `autosqueeze search {config.path}` first"
             ) from None
-    return optuna.create_study(study_name=config.name, storage=rdb, sampler=sampler,
-                               directions=["maximize", "minimize"], load_if_exists=True)
+    study = optuna.create_study(study_name=config.name, storage=rdb, sampler=sampler,
+                                directions=["maximize", "minimize"], load_if_exists=True)
+    set_metric_names(study, get_task(config.task).main_metric)
+    return study
+
+
+def set_metric_names(study: optuna.Study, main_metric: str) -> None:
+    """Name the two objectives (optuna-dashboard shows e.g. "accuracy" and "latency_ms", not 0 and 1)."""
+    names = [main_metric, "latency_ms"]
+    with warnings.catch_warnings():  # "experimental" in Optuna 4/5, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != names:  # written once per study, not by every worker on every start
+            study.set_metric_names(names)
 
 
 def finished_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=DONE_STATES))
+    """Trials with a result (complete, over budget, stopped early); failed ones do not count."""
+    return len(study.get_trials(deepcopy=False, states=RESULT_STATES))
 
 
 def running_trials(study: optuna.Study) -> int:
@@ -108,8 +124,22 @@ def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
                        eval_batch_size=config.eval.batch_size, early_stop=early_stop or EarlyStopSettings())
     if space is not None:
         validate_for_model(space, teacher.model, lambda: sc.method_context(config.seed, probe=True))
+        if any(s.method == "elastic" for s in space.steps):
+            prepare_elastic(sc, config, progress)
     measure_baseline(sc)
     return sc
+
+
+def prepare_elastic(sc: SearchContext, config: StudyConfig, progress: Progress | None) -> None:
+    """The study's elastic student (cached; trained once on first use), recorded in the provenance."""
+    from ..elastic import get_elastic_student
+
+    with fixed_threads(sc.train_threads):
+        student = get_elastic_student(sc.teacher.model, str(sc.teacher.info.get("weights_hash")), sc.data,
+                                      config.elastic, config.recovery.train_subset, progress)
+    sc.elastic_key = student.key
+    sc.provenance["teacher"]["elastic"] = {"key": student.key, "settings": config.elastic.to_dict(),
+                                           "train_s": student.info.get("train_s")}
 
 
 def _seed_offset(study: optuna.Study, url: str) -> int:
@@ -132,24 +162,36 @@ def _check_teacher(study: optuna.Study, sc: SearchContext, url: str) -> None:
             f"folder into this machine's cache ($AUTOSQUEEZE_CACHE/teachers), or give the study a new 'name'")
 
 
+def _failure_reason(trial: optuna.trial.FrozenTrial) -> str:
+    reason = trial.user_attrs.get("error") or (trial.system_attrs.get("fail_reason") or "unknown").strip()
+    return " ".join(str(reason).split())[:300]
+
+
 def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None = None,
                budget_ms: float | None = None, storage: str | None = None, progress: Progress | None = None,
-               callbacks: list | None = None, early_stop: EarlyStopSettings | None = None) -> SearchSummary:
-    """Run trials until the study has ``trials`` finished ones (the study file's count by default).
+               callbacks: list | None = None, early_stop: EarlyStopSettings | None = None,
+               max_failures_in_a_row: int = MAX_FAILURES_IN_A_ROW) -> SearchSummary:
+    """Run trials until the study has ``trials`` results (the study file's count by default).
 
-    Safe to run in several processes on one storage: each stops when finished + running
-    trials reach the target.
+    Failed trials do not count toward the target; ``max_failures_in_a_row`` failures of this
+    process's trials stop the search with the last reason (:class:`TrialsKeepFailing`). Safe to
+    run in several processes on one storage: each stops when results + running trials reach
+    the target.
     """
     space = load_space(config.search_space)  # validate the file before any expensive work
     budget = budget_ms if budget_ms is not None else config.latency_budget_ms
     target = trials or config.trials
     url = storage or config.storage_url
+    sc = None
+    if not storage_exists(url):  # a new study: its database is created only once the teacher and data load
+        sc = prepare(config, data_dir, budget, progress, space=space, early_stop=early_stop)
     study = open_study(config, url)
     stale = fail_dead_local_trials(study)
     fail_stale_trials(study)
     if finished_trials(study) >= target:
         return SearchSummary(finished_trials(study), target, 0, stale)
-    sc = prepare(config, data_dir, budget, progress, space=space, early_stop=early_stop)
+    if sc is None:
+        sc = prepare(config, data_dir, budget, progress, space=space, early_stop=early_stop)
     study = open_study(config, url, seed_offset=_seed_offset(study, url))
     _check_teacher(study, sc, url)
     attrs = study.user_attrs
@@ -159,22 +201,35 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     study.set_user_attr("latency_budget_ms", budget)
     study.set_user_attr("search_space", str(space.path))
     study.set_user_attr("early_stop", sc.early_stop.to_dict())
+    if "fingerprint" not in attrs:  # the machine that measures the latencies, once per study
+        study.set_user_attr("fingerprint", hardware_fingerprint(sc.profile.threads, sc.profile.runtime))
     known = attrs.get("teacher") or {}
     if "int8_baseline" not in attrs or "search_metric" not in known:  # once per study
         refs = reference_points(sc)
         study.set_user_attr("int8_baseline", refs["int8_baseline"])
         known = {"search_metric": refs["teacher"]["metric"], "search_metrics": refs["teacher"]["metrics"],
                  "dev_examples": refs["teacher"]["dev_examples"]}
+    assert sc.baseline is not None and sc.teacher_size is not None  # measured by the SearchContext above
     study.set_user_attr("teacher", {
         "metrics": sc.teacher.metrics, "latency_ms": sc.baseline.median_ms, "size": sc.teacher_size.to_dict(),
         "path": str(sc.teacher.path), "weights_hash": sc.teacher.info.get("weights_hash"),
         **{k: known.get(k) for k in ("search_metric", "search_metrics", "dev_examples")}})
     objective = make_objective(space, sc)
     ran = 0
+    mine: list[optuna.trial.FrozenTrial] = []  # this process's trials, as they end
+    failed_in_a_row: list[optuna.trial.FrozenTrial] = []
     while True:
         fail_stale_trials(study)  # a vanished worker's trial must not hold a place
         if finished_trials(study) + running_trials(study) >= target:
             break
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks or [], gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[lambda s, t: mine.append(t), *(callbacks or [])])
         ran += 1
+        failed_in_a_row = [*failed_in_a_row, mine[-1]] if mine and mine[-1].state == TrialState.FAIL else []
+        if failed_in_a_row and len(failed_in_a_row) >= max_failures_in_a_row:
+            raise TrialsKeepFailing(
+                f"study {config.name!r}: {len(failed_in_a_row)} trials in a row failed (trials "
+                f"{', '.join(str(t.number) for t in failed_in_a_row)}); the last: "
+                f"{_failure_reason(failed_in_a_row[-1])}. "
+                f"Fix the cause and run the same command to continue")
     return SearchSummary(finished_trials(study), target, ran, stale)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -77,14 +78,15 @@ def _check_decompose(space: SearchSpace, step: StepSpace, knob: str | None, para
         up, down = adapter.ffn(layer)
         mods = {"query": parts.query, "key": parts.key, "value": parts.value, "attn_out": parts.output,
                 "ffn_up": up, "ffn_down": down}
-        shapes += [(mods[p].in_features, mods[p].out_features) for p in config.projections()]
+        shapes += [(int(mods[p].in_features), int(mods[p].out_features))  # type: ignore[arg-type]
+                   for p in config.projections()]
     if config.rank is not None and not config.allow_no_gain and shapes and not any(
             gains(min(config.rank, i, o), i, o) for i, o in shapes):
         raise SpaceError(f"{space.path}: {_describe(step, knob, params)} would factorize no matrix of this model "
                          f"(matrices {sorted(set(shapes))}: a rank-{config.rank} factorization is not smaller); "
                          f"{_fix(step, knob)} to lower ranks")
     if config.embedding_rank is not None:
-        emb = model.get_input_embeddings()
+        emb = model.get_input_embeddings()  # type: ignore[operator]  # a transformers model
         if config.embedding_rank >= min(emb.num_embeddings, emb.embedding_dim):
             raise SpaceError(f"{space.path}: {_describe(step, knob, params)}: embedding_rank is not below the "
                              f"embeddings' {emb.num_embeddings}x{emb.embedding_dim}; {_fix(step, knob)}")

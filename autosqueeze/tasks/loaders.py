@@ -8,18 +8,21 @@ name; only CoLA, which has no header, is read by position.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
 from .specs import Example, TaskSpec, _normalise, get_task
 
-__all__ = ["ENV_VAR", "resolve_data_dir", "load_split", "subset", "split_filename"]
+__all__ = ["ENV_VAR", "load_split", "resolve_data_dir", "split_filename", "split_path", "subset"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +52,16 @@ class _Layout:
     label_column: str | int
     header: bool = True
     skip_malformed: bool = False
+    extra_fields_ok: bool = False  # rows may carry fields beyond the header (the label is read as the last)
 
 
 _LAYOUTS: dict[str, _Layout] = {
     "cola": _Layout((3,), 1, header=False),
     "sst2": _Layout(("sentence",), "label"),
     "mrpc": _Layout(("#1 String", "#2 String"), "Quality"),
-    "qqp": _Layout(("question1", "question2"), "is_duplicate", skip_malformed=True),
-    "stsb": _Layout(("sentence1", "sentence2"), "score"),
-    "mnli": _Layout(("sentence1", "sentence2"), "gold_label"),
+    "qqp": _Layout(("question1", "question2"), "is_duplicate", skip_malformed=True, extra_fields_ok=True),
+    "stsb": _Layout(("sentence1", "sentence2"), "score", extra_fields_ok=True),
+    "mnli": _Layout(("sentence1", "sentence2"), "gold_label", extra_fields_ok=True),
     "qnli": _Layout(("question", "sentence"), "label"),
     "rte": _Layout(("sentence1", "sentence2"), "label"),
     "wnli": _Layout(("sentence1", "sentence2"), "label"),
@@ -107,7 +111,18 @@ def _column(header: Sequence[str], name: str | int, path: Path) -> int:
     try:
         return list(header).index(name)
     except ValueError:
-        raise ValueError(f"{path}: header has no column {name!r}; header is {list(header)}") from None
+        raise DataError(f"{path}:1: header has no column {name!r}; header is {list(header)}") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file as text; bytes that are not UTF-8 are an error naming the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[err.start:err.start + 4]!r}); "
+                        f"save the file as UTF-8") from None
 
 
 def _parse_label(spec: TaskSpec, raw: str, path: Path, line: int) -> int | float:
@@ -116,11 +131,11 @@ def _parse_label(spec: TaskSpec, raw: str, path: Path, line: int) -> int | float
         try:
             return float(raw)
         except ValueError:
-            raise ValueError(f"{path}:{line}: score {raw!r} is not a number") from None
+            raise DataError(f"{path}:{line}: score {raw!r} is not a number") from None
     try:
         return spec.label_names.index(raw)
     except ValueError:
-        raise ValueError(
+        raise DataError(
             f"{path}:{line}: unknown label {raw!r}; valid labels: {', '.join(spec.label_names)}"
         ) from None
 
@@ -130,7 +145,11 @@ def _read_tsv(path: Path, spec: TaskSpec) -> list[Example]:
     examples: list[Example] = []
     skipped = 0
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; expected {'a header row and ' if layout.header else ''}"
+                        f"tab-separated {spec.name} examples")
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header: list[str] = next(reader, []) if layout.header else []
         width = len(header)
@@ -148,11 +167,17 @@ def _read_tsv(path: Path, spec: TaskSpec) -> list[Example]:
                 if layout.skip_malformed:
                     skipped += 1
                     continue
-                raise ValueError(
+                raise DataError(
                     f"{path}:{line}: expected {max(needed, width)} tab-separated columns, got {len(row)}"
                 )
+            if width and len(row) > width and not (label_last and layout.extra_fields_ok):
+                raise DataError(f"{path}:{line}: expected {width} tab-separated columns (as the header), got "
+                                f"{len(row)}: a stray tab in a sentence?")
             label = _parse_label(spec, row[-1] if label_last else row[label_idx], path, line)
             examples.append(Example(texts=tuple(row[i] for i in text_idx), label=label))
+    if not examples:
+        what = "only a header" if layout.header else "no rows"
+        raise DataError(f"{path}: {what}, no examples: a {spec.name} file needs at least one example row")
     if skipped:
         logger.warning("%s: skipped %d malformed rows with missing columns", path, skipped)
     logger.debug("read %d %s examples from %s", len(examples), spec.name, path)
@@ -165,6 +190,19 @@ def _load_local(spec: TaskSpec, split: str, root: Path) -> list[Example]:
     if not path.is_file():
         raise _missing(path, spec)
     return _read_tsv(path, spec)
+
+
+def split_path(task: TaskSpec | str, split: str, data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local TSV file ``load_split`` reads for ``split`` (None when it reads the hub)."""
+    spec = get_task(task)
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return None
+    filename = split_filename(spec, split)
+    path = _task_folder(Path(root), spec, filename) / filename
+    if not path.is_file():
+        raise _missing(path, spec)
+    return path
 
 
 def _load_hub(spec: TaskSpec, split: str) -> list[Example]:

@@ -6,7 +6,7 @@ never NaN, so a search objective always receives a finite number.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -25,8 +25,8 @@ __all__ = [
 
 
 def _pair(predictions: ArrayLike, labels: ArrayLike, dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(predictions).reshape(-1).astype(dtype)
-    y = np.asarray(labels).reshape(-1).astype(dtype)
+    p: np.ndarray = np.asarray(predictions).reshape(-1).astype(dtype)
+    y: np.ndarray = np.asarray(labels).reshape(-1).astype(dtype)
     if p.shape != y.shape:
         raise ValueError(f"predictions ({p.size}) and labels ({y.size}) differ in length")
     if p.size == 0:

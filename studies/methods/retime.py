@@ -23,7 +23,7 @@ def main() -> int:
     from autosqueeze.deploy import build
     from run import row_recipe  # this folder's run.py
     from autosqueeze.search.study import prepare
-    from autosqueeze.search.timing import timing_against_teacher
+    from autosqueeze.measure.paired import timing_against_teacher
     from autosqueeze.study_config import load_study_config
     from autosqueeze.tasks import resolve_data_dir
 

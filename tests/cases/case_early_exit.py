@@ -8,6 +8,7 @@ CASES = [
     {"threshold": 1.0, "steps": 2},
     {"rule": "patience", "patience": 1, "steps": 2},
     {"threshold": 0.5, "steps": 0},
+    {"threshold": 0.5, "steps": 2, "training": "joint", "rule": "patience", "patience": 1},
 ]
 
 

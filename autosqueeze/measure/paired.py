@@ -11,7 +11,13 @@ per-pair ratios cancels whatever both calls of a pair share, which is nearly all
 applied to the session's teacher baseline, ``baseline_ms / speedup``, which on a quiet
 machine equals the candidate's own median — and the raw numbers. For early exit (timed on
 real dev sentences, shorter than the profile's sequence length) the teacher is timed on
-the same sentences, so the ratio compares like with like.
+the same sentences, so the ratio compares like with like (:func:`timing_inputs`).
+
+Used alike by the search (every trial), ``apply`` and the studies: :func:`baseline_settings`
+is how carefully the teacher baseline is timed, :func:`needs_real_inputs` the one test for a
+model whose cost depends on its inputs. On a non-PyTorch runtime the model is timed alone by
+:func:`autosqueeze.runtimes.deployed_latency` (imported when needed: the runtimes build on
+:mod:`autosqueeze.measure.latency`, not the other way round).
 """
 from __future__ import annotations
 
@@ -23,10 +29,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..measure import LatencyStats
-from ..measure.latency import HardwareProfile, LatencySettings, fixed_threads, stats_from_samples, synthetic_inputs, \
-    wait_until_idle
-from ..runtimes import deployed_latency
+from ..data import TaskData
+from .latency import (
+    HardwareProfile,
+    LatencySettings,
+    LatencyStats,
+    fixed_threads,
+    stats_from_samples,
+    synthetic_inputs,
+    wait_until_idle,
+)
+
+__all__ = ["Timing", "baseline_settings", "needs_real_inputs", "paired_latency", "timing_against_teacher",
+           "timing_inputs"]
+REAL_BATCHES = 200  # at most this many dev batches time a data-dependent model
+
+
+def needs_real_inputs(model: Any) -> bool:
+    """Whether the model's cost depends on its inputs (early exit): time and evaluate it on real
+    dev batches at the profile's batch size, not on synthetic full-length ones."""
+    return bool(getattr(model, "autosqueeze_needs_real_inputs", False))
+
+
+def timing_inputs(model: Any, data: TaskData, batch_size: int) -> list[dict[str, torch.Tensor]] | None:
+    """Real dev batches (labels dropped) for a model that :func:`needs_real_inputs`, else None
+    (the timers then use synthetic batches of the profile's shape)."""
+    if not needs_real_inputs(model):
+        return None
+    return [{k: v for k, v in b.items() if k != "labels"}
+            for b in data.eval_batches(batch_size=batch_size)][:REAL_BATCHES]
+
+
+def baseline_settings(settings: LatencySettings) -> LatencySettings:
+    """How the teacher baseline is timed: twice the repeats and seconds (every speedup divides by it)."""
+    return LatencySettings(settings.warmup, 2 * settings.repeats, 2 * settings.min_time_s, settings.idle_wait_s)
 
 
 @dataclass(frozen=True)
@@ -106,7 +142,10 @@ def timing_against_teacher(model: nn.Module, teacher: nn.Module, profile: Hardwa
     this process): paired with ``teacher`` on PyTorch profiles; on ONNX Runtime profiles (or with
     ``paired=False``) the model is timed alone in the profile's runtime, because re-exporting
     the teacher for every candidate costs more than it saves."""
+    from ..runtimes import check_runtime, deployed_latency
+
     if paired and profile.runtime == "torch":
+        check_runtime(model, "torch")  # e.g. quantize_static: ONNX Runtime only
         stats, teacher_stats, speedup = paired_latency(model, teacher, profile, settings, inputs)
         return Timing(stats, speedup, baseline_ms / speedup, teacher_stats.median_ms)
     stats = deployed_latency(model, profile, settings, inputs, float_model=float_model, recipe=recipe,

@@ -13,30 +13,35 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .arch import get_adapter
+from .atomic import clean_leftovers, temp_beside
 from .deploy import CorruptModelError, build, read_manifest, save_compressed
+from .elastic.store import ensure_for_recipe
+from .errors import UserError
 from .measure import HardwareProfile, LatencySettings, model_size
 from .measure.latency import fixed_threads
 from .measure.metrics import evaluate, evaluate_deployed
+from .measure.paired import baseline_settings, timing_against_teacher, timing_inputs
 from .methods import MethodContext
-from .models import weights_hash
+from .models import base_model_hash, weights_hash
 from .recipe import Recipe, RecipeError, load_recipe
 from .tasks import get_task
 from .teacher import Teacher, get_teacher, load_task_data, load_teacher
 from .train import TrainSettings
+from .typecheck import type_problems
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
-class BaseModelMismatch(RuntimeError):
+class BaseModelMismatch(UserError, RuntimeError):
     """The teacher or base model found for a recipe is not the one it was produced from."""
 
 
@@ -66,6 +71,9 @@ def _settings(cls: type, values: dict[str, Any] | None, what: str, drop: tuple[s
     unknown = sorted(set(values) - known)
     if unknown:
         raise RecipeError(f"recipe {what}: unknown key(s) {unknown}; known: {sorted(known)}")
+    wrong = type_problems(cls, values)
+    if wrong:
+        raise RecipeError(f"recipe {what}: {'; '.join(wrong)}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
@@ -80,8 +88,6 @@ def check_base_model(recipe: Recipe, force: bool) -> None:
     want = recipe.teacher.get("base_weights_hash")
     if not want:
         return
-    from .report.provenance import base_model_hash
-
     have = base_model_hash(recipe.base_model)
     if have is None:
         log.info("cannot hash base model %s here: relying on the teacher's weights hash", recipe.base_model)
@@ -156,18 +162,20 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     """Rebuild, measure and save the model of a recipe (or of a saved model folder's recipe)."""
     from .runtimes import deployed_latency
     from .runtimes.fingerprint import hardware_fingerprint, same_machine
-    from .search.timing import timing_against_teacher
 
     recipe = read_recipe(recipe_path)
     try:
         task = get_task(recipe.task)
     except ValueError as err:
         raise RecipeError(f"recipe task: {err}") from None
-    profile = _settings(HardwareProfile, recipe.profile, "profile", drop=("fingerprint",))
-    ls = _settings(LatencySettings, recipe.data.get("latency"), "data.latency")
-    ls = LatencySettings(ls.warmup, 2 * ls.repeats, 2 * ls.min_time_s, ls.idle_wait_s)
-    rec = recipe.data.get("recovery")
-    settings = _settings(TrainSettings, rec, "data.recovery") if rec else TrainSettings(steps=0)
+    try:
+        profile = _settings(HardwareProfile, recipe.profile, "profile", drop=("fingerprint",))
+        ls = _settings(LatencySettings, recipe.data.get("latency"), "data.latency")
+        rec = recipe.data.get("recovery")
+        settings = _settings(TrainSettings, rec, "data.recovery") if rec else TrainSettings(steps=0)
+    except RecipeError as err:
+        raise RecipeError(f"{recipe_path}: {err}") from None
+    ls = baseline_settings(ls)
     check_base_model(recipe, force)
     teacher = find_teacher(recipe, data_dir, teacher_dir, force, progress)
     data, extra = load_task_data(task, teacher.tokenizer, data_dir, settings, recipe.data.get("dev_subset"))
@@ -176,18 +184,20 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
                         is_regression=task.is_regression, progress=progress, device=profile.device)
     batch_size = int(recipe.data.get("eval_batch_size", 64))
     with fixed_threads(int(recipe.data.get("train_threads") or torch.get_num_threads())):
+        ensure_for_recipe(recipe.steps, recipe.teacher, teacher.model, weights_hash(teacher.model), data,
+                          settings.train_subset, progress)
         built = build(recipe, teacher.model, ctx)
         metrics, _ = evaluate_deployed(built.model, data, extra, batch_size, profile.batch_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.onnx."))
+    clean_leftovers(out)  # what a killed apply left beside it
+    workdir = temp_beside(out)
     try:
-        onnx_file, onnx_info = _export(built, recipe, workdir, exporter) if onnx else (None, {"file": None,
-                                                                                           "reason": "not asked"})
-        inputs = None
-        if getattr(built.model, "autosqueeze_needs_real_inputs", False):
-            inputs = [{k: v for k, v in b.items() if k != "labels"}
-                      for b in data.eval_batches(batch_size=profile.batch_size)][:200]
+        onnx_file: Path | None = None
+        onnx_info: dict[str, Any] = {"file": None, "reason": "not asked"}
+        if onnx:
+            onnx_file, onnx_info = _export(built, recipe, workdir, exporter)
+        inputs = timing_inputs(built.model, data, profile.batch_size)
         use_file = onnx_file if profile.runtime == "onnxruntime" else None
         base = deployed_latency(teacher.model, profile, ls)
         timing = timing_against_teacher(built.model, teacher.model, profile, ls, base.median_ms, inputs,

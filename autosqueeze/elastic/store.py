@@ -1,0 +1,119 @@
+"""The elastic student's cache: trained once per (teacher, task data, settings), never retrained.
+
+``$AUTOSQUEEZE_CACHE/elastic/<key>/`` holds ``model.safetensors`` (the reordered, sandwich-
+trained student: the teacher's architecture and shapes) and ``elastic.json`` (key, settings,
+teacher weights hash, importance orders, sampled space, final losses, training seconds).
+The folder is written atomically. Trials load the weights through :func:`student_state`,
+which keeps the last few in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..atomic import atomic_dir
+from ..data import TaskData
+from ..teacher import cache_root
+from .train import ElasticSettings, train_elastic
+
+log = logging.getLogger(__name__)
+WEIGHTS = "model.safetensors"
+INFO = "elastic.json"
+KEY_RE = re.compile(r"^[a-z0-9_-]+-[0-9a-f]{12}$")
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+class ElasticStudentMissing(LookupError):
+    """A recipe names an elastic student that this machine's cache does not hold."""
+
+
+def elastic_key(teacher_hash: str, task: str, data: dict[str, Any], settings: ElasticSettings) -> str:
+    ident = {"teacher": teacher_hash, "task": task, "data": data, "settings": settings.to_dict()}
+    return f"{task}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
+def student_dir(key: str, root: Path | None = None) -> Path:
+    if not KEY_RE.match(key):
+        raise ValueError(f"{key!r} is not an elastic student key (like 'sst2-0123456789ab')")
+    return (root or cache_root()) / "elastic" / key
+
+
+@dataclass
+class ElasticStudent:
+    key: str
+    path: Path
+    info: dict[str, Any]
+
+
+def data_settings(data: TaskData, train_subset: int | None) -> dict[str, Any]:
+    return {"batch_size": data.batch_size, "max_seq_len": data.max_seq_len, "train_subset": train_subset,
+            "train_examples": len(data.train)}
+
+
+def get_elastic_student(teacher: nn.Module, teacher_hash: str, data: TaskData, settings: ElasticSettings,
+                        train_subset: int | None = None, progress: Progress | None = None,
+                        root: Path | None = None) -> ElasticStudent:
+    """The cached elastic student for this teacher, data and settings, training it first if absent."""
+    from safetensors.torch import save_model
+
+    key = elastic_key(teacher_hash, data.task.name, data_settings(data, train_subset), settings)
+    path = student_dir(key, root)
+    if (path / INFO).is_file() and (path / WEIGHTS).is_file():
+        log.info("using cached elastic student %s", path)
+        return ElasticStudent(key, path, json.loads((path / INFO).read_text()))
+    log.info("no cached elastic student %s: training it (%d sandwich steps)", key, settings.steps)
+    student, info = train_elastic(teacher, data, settings, progress)
+    info = {"key": key, "teacher_weights_hash": teacher_hash, "task": data.task.name,
+            "data": data_settings(data, train_subset), "settings": settings.to_dict(), **info}
+    with atomic_dir(path) as tmp:
+        save_model(student, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / INFO).write_text(json.dumps(info, indent=2))
+    return ElasticStudent(key, path, info)
+
+
+@lru_cache(maxsize=2)
+def _load(path: str, mtime_ns: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def student_state(key: str, root: Path | None = None) -> dict[str, torch.Tensor]:
+    """The elastic student's weights (a shared, read-only state dict: copy before changing)."""
+    path = student_dir(key, root) / WEIGHTS
+    if not path.is_file():
+        raise ElasticStudentMissing(
+            f"elastic student {key} is not in this machine's cache ({path.parent}): run the search that made the "
+            f"recipe here (it trains the student once), or copy that folder from the machine that ran it")
+    return _load(str(path), path.stat().st_mtime_ns)
+
+
+def ensure_for_recipe(recipe_steps: list[Any], teacher_info: dict[str, Any], teacher: nn.Module, teacher_hash: str,
+                      data: TaskData, train_subset: int | None, progress: Progress | None = None) -> None:
+    """Make sure the elastic student a recipe slices is in the cache: rebuild it (deterministically,
+    from the settings the recipe records) when this machine has none. A recipe without an
+    ``elastic`` step needs nothing."""
+    keys = {s.params.get("student") for s in recipe_steps if s.method == "elastic"}
+    if not keys:
+        return
+    recorded = teacher_info.get("elastic") or {}
+    for key in keys:
+        if (student_dir(str(key)) / WEIGHTS).is_file():
+            continue
+        if recorded.get("key") != key or not isinstance(recorded.get("settings"), dict):
+            raise ElasticStudentMissing(f"elastic student {key} is not in this machine's cache and the recipe does not "
+                                        f"record how it was trained: copy its folder into $AUTOSQUEEZE_CACHE/elastic")
+        settings = ElasticSettings(**recorded["settings"])
+        made = get_elastic_student(teacher, teacher_hash, data, settings, train_subset, progress)
+        if made.key != key:
+            raise ElasticStudentMissing(f"rebuilding elastic student {key} gave {made.key}: the teacher or the data "
+                                        f"differ from the ones the recipe was made with")

@@ -1,0 +1,115 @@
+"""Elastic slicing: take a sub-network of the trained elastic student (no training in the trial).
+
+The elastic student (``autosqueeze.elastic``) is the teacher with every layer's heads and
+FFN neurons sorted by importance and then distilled with the sandwich rule, so each "first
+k heads / neurons of evenly spread layers" sub-network is already trained. This step loads
+that student's weights (by its cache key, ``student``) into the model and cuts the
+sub-network out for real with the code structured pruning uses: ``layers`` encoder layers
+(a count, or a fraction of the depth; spread evenly as ``drop_layers`` ``even``), and per
+kept layer ``heads_keep`` heads and ``ffn_keep`` FFN neurons (a count, a fraction, or a
+per-kept-layer list). It must be the recipe's first step (it replaces the weights).
+
+Replay (loading a saved model) redoes the structure from the recorded decisions without the
+student. A search fills ``student`` in; a recipe without it cannot be applied.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..elastic.subnet import Subnet, even_layers, per_layer, resolve_count, slice_subnet
+from .context import MethodContext
+from .registry import MethodError, Stage, register
+
+
+def _check_width(name: str, value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{name} must not be an empty list")
+        return tuple(_check_width(name, v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be an int count, a float fraction in (0, 1] or a per-layer list, got {value!r}")
+    if isinstance(value, int) and value < 1 or isinstance(value, float) and not 0 < value <= 1:
+        raise ValueError(f"{name} must be a count >= 1 or a fraction in (0, 1], got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    student: str = ""  # the elastic student's cache key (filled in by the search)
+    layers: Any = 1.0  # int count | float fraction of the depth
+    heads_keep: Any = 1.0  # int | float | per-kept-layer list
+    ffn_keep: Any = 1.0  # int | float | per-kept-layer list
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.student, str):
+            raise ValueError(f"student must be an elastic student key (a string), got {self.student!r}")
+        if isinstance(self.layers, (list, tuple)):
+            raise ValueError("layers is one count or fraction, not a list")
+        object.__setattr__(self, "layers", _check_width("layers", self.layers))
+        object.__setattr__(self, "heads_keep", _check_width("heads_keep", self.heads_keep))
+        object.__setattr__(self, "ffn_keep", _check_width("ffn_keep", self.ffn_keep))
+
+
+def choose_subnet(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> Subnet:
+    """The sub-network a config names on this (full-depth) model."""
+    adapter = ctx.adapter
+    layers = list(adapter.layers(model))
+    try:
+        kept = even_layers(len(layers), resolve_count("layers", config.layers, len(layers)))
+        heads = per_layer("heads_keep", config.heads_keep, [adapter.num_heads(layers[i]) for i in kept])
+        neurons = per_layer("ffn_keep", config.ffn_keep, [adapter.ffn(layers[i])[1].in_features for i in kept])
+    except ValueError as err:
+        raise MethodError(f"elastic: {err}") from None
+    return Subnet(tuple(kept), heads, neurons)
+
+
+def _load_student(model: nn.Module, key: str) -> None:
+    from ..elastic.store import ElasticStudentMissing, student_state
+
+    if not key:
+        raise MethodError("elastic: 'student' is empty; a search with an elastic space fills it in")
+    try:
+        state = student_state(key)
+    except (ElasticStudentMissing, ValueError) as err:
+        raise MethodError(str(err)) from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MethodError(f"elastic: student {key} does not fit this model (is it the teacher's "
+                          f"architecture, and is elastic the recipe's first step?): {first}") from None
+
+
+def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Module:
+    if ctx.replay:
+        d = ctx.decisions
+        try:
+            subnet = Subnet(tuple(d["kept_layers"]), tuple(d["heads"]), tuple(d["neurons"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise MethodError(f"elastic replay: the recorded decisions are incomplete: {err}") from None
+    else:
+        if config.student or not ctx.probe:  # a structure-only probe (space validation) needs no weights
+            _load_student(model, config.student)
+        subnet = choose_subnet(model, config, ctx)
+    try:
+        slice_subnet(model, ctx.adapter, subnet)
+    except ValueError as err:
+        raise MethodError(f"elastic: {err}") from None
+    ctx.decisions.update({"kept_layers": list(subnet.layers), "heads": list(subnet.heads),
+                          "neurons": list(subnet.neurons)})
+    ctx.cache["kept_layers"] = list(subnet.layers)  # teacher layer of each student layer, for distillation
+    return model
+
+
+SPEC = register(
+    "elastic",
+    ElasticConfig,
+    apply,
+    stage=Stage.DEPTH,
+    data_free=True,
+    family="structured pruning",
+    summary="slice a trained sub-network (depth, heads, FFN) out of the elastic student: no training per trial",
+)

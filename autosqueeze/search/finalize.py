@@ -1,0 +1,115 @@
+"""The second fidelity: train the front's candidates at the study's final budget, measure again.
+
+During the search a trial is judged cheaply (an elastic slice with no training, or a short
+recovery). ``autosqueeze finalize`` takes the candidates that matter — the search-time
+Pareto front, spread over latency, at most ``finalize.top_k`` of them — and trains each again
+at full fidelity: distillation from the teacher (soft logits + hidden states) starting from
+the sliced weights, for ``finalize.steps`` steps, followed by the recipe's later steps
+(int8 ...). Each is then measured exactly like a trial (full dev set, latency paired with the
+teacher in this process) and stored in the study (``report/fidelity.py``), one candidate at
+a time, so an interrupted run resumes where it stopped. Finally Kendall's τ between the
+search-time and final metrics says how far the search-time ranking can be trusted.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from ..methods import Stage, get_method
+from ..recipe import Recipe, Step
+from ..report.fidelity import FINAL_ATTR, kendall_tau
+from ..report.pareto import TrialRecord, pareto_front, trial_records
+from ..study_config import FinalizeSettings, StudyConfig
+from .objective import evaluate_recipe
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+def final_recipe(recipe: Recipe, settings: FinalizeSettings) -> Recipe:
+    """The recipe trained at full fidelity: its ``distill`` step at ``settings.steps``, or a
+    distillation step inserted after the structural steps (a recipe that changes no structure,
+    or trains with QAT, is returned unchanged)."""
+    steps = list(recipe.steps)
+    methods = [s.method for s in steps]
+    params = {"steps": settings.steps, "lr": settings.lr, "temperature": settings.temperature,
+              "alpha_logits": 1.0, "alpha_hidden": settings.alpha_hidden}
+    if "qat" in methods or settings.steps == 0:
+        return recipe
+    if "distill" in methods:
+        i = methods.index("distill")
+        steps[i] = Step("distill", {**steps[i].params, "steps": settings.steps}, steps[i].version)
+    else:
+        structural = [i for i, s in enumerate(steps) if get_method(s.method).stage < Stage.TRAIN]
+        if not structural:
+            return recipe
+        steps.insert(structural[-1] + 1, Step("distill", params, get_method("distill").version))
+    return Recipe(steps=steps, base_model=recipe.base_model, task=recipe.task, seed=recipe.seed,
+                  teacher=recipe.teacher, data=recipe.data, profile=recipe.profile, versions=recipe.versions,
+                  notes=[*recipe.notes, f"final fidelity: distilled {settings.steps} steps from the teacher"])
+
+
+def pick_candidates(records: list[TrialRecord], top_k: int) -> list[TrialRecord]:
+    """The search-time front (one per recipe), thinned to ``top_k`` points spread over latency."""
+    seen: set[str] = set()
+    front = []
+    for r in pareto_front(records):
+        key = repr([(s.get("method"), s.get("params")) for s in (r.recipe or {}).get("steps", [])])
+        if key not in seen:
+            seen.add(key)
+            front.append(r)
+    if len(front) <= top_k:
+        return front
+    if top_k == 1:
+        return [max(front, key=lambda r: r.metric or 0.0)]
+    idx = sorted({round(i * (len(front) - 1) / (top_k - 1)) for i in range(top_k)})
+    return [front[i] for i in idx]
+
+
+def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | None = None,
+                 top_k: int | None = None, steps: int | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Finalize the study's candidates (resumable); returns the summary stored in the study."""
+    from .study import open_study, prepare
+
+    settings = config.finalize
+    if top_k is not None or steps is not None:
+        settings = FinalizeSettings(**{**asdict(settings), **({"top_k": top_k} if top_k is not None else {}),
+                                       **({"steps": steps} if steps is not None else {})})
+    study = open_study(config, storage, create=False)
+    candidates = pick_candidates(trial_records(study), settings.top_k)
+    if not candidates:
+        from ..errors import UserError
+
+        raise UserError(f"study {config.name!r} has no completed feasible trial to finalize: run "
+                        f"`autosqueeze search {config.path}` first")
+    budget = study.user_attrs.get("latency_budget_ms")
+    sc = prepare(config, data_dir, budget, progress)
+    finals: dict[str, Any] = dict(study.user_attrs.get(FINAL_ATTR) or {})
+    t0 = time.perf_counter()
+    for k, record in enumerate(candidates):
+        old = finals.get(str(record.number))
+        if old and old.get("settings") == asdict(settings):
+            continue
+        recipe = final_recipe(record.to_recipe(), settings)
+        log.info("finalizing trial %d (%d/%d)", record.number, k + 1, len(candidates))
+        result = evaluate_recipe(recipe, sc)
+        recipe.measured = {key: result[key] for key in ("metric", "metrics", "latency_ms", "speedup", "size")
+                           if key in result}
+        recipe.measured["fidelity"] = "final"
+        finals[str(record.number)] = {**result, "recipe": recipe.to_dict(), "methods": [s.method for s in recipe.steps],
+                                      "settings": asdict(settings), "search_metric": record.metric,
+                                      "search_latency_ms": record.latency_ms}
+        study.set_user_attr(FINAL_ATTR, finals)  # stored as it comes: a kill loses one candidate at most
+    done = [(r, finals[str(r.number)]) for r in candidates
+            if finals.get(str(r.number), {}).get("status") == "complete" and r.metric is not None]
+    summary = {
+        "settings": asdict(settings), "candidates": [r.number for r in candidates],
+        "kendall_tau": kendall_tau([float(r.metric) for r, _ in done], [float(f["metric"]) for _, f in done]),
+        "finalized": len(done), "finalize_s": time.perf_counter() - t0,
+    }
+    study.set_user_attr("finalize", summary)
+    return summary
