@@ -181,7 +181,8 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     data, extra = load_task_data(task, teacher.tokenizer, data_dir, settings, recipe.data.get("dev_subset"))
     ctx = MethodContext(adapter=get_adapter(teacher.model), seed=recipe.seed, teacher=teacher.model,
                         train_batches=data.train_batches, num_labels=task.num_labels,
-                        is_regression=task.is_regression, progress=progress, device=profile.device)
+                        is_regression=task.is_regression, progress=progress, device=profile.device,
+                        tokenizer=teacher.tokenizer, train_token_ids=data.train_token_ids)
     batch_size = int(recipe.data.get("eval_batch_size", 64))
     with fixed_threads(int(recipe.data.get("train_threads") or torch.get_num_threads())):
         ensure_for_recipe(recipe.steps, recipe.teacher, teacher.model, weights_hash(teacher.model), data,

@@ -49,6 +49,11 @@ class TaskData:
             pos += self.batch_size
             yield self.encode([self.train[i] for i in idx])
 
+    def train_token_ids(self, batch_size: int = 512) -> Iterator[torch.Tensor]:
+        """The input ids of every training example once, in order (e.g. for vocabulary pruning)."""
+        for i in range(0, len(self.train), batch_size):
+            yield self.encode(self.train[i: i + batch_size])["input_ids"]
+
     def eval_batches(self, examples: Sequence[Example] | None = None, batch_size: int = 64) -> Iterator[Batch]:
         examples = self.dev if examples is None else examples
         for i in range(0, len(examples), batch_size):

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from .builtin_spaces import resolve_space
-from .errors import ConfigError
 from .elastic.train import ElasticSettings
+from .errors import ConfigError
 from .measure.latency import HardwareProfile, LatencySettings
 from .tasks import get_task
 from .train import TrainSettings
@@ -108,8 +108,8 @@ def _section(raw: dict[str, Any], key: str, cls: type, src: str, defaults: dict[
         raise ConfigError(f"{src}: invalid '{key}': {err}") from None
 
 
-TOP_KEYS = {"elastic", "finalize", "name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval", "latency", "trials",
-            "sampler", "seed", "latency_budget_ms", "storage", "data_dir"}
+TOP_KEYS = {"elastic", "finalize", "name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval",
+            "latency", "trials", "sampler", "seed", "latency_budget_ms", "storage", "data_dir"}
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
@@ -149,7 +149,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
         model=str(raw.get("model", "default")), teacher=teacher, recovery=recovery,
         hardware=_section(raw, "hardware", HardwareProfile, src), eval=_section(raw, "eval", EvalSettings, src),
         latency=_section(raw, "latency", LatencySettings, src),
-        elastic=_section(raw, "elastic", ElasticSettings, src), finalize=_section(raw, "finalize", FinalizeSettings, src),
+        elastic=_section(raw, "elastic", ElasticSettings, src),
+        finalize=_section(raw, "finalize", FinalizeSettings, src),
         trials=raw.get("trials", 20), sampler=str(raw.get("sampler", "tpe")), seed=raw.get("seed", 0),
         latency_budget_ms=raw.get("latency_budget_ms"), storage=raw.get("storage"), data_dir=raw.get("data_dir"),
     )

@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from autosqueeze.arch import get_adapter
-from autosqueeze.elastic import (ElasticSettings, Subnet, activate, elastic_mode, get_elastic_student, slice_subnet,
-                                 train_elastic)
+from autosqueeze.elastic import (
+    ElasticSettings,
+    Subnet,
+    activate,
+    elastic_mode,
+    get_elastic_student,
+    slice_subnet,
+    train_elastic,
+)
 from autosqueeze.elastic.reorder import reorder
 from autosqueeze.elastic.subnet import full_subnet, per_layer, resolve_count
 from autosqueeze.elastic.train import subnet_loss, subnet_space

@@ -51,15 +51,40 @@ def violations(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
                   if any(m == f or m.startswith(f + ".") for f in forbidden))
 
 
-def test_the_import_parser_sees_relative_and_lazy_imports(tmp_path):
+def test_the_import_parser_sees_relative_and_lazy_imports():
     fake = PACKAGE / "search" / "objective.py"  # a module known to import from measure/
     assert "autosqueeze.measure.paired" in imported_modules(fake)
     assert violations([fake], ("autosqueeze.measure",))  # so the checks below can fail
 
 
+def source_of(name: str) -> Path | None:
+    rel = Path(*name.split(".")[1:])
+    for candidate in (PACKAGE / rel.with_suffix(".py"), PACKAGE / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def reachable(start: Path) -> set[Path]:
+    """Every package file ``start`` imports, directly or through other package modules."""
+    seen, todo = {start}, [start]
+    while todo:
+        for name in imported_modules(todo.pop()):
+            parts = name.split(".")
+            # importing a.b.c runs a.b's __init__ too
+            for src in (source_of(".".join(parts[:i])) for i in range(2, len(parts) + 1)):
+                if src is not None and src not in seen and parts[0] == "autosqueeze":
+                    seen.add(src)
+                    todo.append(src)
+    return seen
+
+
 def test_apply_reaches_into_neither_search_nor_report():
     assert (PACKAGE / "apply.py").is_file() and not (PACKAGE / "rebuild.py").exists()
     assert violations(modules("apply.py"), ("autosqueeze.search", "autosqueeze.report")) == []
+    through = sorted(module_name(p) for p in reachable(PACKAGE / "apply.py"))  # not even through another module
+    assert "autosqueeze.deploy" in through
+    assert [m for m in through if m.startswith(("autosqueeze.search", "autosqueeze.report"))] == []
 
 
 @pytest.mark.parametrize("forbidden", ["autosqueeze.search", "autosqueeze.report", "autosqueeze.cli",

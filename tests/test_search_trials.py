@@ -93,7 +93,7 @@ def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_d
 
 
 class FakeClock:
-    """perf_counter for timing.py: models advance it by cost x the machine's current load."""
+    """perf_counter for measure/paired.py: models advance it by cost x the machine's current load."""
 
     def __init__(self) -> None:
         self.now, self.calls = 0.0, 0

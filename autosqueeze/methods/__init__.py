@@ -3,8 +3,23 @@
 Importing this package registers every built-in method; the list below is the registry's
 only source of built-ins (no auto-discovery).
 """
-from . import cast_precision, decompose_svd, distill, drop_layers, early_exit, elastic, prune_structured, prune_unstructured, prune_vocab, qat, quantize_dynamic, quantize_embeddings, quantize_weights, share_layers  # noqa: F401  (registration side effects)
-from . import quantize_static  # noqa: F401  (static int8, deployed by ONNX Runtime)
+from . import (  # noqa: F401  (registration side effects; quantize_static is deployed by ONNX Runtime)
+    cast_precision,
+    decompose_svd,
+    distill,
+    drop_layers,
+    early_exit,
+    elastic,
+    prune_structured,
+    prune_unstructured,
+    prune_vocab,
+    qat,
+    quantize_dynamic,
+    quantize_embeddings,
+    quantize_static,
+    quantize_weights,
+    share_layers,
+)
 from .context import MethodContext
 from .registry import MethodError, MethodSpec, Stage, config_to_params, get_method, method_names, register
 

@@ -203,6 +203,7 @@ SPEC = register(
     QuantizeStaticConfig,
     apply,
     stage=Stage.QUANTIZE,
+    runtime="onnxruntime",
     family="quantization",
     summary="static int8 (weights and calibrated activations) for Linear layers; deployed by ONNX Runtime (QDQ)",
 )

@@ -48,6 +48,7 @@ class MethodSpec:
     version: int = 1
     trains: bool = False  # changes only weights by training: skipped when probing latency
     data_free: bool = False  # applying it in probe mode gives exactly the final model (no data, no training)
+    runtime: str | None = None  # the only runtime that deploys it (None: any)
     family: str = ""  # survey family: quantization, pruning, distillation, ...
     summary: str = ""
 
@@ -81,6 +82,7 @@ def register(
     version: int = 1,
     trains: bool = False,
     data_free: bool = False,
+    runtime: str | None = None,
     family: str = "",
     summary: str = "",
 ) -> MethodSpec:
@@ -88,7 +90,7 @@ def register(
         raise MethodError(f"method {name!r} is already registered")
     if not dataclasses.is_dataclass(config_cls):
         raise MethodError(f"method {name!r}: config must be a dataclass")
-    spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, family, summary)
+    spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, runtime, family, summary)
     _REGISTRY[name] = spec
     return spec
 

@@ -16,8 +16,17 @@ import optuna
 from ..study_config import StudyConfig
 from . import table
 from .analysis import history, method_frequency, param_importances, references, status_counts, teacher_metric
+from .fidelity import final_records
 from .pareto import TrialRecord, pareto_front, trial_records
-from .plots import Section, history_figure, importance_figure, method_frequency_figure, pareto_figure, write_html
+from .plots import (
+    Section,
+    fidelity_figure,
+    history_figure,
+    importance_figure,
+    method_frequency_figure,
+    pareto_figure,
+    write_html,
+)
 
 
 @dataclass
@@ -70,7 +79,28 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
         Section("Methods on the Pareto front", method_frequency_figure(freq) if freq else None,
                 () if freq else ("no trial used a compression method yet",), _frequency_table(freq, len(front))),
     ]
+    finals = final_records(study)
+    if finals:
+        summary = attrs.get("finalize") or {}
+        tau = summary.get("kendall_tau")
+        rows_html = "".join(
+            f"<tr><td>{r.number}</td><td>{html.escape(r.recipe_summary)}</td>"
+            f"<td>{_num((r.attrs.get('search') or {}).get('metric'), 4)}</td><td>{_num(r.metric, 4)}</td>"
+            f"<td>{_num((r.attrs.get('search') or {}).get('latency_ms'), 2)}</td><td>{_num(r.latency_ms, 2)}</td>"
+            f"<td>{_num(r.speedup, 2)}</td></tr>" for r in finals)
+        head = ("<tr><th>trial</th><th>final recipe</th><th>search metric</th><th>final metric</th>"
+                "<th>search ms</th><th>final ms</th><th>final speedup</th></tr>")
+        sections.insert(1, Section(
+            "Two fidelities: search-time -> final", fidelity_figure(finals, metric_name),
+            (f"Kendall tau between search-time and final {metric_name} over {len(finals)} finalized candidates: "
+             f"{'n/a' if tau is None else f'{tau:.2f}'}",),
+            f"<table>{head}{rows_html}</table><p class='meta'>export chooses among the final points when the study "
+            f"has any.</p>"))
     return sections, rows
+
+
+def _num(value: Any, digits: int) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
 
 
 def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str | None = None) -> ReportFiles:

@@ -157,3 +157,21 @@ def write_html(sections: list[Section], out: Path, title: str, meta: list[str] |
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def fidelity_figure(finals: list[TrialRecord], metric_name: str) -> go.Figure:
+    """Each finalized candidate as an arrow: search-time point (open) -> final point (filled)."""
+    fig = go.Figure()
+    for i, r in enumerate(finals):
+        search = r.attrs.get("search") or {}
+        if search.get("latency_ms") is None or search.get("metric") is None or r.metric is None:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[search["latency_ms"], r.latency_ms], y=[search["metric"], r.metric], mode="lines+markers",
+            name=f"trial {r.number}", legendgroup="final", showlegend=i == 0 or len(finals) <= 10,
+            marker={"symbol": ["circle-open", "circle"], "size": [10, 12]}, hoverinfo="text",
+            text=[f"trial {r.number} at search time<br>{metric_name} {search['metric']:.4f}, "
+                  f"{search['latency_ms']:.2f} ms", _hover(r, metric_name)]))
+    fig.update_layout(xaxis_title="latency (ms, log)", yaxis_title=metric_name, xaxis_type="log",
+                      title="search-time point -> final point (after full-fidelity training)")
+    return fig

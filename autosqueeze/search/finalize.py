@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from ..methods import Stage, get_method
@@ -70,9 +71,12 @@ def pick_candidates(records: list[TrialRecord], top_k: int) -> list[TrialRecord]
 
 
 def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | None = None,
-                 top_k: int | None = None, steps: int | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """Finalize the study's candidates (resumable); returns the summary stored in the study."""
+                 top_k: int | None = None, steps: int | None = None, progress: Progress | None = None,
+                 save_dir: Path | None = None) -> dict[str, Any]:
+    """Finalize the study's candidates (resumable); returns the summary stored in the study.
+
+    With ``save_dir`` each final model is also saved, as ``apply`` would, to ``save_dir/trial-<n>``.
+    """
     from .study import open_study, prepare
 
     settings = config.finalize
@@ -96,10 +100,16 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
             continue
         recipe = final_recipe(record.to_recipe(), settings)
         log.info("finalizing trial %d (%d/%d)", record.number, k + 1, len(candidates))
-        result = evaluate_recipe(recipe, sc)
+        keep: dict[str, Any] = {}
+        result = evaluate_recipe(recipe, sc, keep=keep)
         recipe.measured = {key: result[key] for key in ("metric", "metrics", "latency_ms", "speedup", "size")
                            if key in result}
         recipe.measured["fidelity"] = "final"
+        if save_dir is not None and "built" in keep:
+            from ..deploy import save_compressed
+
+            save_compressed(keep["built"], recipe, sc.teacher.tokenizer, sc.teacher.model.config,
+                            Path(save_dir) / f"trial-{record.number}", recipe.measured, check_plain=False)
         finals[str(record.number)] = {**result, "recipe": recipe.to_dict(), "methods": [s.method for s in recipe.steps],
                                       "settings": asdict(settings), "search_metric": record.metric,
                                       "search_latency_ms": record.latency_ms}
@@ -108,7 +118,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
             if finals.get(str(r.number), {}).get("status") == "complete" and r.metric is not None]
     summary = {
         "settings": asdict(settings), "candidates": [r.number for r in candidates],
-        "kendall_tau": kendall_tau([float(r.metric) for r, _ in done], [float(f["metric"]) for _, f in done]),
+        "kendall_tau": kendall_tau([float(r.metric or 0.0) for r, _ in done], [float(f["metric"]) for _, f in done]),
         "finalized": len(done), "finalize_s": time.perf_counter() - t0,
     }
     study.set_user_attr("finalize", summary)

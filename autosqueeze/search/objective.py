@@ -5,7 +5,7 @@ before any training: a trial over the latency budget stops there (seconds), reco
 infeasible through Optuna's constraints (``latency_budget_ms`` > 0), never dropped. A
 trial within budget recovers by its recipe's training steps; while it trains, the
 early-stopping rule (early_stop.py) may stop it when it cannot reach the front at its
-latency. Latency is timed paired with the teacher (timing.py), so machine-load changes do
+latency. Latency is timed paired with the teacher (measure/paired.py), so machine-load changes do
 not move speedups; identical architectures reuse a cached timing; teacher outputs for
 distillation are cached across the trials of one process. Everything a report or export needs is stored
 on the trial as user attributes: the recipe, latency stats, speedup, size, all metrics, and
@@ -65,7 +65,7 @@ class SearchContext:
     progress: Progress | None = None
     early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
     shared_cache: dict[str, Any] = field(default_factory=dict)
-    paired_baseline: bool = True  # time each new candidate alternately with the teacher (timing.py)
+    paired_baseline: bool = True  # time each new candidate alternately with the teacher (measure/paired.py)
     timing_cache: dict[str, Timing] = field(default_factory=dict)
     elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
 
@@ -74,7 +74,7 @@ class SearchContext:
             adapter=get_adapter(self.teacher.model), seed=seed, teacher=self.teacher.model,
             train_batches=self.data.train_batches, num_labels=self.data.task.num_labels,
             is_regression=self.data.task.is_regression, probe=probe, progress=None if probe else self.progress,
-            device=self.profile.device,
+            device=self.profile.device, tokenizer=self.teacher.tokenizer, train_token_ids=self.data.train_token_ids,
         )
         ctx.cache.update(self.shared_cache)  # the same objects: what a trial adds, the next one finds
         return ctx
@@ -86,7 +86,7 @@ class SearchContext:
 
     def timing(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
                recipe: Recipe | None = None) -> Timing:
-        """The candidate and the teacher timed alternately on the same inputs (timing.py says why).
+        """The candidate and the teacher timed alternately on the same inputs (measure/paired.py says why).
 
         Cached per architecture unless the cost depends on the data (early exit: timed on real
         dev batches, and so is its paired teacher). ONNX Runtime profiles are not paired.
@@ -171,11 +171,12 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
 
 
 def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[float], float | None] | None = None,
-                    ) -> dict[str, Any]:
+                    keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build, probe, recover and measure one recipe. Returns the values a trial stores.
 
     ``reference(latency_ms)`` (the best feasible metric at that latency or faster) turns on
-    early stopping; without it every trial within budget trains to the end.
+    early stopping; without it every trial within budget trains to the end. With ``keep`` (a
+    dict) the built model is left in ``keep["built"]`` (finalize saves it).
     """
     assert sc.baseline is not None and sc.teacher_size is not None, "call measure_baseline first"
     t0 = time.perf_counter()
@@ -216,6 +217,8 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
         result.update(sc.timing(built.model, None, built.float_model, recipe).to_result(sc.baseline.median_ms))
     if exit_stats is not None:
         result["exit_stats"] = exit_stats
+    if keep is not None:
+        keep["built"] = built
     size = model_size(built.model)
     result.update(
         status="complete", metrics=metrics, metric=metrics[sc.main_metric], size=size.to_dict(),

@@ -33,6 +33,7 @@ categorical whose choices are lists (e.g. ``parts``) is suggested by its JSON te
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -119,6 +120,17 @@ class SearchSpace:
     path: Path
     steps: tuple[StepSpace, ...]
     order: tuple[str, ...] = ()  # on/off decision order: step ids and "choice:<group>" nodes
+
+    def for_runtime(self, runtime: str) -> SearchSpace:
+        """This space less the steps whose method only deploys in another runtime (e.g.
+        ``quantize_static`` in a torch study); references to them are dropped too."""
+        gone = {s.id for s in self.steps if get_method(s.method).runtime not in (None, runtime)}
+        if not gone:
+            return self
+        steps = [dataclasses.replace(s, requires_any=tuple(r for r in s.requires_any if r not in gone),
+                                     excludes=tuple(r for r in s.excludes if r not in gone))
+                 for s in self.steps if s.id not in gone]
+        return SearchSpace(self.path, tuple(steps), _decision_order(str(self.path), steps))
 
     def groups(self) -> dict[str, list[StepSpace]]:
         out: dict[str, list[StepSpace]] = {}

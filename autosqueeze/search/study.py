@@ -178,7 +178,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     run in several processes on one storage: each stops when results + running trials reach
     the target.
     """
-    space = load_space(config.search_space)  # validate the file before any expensive work
+    space = load_space(config.search_space).for_runtime(config.hardware.runtime)  # validated before any work
     budget = budget_ms if budget_ms is not None else config.latency_budget_ms
     target = trials or config.trials
     url = storage or config.storage_url

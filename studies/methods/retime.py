@@ -20,12 +20,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    from autosqueeze.deploy import build
     from run import row_recipe  # this folder's run.py
+
+    from autosqueeze import build, load_study_config, resolve_data_dir, timing_against_teacher
     from autosqueeze.search.study import prepare
-    from autosqueeze.measure.paired import timing_against_teacher
-    from autosqueeze.study_config import load_study_config
-    from autosqueeze.tasks import resolve_data_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")

@@ -31,16 +31,15 @@ COLUMNS = ["row", "family", "methods", "size_%", "size_no_emb_%", "speedup", "la
 
 def row_recipe(row: dict):
     """The recipe of one rows.yaml row."""
-    from autosqueeze.recipe import Recipe, Step
+    from autosqueeze import Recipe, Step
 
     return Recipe(steps=[Step(s["method"], s.get("params") or {}) for s in row["steps"]])
 
 
 def main() -> int:
+    from autosqueeze import load_study_config, resolve_data_dir
     from autosqueeze.search.objective import evaluate_recipe, with_provenance
     from autosqueeze.search.study import prepare
-    from autosqueeze.study_config import load_study_config
-    from autosqueeze.tasks import resolve_data_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")

@@ -47,8 +47,7 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
 def budgets_from_front(study_file: Path) -> list[float]:
     import optuna
 
-    from autosqueeze.report.pareto import pareto_front, trial_records
-    from autosqueeze.study_config import load_study_config
+    from autosqueeze import load_study_config, pareto_front, trial_records
 
     config = load_study_config(study_file)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -62,11 +61,7 @@ def loaded_back_metric(folder: Path, data_dir: str) -> float:
     import torch
 
     import autosqueeze
-    from autosqueeze.measure.metrics import evaluate
-    from autosqueeze.models import load_tokenizer
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import load_task_data
-    from autosqueeze.train import TrainSettings
+    from autosqueeze import TrainSettings, evaluate, get_task, load_task_data, load_tokenizer
 
     manifest = json.loads((folder / "autosqueeze.json").read_text())
     task = get_task(manifest["recipe"]["task"])
@@ -78,7 +73,7 @@ def loaded_back_metric(folder: Path, data_dir: str) -> float:
 
 
 def main() -> int:
-    from autosqueeze.tasks import resolve_data_dir
+    from autosqueeze import resolve_data_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")

@@ -151,13 +151,11 @@ def write_results(out: Path, rows: dict[tuple[str, int], dict[str, Any]], meta: 
 
 
 def main() -> int:
+    from autosqueeze import load_space, load_study_config, resolve_data_dir
     from autosqueeze.search.objective import make_objective, reference_points
-    from autosqueeze.search.space import load_space
     from autosqueeze.search.storage import fail_dead_local_trials, make_storage
     from autosqueeze.search.study import make_sampler, prepare
     from autosqueeze.search.validate import validate_for_model
-    from autosqueeze.study_config import load_study_config
-    from autosqueeze.tasks import resolve_data_dir
     import optuna
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

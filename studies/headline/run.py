@@ -1,0 +1,296 @@
+"""The headline: teacher -> elastic student -> elastic search -> finalization -> references.
+
+    python studies/headline/run.py --data-dir ../shared/data/glue            # every stage
+    python studies/headline/run.py --data-dir ... --stage references         # one stage
+
+Every stage is cached or resumable, so a run can be split across sittings: the teacher and
+the elastic student live in $AUTOSQUEEZE_CACHE (trained once), the search continues its
+Optuna study (``results/headline.db``) up to the trial target, finalization stores each
+candidate in the study as it finishes, and the final models are saved under
+``work/final/``. The last stage times, in ONE process and interleaved call by call (batch 1,
+seq 128, fixed threads), every final point against three references: the fp32 teacher in
+PyTorch, the teacher's PyTorch dynamic int8, and the teacher's ONNX Runtime dynamic int8
+(what a user deploys without autosqueeze). It writes ``results/headline.json`` and
+``results/headline.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("headline")
+
+
+def _progress() -> Callable[[str, int, int, dict[str, float]], None]:
+    last = {"t": 0.0}
+
+    def report(what: str, done: int, total: int, stats: dict[str, float]) -> None:
+        if time.time() - last["t"] > 30 or done == total:
+            last["t"] = time.time()
+            print(f"  {what} {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in stats.items()), flush=True)
+
+    return report
+
+
+def trial_line(study: Any, trial: Any) -> None:
+    ua = trial.user_attrs
+    if ua.get("status") == "complete":
+        print(f"  trial {trial.number}: {ua.get('metric', 0):.4f} at {ua.get('latency_ms', 0):.2f} ms "
+              f"({ua.get('speedup', 0):.2f}x) in {ua.get('trial_s', 0):.1f} s", flush=True)
+
+
+def stage_search(config: Any, data_dir: str) -> None:
+    from autosqueeze.search.study import run_search
+
+    summary = run_search(config, data_dir, progress=_progress(), callbacks=[trial_line])
+    print(f"search: {summary.done} finished trials (target {summary.target}), {summary.ran} run now")
+
+
+def stage_finalize(config: Any, data_dir: str, work: Path) -> None:
+    from autosqueeze.search.finalize import run_finalize
+
+    summary = run_finalize(config, data_dir, progress=_progress(), save_dir=work / "final")
+    print(f"finalize: {summary['finalized']} candidates, Kendall tau {summary['kendall_tau']}")
+
+
+# --- references ------------------------------------------------------------------------------
+def ort_int8_session(teacher: torch.nn.Module, folder: Path, threads: int) -> tuple[Any, list[str]]:
+    """The teacher exported to ONNX and dynamically quantized to int8 by ONNX Runtime (all MatMuls)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from autosqueeze.runtimes.onnx_export import export_onnx
+
+    info = export_onnx(teacher, folder / "teacher.onnx")
+    quantize_dynamic(str(folder / "teacher.onnx"), str(folder / "teacher.int8.onnx"), weight_type=QuantType.QInt8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's pool threads spin after each run by default: in an interleaved timing they would
+    # steal the cores from the PyTorch call that comes next
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(folder / "teacher.int8.onnx"), so, providers=["CPUExecutionProvider"]), \
+        list(info.inputs)
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per call for each callable, timed round-robin (one call of each per round)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(warmup + rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            if r >= warmup:
+                times[name].append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def paired_speedup(ref: list[float], cand: list[float]) -> dict[str, float]:
+    ratios = np.asarray(ref) / np.asarray(cand)
+    return {"median": float(np.median(ratios)), "p10": float(np.percentile(ratios, 10)),
+            "p90": float(np.percentile(ratios, 90))}
+
+
+def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dict[str, Any]:
+    from autosqueeze.arch import get_adapter
+    from autosqueeze.deploy import load_compressed
+    from autosqueeze.measure.latency import fixed_threads, synthetic_inputs
+    from autosqueeze.methods import quantize_dynamic
+    from autosqueeze.methods.context import MethodContext
+    from autosqueeze.teacher import get_teacher
+
+    profile = config.hardware
+    teacher = get_teacher(config.model, config.task, data_dir, config.teacher).model.eval()
+    torch_int8 = quantize_dynamic.apply(__import__("copy").deepcopy(teacher),
+                                        quantize_dynamic.QuantizeDynamicConfig(),
+                                        MethodContext(adapter=get_adapter(teacher)))
+    finals = {p.name: load_compressed(p) for p in sorted((work / "final").glob("trial-*"))}
+    inputs = synthetic_inputs(profile, int(teacher.config.vocab_size))
+    with tempfile.TemporaryDirectory() as tmp, fixed_threads(profile.threads), torch.inference_mode():
+        sess, names = ort_int8_session(teacher, Path(tmp), profile.threads)
+        feed = {n: inputs[n].numpy() for n in names if n in inputs}
+        for n in names:
+            if n not in feed:  # token_type_ids
+                feed[n] = np.zeros_like(inputs["input_ids"].numpy())
+        calls: dict[str, Callable[[], Any]] = {
+            "teacher_fp32": lambda: teacher(**inputs),
+            "teacher_torch_int8": lambda: torch_int8(**inputs),
+            "teacher_ort_int8": lambda: sess.run(None, feed),
+        }
+        for name, model in finals.items():
+            calls[name] = (lambda m: (lambda: m(**inputs)))(model)
+        times = interleaved(calls, rounds, warmup=max(5, rounds // 20))
+    out = {name: {"median_ms": statistics.median(t), "p10_ms": float(np.percentile(t, 10)),
+                  "p90_ms": float(np.percentile(t, 90))} for name, t in times.items()}
+    for name in finals:
+        for ref in ("teacher_fp32", "teacher_torch_int8", "teacher_ort_int8"):
+            out[name][f"speedup_vs_{ref.replace('teacher_', '')}"] = paired_speedup(times[ref], times[name])
+    for ref in ("teacher_torch_int8", "teacher_ort_int8"):
+        out[ref]["speedup_vs_fp32"] = paired_speedup(times["teacher_fp32"], times[ref])
+    out["rounds"] = rounds
+    return out
+
+
+# --- results ----------------------------------------------------------------------------------
+def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
+    import optuna
+
+    from autosqueeze.report.fidelity import final_records
+    from autosqueeze.report.pareto import pareto_front, trial_records
+    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze.search.study import open_study
+
+    study = open_study(config, create=False)
+    ua = study.user_attrs
+    teacher_metric = float(ua["teacher"]["search_metric"])
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("status") == "complete"]
+    trial_s = [float(t.user_attrs["trial_s"]) for t in done if "trial_s" in t.user_attrs]
+    wall = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done
+            if t.datetime_complete and t.datetime_start]
+    fresh = [t for t in done if "duplicate_of" not in t.user_attrs]  # a repeated recipe reuses its result
+    fresh_wall = [(t.datetime_complete - t.datetime_start).total_seconds() for t in fresh
+                  if t.datetime_complete and t.datetime_start]
+    finals = final_records(study)
+    final_front = pareto_front(finals)
+    on_front = {r.number for r in final_front}
+    front = []
+    for r in sorted(finals, key=lambda r: r.latency_ms or 0.0):
+        timed = refs.get(f"trial-{r.number}", {})
+        size_pct = r.attrs.get("size_pct") or {}
+        front.append({
+            "trial": r.number, "on_final_front": r.number in on_front, "recipe": r.recipe_summary,
+            "recipe_steps": (r.recipe or {}).get("steps"),
+            "metric": r.metric, "delta_pts": 100 * ((r.metric or 0.0) - teacher_metric),
+            "speedup_vs_fp32": (timed.get("speedup_vs_fp32") or {}).get("median"),
+            "speedup_vs_torch_int8": (timed.get("speedup_vs_torch_int8") or {}).get("median"),
+            "speedup_vs_ort_int8": (timed.get("speedup_vs_ort_int8") or {}).get("median"),
+            "speedup_spread_vs_fp32": timed.get("speedup_vs_fp32"),
+            "latency_ms": timed.get("median_ms", r.latency_ms),
+            "size_pct": size_pct.get("total"), "size_no_emb_pct": size_pct.get("non_embedding"),
+            "fidelity": "final", "search": r.attrs.get("search"),
+            "finalize_speedup_vs_fp32": r.speedup,
+        })
+    search_front = [{"trial": r.number, "metric": r.metric, "latency_ms": r.latency_ms, "speedup": r.speedup,
+                     "recipe": r.recipe_summary} for r in pareto_front(trial_records(study))]
+    summary = ua.get("finalize") or {}
+    elastic = elastic_info(finals)
+    return {
+        "task": config.task, "model": config.model, "teacher_metric": teacher_metric,
+        "teacher_latency_ms": refs.get("teacher_fp32", {}).get("median_ms"),
+        "references": {k: refs[k] for k in ("teacher_fp32", "teacher_torch_int8", "teacher_ort_int8") if k in refs},
+        "trials": len(done), "median_trial_s": statistics.median(trial_s) if trial_s else None,
+        "trials_per_hour": 3600 * len(wall) / sum(wall) if wall else None,
+        "unique_trials": len(fresh), "median_unique_trial_s": statistics.median(fresh_wall) if fresh_wall else None,
+        "unique_trials_per_hour": 3600 * len(fresh_wall) / sum(fresh_wall) if fresh_wall else None,
+        "elastic_train_s": elastic.get("train_s"), "elastic_key": elastic.get("key"),
+        "finalize_s": summary.get("finalize_s"), "kendall_tau": summary.get("kendall_tau"),
+        "finalize_settings": summary.get("settings"), "front": front, "search_front": search_front,
+        "fingerprint": hardware_fingerprint(config.hardware.threads, config.hardware.runtime),
+        "timing_rounds": refs.get("rounds"),
+    }
+
+
+def elastic_info(finals: list[Any]) -> dict[str, Any]:
+    """Key and training cost of the elastic student the final recipes slice (its elastic.json)."""
+    from autosqueeze.elastic.store import INFO, student_dir
+
+    for r in finals:
+        for step in (r.recipe or {}).get("steps", []):
+            if step.get("method") == "elastic" and step.get("params", {}).get("student"):
+                key = step["params"]["student"]
+                info = json.loads((student_dir(key) / INFO).read_text())
+                return {"key": key, "train_s": info.get("train_s"), "settings": info.get("settings")}
+    return {}
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    pts = result["front"]
+    a = [p for p in pts if p["delta_pts"] >= -1.0 and (p["speedup_vs_fp32"] or 0) >= 8
+         and (p["speedup_vs_ort_int8"] or 0) >= 3]
+    b = [p for p in pts if p["delta_pts"] >= -3.0 and (p["speedup_vs_fp32"] or 0) >= 12]
+    best1 = max((p for p in pts if p["delta_pts"] >= -1.0), key=lambda p: p["speedup_vs_fp32"] or 0, default=None)
+    best3 = max((p for p in pts if p["delta_pts"] >= -3.0), key=lambda p: p["speedup_vs_fp32"] or 0, default=None)
+
+    def show(p: dict[str, Any] | None) -> str:
+        return "none" if p is None else (f"trial {p['trial']}: {p['speedup_vs_fp32']:.2f}x vs fp32, "
+                                         f"{p['speedup_vs_ort_int8']:.2f}x vs ORT int8, {p['delta_pts']:+.2f} pts")
+
+    return [f"- >= 8x within 1.0 pt and >= 3x vs ORT int8: {'reached' if a else 'not reached'} "
+            f"(fastest within 1.0 pt: {show(best1)})",
+            f"- >= 12x within 3.0 pts: {'reached' if b else 'not reached'} (fastest within 3.0 pts: {show(best3)})"]
+
+
+def write_markdown(result: dict[str, Any], path: Path) -> None:
+    fp = result["fingerprint"]
+    lines = [
+        "# Headline: MiniLM-L6 on SST-2, elastic search, finalized front", "",
+        f"Machine: {fp.get('cpu', {}).get('model', fp.get('cpu'))}; threads {result['fingerprint'].get('threads')}.",
+        f"Teacher: {100 * result['teacher_metric']:.2f}% SST-2 dev; fp32 PyTorch "
+        f"{result['teacher_latency_ms']:.2f} ms at batch 1, seq 128.",
+        f"Search: {result['trials']} elastic trials, median {result['median_trial_s']:.1f} s, "
+        f"{result['trials_per_hour']:.0f} trials/hour ({result['unique_trials']} distinct recipes: median "
+        f"{result['median_unique_trial_s']:.1f} s, {result['unique_trials_per_hour']:.0f}/hour; a recipe proposed "
+        f"again reuses its result); elastic student trained once in "
+        f"{(result['elastic_train_s'] or 0) / 60:.1f} min; finalization {(result['finalize_s'] or 0) / 60:.1f} min; "
+        f"Kendall tau (search vs final metric) {result['kendall_tau']}.", "",
+        "References (paired with the fp32 teacher, same process): " + ", ".join(
+            f"{k} {v['speedup_vs_fp32']['median']:.2f}x" for k, v in result["references"].items()
+            if "speedup_vs_fp32" in v), "",
+        "| trial | final front | recipe | metric | Δ pts | ×fp32 | ×torch int8 | ×ORT int8 | ms | size % "
+        "| size % no emb |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in result["front"]:
+        lines.append(f"| {p['trial']} | {'yes' if p['on_final_front'] else ''} | {p['recipe']} | "
+                     f"{100 * p['metric']:.2f} | {p['delta_pts']:+.2f} | {p['speedup_vs_fp32'] or 0:.2f} | "
+                     f"{p['speedup_vs_torch_int8'] or 0:.2f} | {p['speedup_vs_ort_int8'] or 0:.2f} | "
+                     f"{p['latency_ms']:.2f} | {p['size_pct'] or 0:.1f} | {p['size_no_emb_pct'] or 0:.1f} |")
+    lines += ["", "Targets:", *targets(result), ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True, help="GLUE folder (glue_data layout)")
+    p.add_argument("--study", default=str(HERE / "study.yaml"))
+    p.add_argument("--stage", choices=("all", "search", "finalize", "references"), default="all")
+    p.add_argument("--rounds", type=int, default=300, help="interleaved timing rounds in the reference stage")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from autosqueeze.study_config import load_study_config
+
+    config = load_study_config(args.study)
+    work = Path(args.study).resolve().parent / "work"
+    stages = ("search", "finalize", "references") if args.stage == "all" else (args.stage,)
+    t0 = time.time()
+    if "search" in stages:
+        stage_search(config, args.data_dir)
+    if "finalize" in stages:
+        stage_finalize(config, args.data_dir, work)
+    if "references" in stages:
+        refs = stage_references(config, args.data_dir, work, args.rounds)
+        result = collect(config, refs)
+        out = Path(args.study).resolve().parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / "headline.json").write_text(json.dumps(result, indent=2, default=str))
+        write_markdown(result, out / "headline.md")
+        print((out / "headline.md").read_text())
+    print(f"done in {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The headline script end to end on a tiny elastic study: search -> finalize -> references ->
+results JSON with every field the headline promises (numbers from a tiny model, not asserted)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_elastic_study import write_elastic_study
+
+SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "headline" / "run.py"
+FIELDS = {"teacher_metric", "trials", "trials_per_hour", "elastic_train_s", "finalize_s", "front"}
+POINT_FIELDS = {"recipe", "metric", "delta_pts", "speedup_vs_fp32", "speedup_vs_torch_int8", "speedup_vs_ort_int8",
+                "latency_ms", "size_pct", "size_no_emb_pct", "fidelity"}
+
+
+def test_headline_script_on_a_tiny_study(tiny_model_dir, glue_dir, tmp_path, isolated_cache):
+    pytest.importorskip("onnxruntime")
+    spec = importlib.util.spec_from_file_location("headline_run", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    study = write_elastic_study(tmp_path, tiny_model_dir, trials=4)
+    assert module.main(["--data-dir", str(glue_dir), "--study", str(study), "--rounds", "10"]) == 0
+    result = json.loads((tmp_path / "results" / "headline.json").read_text())
+    assert FIELDS <= set(result) and result["trials"] == 4
+    assert result["front"] and all(POINT_FIELDS <= set(p) for p in result["front"])
+    assert all(p["fidelity"] == "final" and p["speedup_vs_ort_int8"] > 0 for p in result["front"])
+    assert (tmp_path / "results" / "headline.md").read_text().startswith("# Headline")
+    # resumable: a second run finds every stage done and rewrites the same trials
+    assert module.main(["--data-dir", str(glue_dir), "--study", str(study), "--stage", "search"]) == 0
