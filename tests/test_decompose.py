@@ -34,7 +34,7 @@ def lowrank(model):
     ({}, "give rank"),
     ({"rank": 4, "energy": 0.5}, "not both"),
     ({"rank": 0}, "rank must be an int >= 1"),
-    ({"rank": 2.5}, "rank must be an int"),
+    ({"rank": 2.5}, "rank.? must be (an int|a whole number)"),
     ({"energy": 0.0}, r"energy must be a fraction in \(0, 1\]"),
     ({"energy": 1.5}, "energy must be"),
     ({"rank": 4, "parts": []}, "parts must be"),

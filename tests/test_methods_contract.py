@@ -31,8 +31,10 @@ def _cases():
 
 
 @pytest.mark.parametrize("name,params,case", _cases())
-def test_method_contract(name, params, case, tmp_path):
+def test_method_contract(name, params, case, tmp_path, monkeypatch):
     assert case is not None, f"method {name!r} has no tests/cases/case_{name}.py"
+    if hasattr(case, "prepare"):  # a case that needs more than params (elastic: a cached student)
+        params = case.prepare(params, tmp_path, monkeypatch)
     spec = get_method(name)
     config = spec.make_config(params)
     # round trip through a recipe file
