@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,9 @@ from .measure.latency import fixed_threads
 from .measure.metrics import evaluate, evaluate_deployed
 from .measure.paired import baseline_settings, timing_against_teacher, timing_inputs
 from .methods import MethodContext
-from .models import base_model_hash, weights_hash
+from .models import base_model_hash, load_classifier, load_tokenizer, weights_hash
 from .recipe import Recipe, RecipeError, load_recipe
-from .tasks import get_task
+from .tasks import TaskSpec, get_task
 from .teacher import Teacher, get_teacher, load_task_data, load_teacher
 from .train import TrainSettings
 from .typecheck import type_problems
@@ -97,6 +97,47 @@ def check_base_model(recipe: Recipe, force: bool) -> None:
         if not force:
             raise BaseModelMismatch(msg + "; pass --force to apply it anyway (its numbers will differ)")
         log.warning("%s; continuing because of --force", msg)
+
+
+def check_recipe_fits(recipe: Recipe, task: TaskSpec, where: str | Path) -> None:
+    """Apply the recipe's steps in probe mode (structure only: no training, random tokens where a
+    step's choice needs batches) to the untrained base model, so that a recipe the model cannot
+    take (more layers or heads kept than it has, a wrong ``unk_token_id`` ...) fails in seconds,
+    before a teacher is trained for it. Skipped for a recipe that slices an elastic student (it
+    is trained from the teacher) or whose base model cannot be loaded here (the teacher step says why)."""
+    if any(s.method == "elastic" for s in recipe.steps):
+        return
+    import transformers
+
+    bars = transformers.logging.is_progress_bar_enabled()
+    transformers.logging.disable_progress_bar()  # a refusal after loading stays one line
+    try:
+        model = load_classifier(recipe.base_model, task.num_labels)
+        tokenizer = load_tokenizer(recipe.base_model)
+    except (UserError, OSError) as err:
+        log.debug("recipe not checked against its base model before the teacher: %s", err)
+        return
+    finally:
+        if bars:
+            transformers.logging.enable_progress_bar()
+    vocab = int(getattr(model.config, "vocab_size", 0)) or len(tokenizer)
+
+    def random_batches(n: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            yield {"input_ids": torch.randint(vocab, (2, 16), generator=g),
+                   "attention_mask": torch.ones(2, 16, dtype=torch.long),
+                   "labels": torch.zeros(2, dtype=torch.float if task.is_regression else torch.long)}
+
+    ctx = MethodContext(adapter=get_adapter(model), seed=recipe.seed, teacher=model, train_batches=random_batches,
+                        num_labels=task.num_labels, is_regression=task.is_regression, probe=True,
+                        tokenizer=tokenizer)
+    try:
+        build(Recipe(steps=recipe.steps), model, ctx)
+    except (UserError, ValueError, RuntimeError, IndexError) as err:
+        detail = " ".join(str(err).split())[:300]
+        raise RecipeError(f"{where}: the recipe cannot be applied to its base model {recipe.base_model}: "
+                          f"{detail}") from None
 
 
 def find_teacher(recipe: Recipe, data_dir: str | None, teacher_dir: str | None, force: bool,
@@ -176,7 +217,13 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     except RecipeError as err:
         raise RecipeError(f"{recipe_path}: {err}") from None
     ls = baseline_settings(ls)
+    for key in ("eval_batch_size", "train_threads", "dev_subset"):
+        value = recipe.data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise RecipeError(f"{recipe_path}: data.{key} must be a whole number >= 1, got {value!r}")
     check_base_model(recipe, force)
+    if teacher_dir is None:  # the teacher may have to be trained first: a recipe that cannot fit fails now
+        check_recipe_fits(recipe, task, recipe_path)
     teacher = find_teacher(recipe, data_dir, teacher_dir, force, progress)
     data, extra = load_task_data(task, teacher.tokenizer, data_dir, settings, recipe.data.get("dev_subset"))
     ctx = MethodContext(adapter=get_adapter(teacher.model), seed=recipe.seed, teacher=teacher.model,
@@ -196,11 +243,16 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     try:
         onnx_file: Path | None = None
         onnx_info: dict[str, Any] = {"file": None, "reason": "not asked"}
-        if onnx:
+        if onnx or profile.runtime == "onnxruntime":  # the recipe's runtime deploys model.onnx: always written
             onnx_file, onnx_info = _export(built, recipe, workdir, exporter)
+            if onnx_file is None and profile.runtime == "onnxruntime":
+                from .runtimes import RuntimeRefused
+
+                raise RuntimeRefused(f"the recipe deploys with onnxruntime but its model does not export: "
+                                     f"{onnx_info['reason']}")
         inputs = timing_inputs(built.model, data, profile.batch_size)
         use_file = onnx_file if profile.runtime == "onnxruntime" else None
-        base = deployed_latency(teacher.model, profile, ls)
+        base = deployed_latency(teacher.model, dataclasses.replace(profile, runtime="torch"), ls)  # fp32 PyTorch
         timing = timing_against_teacher(built.model, teacher.model, profile, ls, base.median_ms, inputs,
                                         float_model=built.float_model, recipe=recipe, onnx_path=use_file)
         size = model_size(built.model)
@@ -212,6 +264,8 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
             ort_model = OrtClassifier(make_session(onnx_file, profile), built.model.config)
             onnx_info["metrics"] = evaluate(ort_model, data, extra, batch_size)
             onnx_info["metric"] = onnx_info["metrics"][task.main_metric]
+            if profile.runtime == "onnxruntime":  # the deployed artifact's metric, as the search computed it
+                reproduced.update(metric=onnx_info["metric"], metrics=onnx_info["metrics"])
         comparison = compare(recipe.measured, reproduced)
         here = hardware_fingerprint(profile.threads, profile.runtime)
         notes = [f"this machine differs from the one that measured the recipe: {', '.join(diffs)}"

@@ -2,7 +2,9 @@
 
 A saved folder holds ``config.json`` (the compressed model's config), the tokenizer,
 ``model.safetensors`` (float weights after every step except the final quantization
-steps), ``model.onnx`` when the model could be exported, and ``autosqueeze.json`` (the
+steps), ``model.onnx`` when the model could be exported (always when the recipe's runtime,
+``recipe.profile["runtime"]``, is ``onnxruntime``: that graph is what it deploys, and what
+``autosqueeze bench`` times), and ``autosqueeze.json`` (the
 recipe, each step's recorded decisions, the teacher's config, the measured values, the
 weights' SHA-256, and whether a plain ``from_pretrained`` gives the same model).
 :func:`load_compressed` rebuilds the structure from the teacher's config by replaying the
@@ -182,8 +184,10 @@ def read_manifest(path: str | Path, verify_weights: bool = False) -> dict[str, A
     return {**manifest, "recipe": recipe}
 
 
-def load_compressed(path: str | Path) -> nn.Module:
-    """Rebuild and load a model saved by :func:`save_compressed` (eval mode, CPU)."""
+def load_compressed(path: str | Path, quantized: bool = True) -> nn.Module:
+    """Rebuild and load a model saved by :func:`save_compressed` (eval mode, CPU); with
+    ``quantized=False`` the float model before the recipe's quantization steps (what is saved,
+    and what an ONNX export redoes int8 on)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -208,6 +212,6 @@ def load_compressed(path: str | Path) -> nn.Module:
     except (SafetensorError, RuntimeError, OSError) as err:
         detail = " ".join(str(err).split())[:300]
         raise CorruptModelError(f"{path / WEIGHTS} does not match the recipe's structure: {detail}") from None
-    if q < len(recipe.steps):
+    if quantized and q < len(recipe.steps):
         model, _ = apply_recipe(Recipe(steps=recipe.steps[q:]), model, ctx, decisions[q:], copy_model=False)
     return model.eval()

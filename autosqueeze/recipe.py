@@ -190,6 +190,7 @@ def apply_recipe(
     ctx.cache.pop("kept_layers", None)
     for i, step in enumerate(steps):
         spec = get_method(step.method)
+        ctx.adapter.check_method(step.method, model)  # a method the architecture cannot do: one line, why
         ctx.decisions = dict(decisions[i]) if decisions and i < len(decisions) else {}
         if (ctx.probe or ctx.replay) and spec.trains:
             recorded.append(ctx.decisions)

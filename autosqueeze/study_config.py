@@ -21,6 +21,7 @@ from .train import TrainSettings
 from .typecheck import type_problems
 
 SAMPLERS = ("tpe", "nsga2", "random")
+RUNTIMES = ("torch", "onnxruntime")  # as in autosqueeze.runtimes (not imported: it loads torch)
 __all__ = ["ConfigError", "EvalSettings", "StudyConfig", "load_study_config"]
 
 
@@ -74,6 +75,12 @@ class StudyConfig:
     data_dir: str | None = None
     elastic: ElasticSettings = field(default_factory=ElasticSettings)  # used when the space slices an elastic student
     finalize: FinalizeSettings = field(default_factory=FinalizeSettings)  # the full-fidelity pass over the front
+    runtimes: tuple[str, ...] = ()  # hardware.runtimes: those a trial may deploy with (empty: hardware.runtime)
+
+    @property
+    def search_runtimes(self) -> tuple[str, ...]:
+        """The runtimes the search chooses among (``hardware.runtimes``, else ``hardware.runtime`` alone)."""
+        return self.runtimes or (self.hardware.runtime,)
 
     @property
     def folder(self) -> Path:
@@ -106,6 +113,29 @@ def _section(raw: dict[str, Any], key: str, cls: type, src: str, defaults: dict[
         return cls(**{**(defaults or {}), **value})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{src}: invalid '{key}': {err}") from None
+
+
+def _hardware(raw: dict[str, Any], src: str) -> tuple[HardwareProfile, tuple[str, ...]]:
+    """The ``hardware`` section: the profile, and ``runtimes`` (the runtimes a trial may pick;
+    ``runtime``, when also given, must be one of them and is the profile's default)."""
+    section = raw.get("hardware") or {}
+    if not isinstance(section, dict) or "runtimes" not in section:
+        return _section(raw, "hardware", HardwareProfile, src), ()
+    value = section["runtimes"]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{src}: 'hardware.runtimes' must be a non-empty list of runtimes from {list(RUNTIMES)}, "
+                          f"got {value!r}")
+    bad = [v for v in value if v not in RUNTIMES]
+    if bad or len(set(value)) != len(value):
+        what = f"unknown runtime(s) {bad}" if bad else f"repeated runtimes in {value}"
+        raise ConfigError(f"{src}: 'hardware.runtimes': {what}; choose among {list(RUNTIMES)}, each once")
+    rest = {k: v for k, v in section.items() if k != "runtimes"}
+    if "runtime" in rest and rest["runtime"] not in value:
+        raise ConfigError(f"{src}: 'hardware.runtime' {rest['runtime']!r} is not one of 'hardware.runtimes' {value}")
+    profile = _section({"hardware": rest}, "hardware", HardwareProfile, src, {"runtime": value[0]})
+    return profile, tuple(value)
 
 
 TOP_KEYS = {"elastic", "finalize", "name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval",
@@ -144,10 +174,11 @@ def load_study_config(path: str | Path) -> StudyConfig:
     recovery = _section(raw, "recovery", TrainSettings, src,
                         {"steps": 0, "batch_size": teacher.batch_size, "max_seq_len": teacher.max_seq_len,
                          "seed": teacher.seed, "train_subset": teacher.train_subset})
+    hardware, runtimes = _hardware(raw, src)
     cfg = StudyConfig(
         path=path.resolve(), name=str(raw.get("name") or path.parent.name), task=task, search_space=space.resolve(),
         model=str(raw.get("model", "default")), teacher=teacher, recovery=recovery,
-        hardware=_section(raw, "hardware", HardwareProfile, src), eval=_section(raw, "eval", EvalSettings, src),
+        hardware=hardware, runtimes=runtimes, eval=_section(raw, "eval", EvalSettings, src),
         latency=_section(raw, "latency", LatencySettings, src),
         elastic=_section(raw, "elastic", ElasticSettings, src),
         finalize=_section(raw, "finalize", FinalizeSettings, src),

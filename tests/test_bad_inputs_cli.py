@@ -128,6 +128,8 @@ BAD_RECIPES = [
     ("latency repeats text", {"steps": [GOOD_STEP], "data": {"latency": {"repeats": "many"}}}, "'repeats'"),
     ("unknown key", {"steps": [GOOD_STEP], "colour": "red"}, "unknown key"),
     ("format", {"steps": [GOOD_STEP], "format": 7}, "format 7"),
+    ("eval_batch_size text", {"steps": [GOOD_STEP], "data": {"eval_batch_size": "big"}}, "data.eval_batch_size"),
+    ("dev_subset 0", {"steps": [GOOD_STEP], "data": {"dev_subset": 0}}, "data.dev_subset"),
 ]
 
 
@@ -136,6 +138,28 @@ def test_bad_recipes_are_refused_by_apply(name, recipe, says, tmp_path, capsys):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run_bad(capsys, tmp_path, ["apply", str(path), "-o", str(tmp_path / "out")], says, str(path))
+
+
+UNFIT_RECIPES = [  # valid on their own; the 3-layer, 4-head base model cannot take them
+    ("more layers than the model", [{"method": "drop_layers", "params": {"keep": 9}}], "only 3 layers"),
+    ("more heads than the model", [{"method": "prune_structured", "params": {"heads_keep": 9}}], "heads_keep=9"),
+    ("another [UNK] id", [{"method": "prune_vocab", "params": {"unk_token_id": 3}}], "unk_token_id 3"),
+]
+
+
+@pytest.mark.parametrize(("name", "steps", "says"), UNFIT_RECIPES, ids=[c[0] for c in UNFIT_RECIPES])
+def test_apply_refuses_a_recipe_its_base_model_cannot_take_before_training_a_teacher(
+        name, steps, says, tiny_model_dir, glue_dir, tmp_path, capsys, isolated_cache, monkeypatch):
+    from autosqueeze import teacher
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a teacher was trained for a recipe that cannot be applied")
+
+    monkeypatch.setattr(teacher, "train_teacher", no_training)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"steps": steps, "base_model": str(tiny_model_dir)}))
+    run_bad(capsys, tmp_path, ["apply", str(path), "-o", str(tmp_path / "out"), "--data-dir", str(glue_dir)],
+            str(path), "cannot be applied to its base model", says)
 
 
 @pytest.mark.parametrize(("name", "text"), [("unclosed", "steps: [\n"), ("tabs", "steps:\n\t- a\n"),
@@ -218,3 +242,24 @@ def test_a_bug_is_one_line_and_verbose_shows_its_traceback(tmp_path, capsys, mon
     assert len(err) == 1 and "internal error" in err[0] and "--verbose" in err[0]
     with pytest.raises(KeyError):
         cli.main(["report", str(study), "--verbose"])
+
+
+# --- a search whose trials keep failing -------------------------------------------------
+
+def test_a_search_whose_trials_keep_failing_stops_in_one_line(tiny_model_dir, glue_dir, tmp_path, capsys,
+                                                             isolated_cache, monkeypatch):
+    from autosqueeze.cli import main
+    from autosqueeze.search import objective
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(objective, "evaluate_recipe", broken)
+    study = write_study(tmp_path, tiny_model_dir, trials=2)
+    rc = main(["search", str(study), "--data-dir", str(glue_dir)])
+    out, err = capsys.readouterr()
+    last = err.strip().splitlines()[-1]  # before it: the teacher's progress bar
+    assert rc == 2 and "Traceback" not in err
+    assert last.startswith("autosqueeze search: error: study 't': 5 trials in a row failed (trials 0, 1, 2, 3, 4)")
+    assert "out of memory (simulated)" in last and "run the same command to continue" in last
+    assert out.count("failed: RuntimeError: out of memory (simulated)") == 5  # each trial said why as it ended

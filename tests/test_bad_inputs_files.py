@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,39 @@ def test_report_and_export_on_a_missing_study_create_no_database(command, tiny_m
     assert not (tmp_path / "t.db").exists()
     other = tmp_path / "other.db"
     run_bad(capsys, tmp_path, [command, str(study), *extra, "--storage", f"sqlite:///{other}"], str(other))
+
+
+@pytest.fixture()
+def read_only():
+    """Makes paths read-only for this process (chmod; as root, whom modes do not stop, chattr +i); undone after."""
+    done: list[Path] = []
+    root = os.geteuid() == 0
+
+    def make(path: Path) -> Path:
+        if root and (not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(path)],
+                                                                  capture_output=True).returncode):
+            pytest.skip("running as root, and chattr +i is not available to make a path read-only")
+        if not root:
+            path.chmod(path.stat().st_mode & ~0o222)
+        done.append(path)
+        return path
+
+    yield make
+    for path in reversed(done):
+        if root:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+@pytest.mark.parametrize("what", ["database", "its folder", "the folder of a new study", "--storage file"])
+def test_a_read_only_study_database_is_one_line_before_any_work(what, tiny_model_dir, tmp_path, capsys, read_only):
+    study = write_study(tmp_path, tiny_model_dir)
+    db = tmp_path / "t.db" if what == "the folder of a new study" else make_db(study)
+    read_only(tmp_path if "folder" in what else db)
+    storage = ["--storage", f"sqlite:///{db}"] if what == "--storage file" else []
+    line = run_bad(capsys, tmp_path, ["search", str(study), *storage], str(db), "read-only", "--storage")
+    assert ("folder" in what) == (f"folder {tmp_path} is read-only" in line)
 
 
 def test_export_from_a_database_without_that_study_is_one_line(tiny_model_dir, tmp_path, capsys):

@@ -127,3 +127,41 @@ def test_regression_of_loss_helper():
     assert torch.allclose(ce, torch.stack([F.cross_entropy(z, labels) for z in logits]))
     kd = exit_losses(logits, labels, logits[0], EarlyExitConfig(alpha_distill=1.0, temperature=1.0))
     assert kd[0].abs() < 1e-6 and kd[1] > 0
+
+
+# --- in the search: a data-dependent cost takes no shortcut -----------------------------
+
+def test_total_training_steps_count_the_exits_training():
+    from autosqueeze.search.early_stop import total_training_steps
+
+    steps = [("drop_layers", {"keep": 2}), ("distill", {"steps": 2}),
+             ("early_exit", {"training": "joint", "steps": 3}), ("quantize_dynamic", {})]
+    assert total_training_steps(steps) == 5
+    assert total_training_steps([("early_exit", {"steps": 7})]) == 7  # frozen training counts too
+
+
+def test_an_early_exit_trial_is_judged_on_its_real_latency_not_its_full_depth_probe(
+        tiny_model_dir, glue_dir, tmp_path, isolated_cache, monkeypatch):
+    """The probe runs the full depth (over the budget here): the trial still trains, with no
+    early stopper (whose front would be taken at the wrong latency), and its real latency decides."""
+    import dataclasses
+
+    from autosqueeze.search import objective
+    from autosqueeze.search.study import prepare
+    from autosqueeze.study_config import load_study_config
+    from tests.bad_inputs_helpers import write_study
+
+    sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), budget_ms=5.0)
+    measured, probed = sc.timing, []
+
+    def timing(model, key, float_model=None, recipe=None):
+        probe = not model.autosqueeze_exit.enabled
+        probed.append(probe)
+        return dataclasses.replace(measured(model, key, float_model, recipe), latency_ms=50.0 if probe else 1.0)
+
+    monkeypatch.setattr(sc, "timing", timing)
+    recipe = Recipe([Step("early_exit", {"training": "joint", "steps": 4, "threshold": 0.5})])
+    result = objective.evaluate_recipe(recipe, sc, reference=lambda latency_ms: 10.0)  # a stopper would stop it
+    assert probed == [True, False]
+    assert result["status"] == "complete" and result["latency_ms"] == 1.0 and "early_stop" not in result
+    assert result["exit_stats"]["calls"] > 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from autosqueeze.study_config import load_study_config
 from tests.test_elastic_study import write_elastic_study
 
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "headline" / "run.py"
@@ -24,10 +25,11 @@ def test_headline_script_on_a_tiny_study(tiny_model_dir, glue_dir, tmp_path, iso
     spec.loader.exec_module(module)
     study = write_elastic_study(tmp_path, tiny_model_dir, trials=4)
     assert module.main(["--data-dir", str(glue_dir), "--study", str(study), "--rounds", "10"]) == 0
-    result = json.loads((tmp_path / "results" / "headline.json").read_text())
+    name = load_study_config(study).name  # results are named after the study
+    result = json.loads((tmp_path / "results" / f"{name}.json").read_text())
     assert FIELDS <= set(result) and result["trials"] == 4
     assert result["front"] and all(POINT_FIELDS <= set(p) for p in result["front"])
     assert all(p["fidelity"] == "final" and p["speedup_vs_ort_int8"] > 0 for p in result["front"])
-    assert (tmp_path / "results" / "headline.md").read_text().startswith("# Headline")
+    assert (tmp_path / "results" / f"{name}.md").read_text().startswith(f"# {name}:")
     # resumable: a second run finds every stage done and rewrites the same trials
     assert module.main(["--data-dir", str(glue_dir), "--study", str(study), "--stage", "search"]) == 0

@@ -1,10 +1,11 @@
-"""Every registered method's cases (tests/cases) deployed through ONNX Runtime.
+"""Every registered method's cases (tests/cases) deployed through ONNX Runtime, on every architecture.
 
-Each case is built on its tiny BERT (deploy.build), exported the way ``apply`` and an
-``onnxruntime`` profile export it (:func:`export_for_deployment`, TorchScript exporter for
-speed; the dynamo exporter is covered in test_onnx.py), run in an ONNX Runtime session, and
-its logits compared with the PyTorch model's on a padded batch of another shape than the
-traced one. Tolerances, relative to the largest |logit| of the PyTorch model:
+Each case is built on its tiny model of each architecture in ``tiny.ARCHS`` (deploy.build),
+exported the way ``apply`` and an ``onnxruntime`` profile export it
+(:func:`export_for_deployment`, TorchScript exporter for speed; the dynamo exporter is covered
+in test_onnx.py), run in an ONNX Runtime session, and its logits compared with the PyTorch
+model's on a padded batch of another shape than the traced one. Tolerances, relative to the
+largest |logit| of the PyTorch model:
 
 - fp32 graphs (structure, training, weight-only int8/int4, embedding int8, vocabulary): 1e-4;
 - fp16 weights (``cast_precision`` fp16): 5e-3;
@@ -13,7 +14,10 @@ traced one. Tolerances, relative to the largest |logit| of the PyTorch model:
   larger than twice that bound (other kernels round differently; near ties may flip).
 
 A case ONNX Runtime cannot run is refused with one line (no graph dump, no colour codes) that
-names the reason; :func:`refusal` lists which, and the test asserts that exact refusal.
+names the reason; :func:`refusal` lists which, and the test asserts that exact refusal. A
+method the architecture adapter refuses for a family is skipped here (the methods contract
+asserts that refusal), and so is a pair ONNX export cannot handle for a reason of the
+architecture's own (:data:`ARCH_SKIPS`, with the reason).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import re
 import pytest
 import torch
 
+from autosqueeze.arch import get_adapter
 from autosqueeze.deploy import build
 from autosqueeze.measure import HardwareProfile
 from autosqueeze.methods import method_names
@@ -32,6 +37,8 @@ from tests import tiny
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'autosqueeze[onnx]'")
 INT8 = ("quantize_dynamic", "quantize_static")
+# (arch, method or None for every method) -> why ONNX export of that pair is skipped
+ARCH_SKIPS: dict[tuple[str, str | None], str] = {}
 
 
 def refusal(name: str, params: dict) -> str | None:
@@ -61,8 +68,9 @@ def _cases():
             mod = importlib.import_module(f"tests.cases.case_{name}")
         except ModuleNotFoundError:  # test_methods_contract fails for it already
             continue
-        for i, params in enumerate(mod.CASES):
-            out.append(pytest.param(name, params, mod, id=f"{name}-{i}"))
+        for arch in tiny.ARCHS:
+            for i, params in enumerate(mod.CASES):
+                out.append(pytest.param(arch, name, params, mod, id=f"{arch}-{name}-{i}"))
     return out
 
 
@@ -78,11 +86,19 @@ def assert_one_line(reason: str) -> None:
     assert "graph(" not in reason and "Traceback" not in reason
 
 
-@pytest.mark.parametrize("name,params,case", _cases())
-def test_method_deploys_in_onnx_runtime(name, params, case, tmp_path, tmp_path_factory, monkeypatch):
+@pytest.mark.parametrize("arch,name,params,case", _cases())
+def test_method_deploys_in_onnx_runtime(arch, name, params, case, tmp_path, tmp_path_factory, monkeypatch):
+    skip = ARCH_SKIPS.get((arch, name)) or ARCH_SKIPS.get((arch, None))
+    if skip:
+        pytest.skip(f"{arch} x {name}: {skip}")
+    maker = getattr(case, "make_teacher", None)
+    teacher = maker(arch) if maker is not None else tiny.tiny_model(arch)
+    why = get_adapter(teacher).refusal(name, teacher)
+    if why is not None:
+        pytest.skip(f"{name} is refused for {arch} ({why}); test_methods_contract checks the refusal")
     if hasattr(case, "prepare"):  # a case that needs more than params (elastic: a cached student)
-        params = case.prepare(params, tmp_path_factory.mktemp("case"), monkeypatch)
-    teacher = getattr(case, "make_teacher", tiny.tiny_bert)()
+        params = case.prepare(params, tmp_path_factory.mktemp("case"), monkeypatch, maker(arch) if maker else
+                              tiny.tiny_model(arch))
     recipe = Recipe(steps=[Step(name, params)])
     built = build(recipe, teacher, tiny.context(teacher))
     path = tmp_path / "model.onnx"

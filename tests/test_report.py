@@ -11,8 +11,16 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from autosqueeze.report import table
-from autosqueeze.report.analysis import (best_single_method, compression_methods, history, method_frequency,
-                                         param_importances, references, status_counts, teacher_metric)
+from autosqueeze.report.analysis import (
+    best_single_method,
+    compression_methods,
+    history,
+    method_frequency,
+    param_importances,
+    references,
+    status_counts,
+    teacher_metric,
+)
 from autosqueeze.report.build import report_sections
 from autosqueeze.report.pareto import NoTrialWithinBudget, pareto_front, select, trial_records
 from autosqueeze.report.plots import write_html
@@ -42,7 +50,8 @@ def _trial(methods: list[str], metric: float | None, latency: float, status: str
         ua["size_pct"] = {"total": 100.0 - 10 * len(methods), "non_embedding": 100.0 - 20 * len(methods)}
     kw = {}
     if state == TrialState.COMPLETE:
-        kw = {"values": [metric if metric is not None else 0.0, latency], "constraints": {"latency_budget_ms": latency - budget}}
+        kw = {"values": [metric if metric is not None else 0.0, latency],
+              "constraints": {"latency_budget_ms": latency - budget}}
     return create_trial(state=state, params=params, distributions={k: DISTS[k] for k in params}, user_attrs=ua, **kw)
 
 
@@ -212,3 +221,71 @@ def test_report_of_a_study_without_trials(tmp_path):
     assert rows == [] and any("front is empty" in n for n in sections[0].notes)
     assert write_html(sections, tmp_path / "report.html", "empty").is_file()
     assert not math.isnan(len(sections))
+
+
+def _mrpc_study(teacher_f1: float) -> optuna.Study:
+    """An MRPC study whose trials and references carry both official metrics, and the majority floor."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("task", "mrpc")
+    study.set_user_attr("main_metric", "f1")
+    study.set_user_attr("teacher", {"search_metric": teacher_f1, "search_metrics": {"f1": teacher_f1, "accuracy": 0.70},
+                                    "latency_ms": TEACHER_MS})
+    study.set_user_attr("int8_baseline", {"metric": teacher_f1 - 0.01, "metrics": {"f1": teacher_f1 - 0.01,
+                                                                                   "accuracy": 0.69},
+                                          "latency_ms": 10.0, "speedup": 2.0})
+    study.set_user_attr("majority_baseline", {"metric": 0.812, "metrics": {"f1": 0.812, "accuracy": 0.684},
+                                              "predicts": "class '1'", "dev_examples": 408})
+    trial = _trial(["quantize_dynamic"], 0.818, 9.5)
+    trial.set_user_attr("metrics", {"f1": 0.818, "accuracy": 0.6912})
+    study.add_trial(trial)
+    return study
+
+
+def test_reports_show_every_official_metric_and_the_majority_floor(tmp_path):
+    from autosqueeze.report.analysis import official_metrics, trivial_teacher_note
+    from autosqueeze.report.plots import pareto_figure
+
+    study = _mrpc_study(0.819)
+    attrs, records = study.user_attrs, trial_records(study)
+    assert official_metrics(attrs, "f1") == ["accuracy"]
+    assert official_metrics({"task": "mnli"}, "accuracy") == ["accuracy_mismatched"]
+    assert official_metrics({"task": "stsb"}, "pearson") == ["spearmanr"] and official_metrics({}, "f1") == []
+    refs = references(attrs, "f1")
+    assert [r.name for r in refs] == ["teacher", "int8 baseline (quantize_dynamic)", "majority class"]
+    assert refs[2].latency_ms is None and refs[2].metrics["accuracy"] == 0.684
+    sections, rows = report_sections(study, records, "f1")
+    floor = next(r for r in rows if r["methods"] == "majority class")
+    assert floor["metric"] == 81.2 and math.isnan(floor["latency_ms"])
+    assert floor["accuracy"] == 68.4 and floor["delta_pts"] == -0.7 and "always predicting class '1'" in floor["recipe"]
+    assert next(r for r in rows if r["trial"] == 0)["accuracy"] == 69.12
+    md = table.to_markdown(rows, "f1")
+    assert md.splitlines()[0].startswith("| trial | role | methods | size_% | size_no_emb_% | speedup | latency_ms | "
+                                         "f1 | delta_pts | accuracy | recipe |")
+    parsed = list(csv.DictReader(io.StringIO(table.to_csv(rows, "f1"))))
+    assert [p["accuracy"] for p in parsed] == ["70", "69", "68.4", "69.12"]
+    warning = [n for s in sections for n in s.notes if n.startswith("warning:")]
+    assert len(warning) == 1 and "within 1 point" in warning[0] and "81.20" in warning[0], warning
+    assert trivial_teacher_note(references(_mrpc_study(0.90).user_attrs, "f1"), "f1") is None
+    fig = pareto_figure(records, pareto_front(records), "f1", None, refs)
+    line = next(t for t in fig.data if t.name == "majority class")
+    assert line.mode == "lines" and list(line.y) == [0.812, 0.812] and "accuracy: 0.6840" in line.text[0]
+    trial_hover = next(t for t in fig.data if t.name == "quantize_dynamic").text[0]
+    assert "f1: 0.8180" in trial_hover and "accuracy: 0.6912" in trial_hover
+    page = write_html(sections, tmp_path / "report.html", "t").read_text()
+    assert "within 1 point" in page and "majority class" in page
+
+
+def test_majority_reference_is_the_floor_of_a_constant_predictor():
+    from autosqueeze.data import TaskData
+    from autosqueeze.measure.metrics import majority_reference
+    from autosqueeze.tasks import TASKS, Example
+
+    mrpc = [Example(("a", "b"), y) for y in (1, 1, 1, 0)]
+    ref = majority_reference(TaskData(TASKS["mrpc"], None, [], mrpc))
+    assert ref["predicts"] == "class '1'" and ref["metrics"]["accuracy"] == 0.75
+    assert ref["metric"] == ref["metrics"]["f1"] == pytest.approx(2 * 0.75 / 1.75) and ref["dev_examples"] == 4
+    mnli = TaskData(TASKS["mnli"], None, [], [Example(("a", "b"), y) for y in (2, 2, 0)])
+    ref = majority_reference(mnli, {"mismatched": [Example(("a", "b"), y) for y in (0, 2, 1, 1)]})
+    assert ref["metrics"] == {"accuracy": pytest.approx(2 / 3), "accuracy_mismatched": 0.25}
+    ref = majority_reference(TaskData(TASKS["stsb"], None, [], [Example(("a", "b"), y) for y in (1.0, 2.0, 4.5)]))
+    assert ref["predicts"].startswith("the mean score 2.5") and ref["metrics"] == {"pearson": 0.0, "spearmanr": 0.0}

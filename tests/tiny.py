@@ -1,25 +1,64 @@
-"""Tiny locally built models and synthetic data for fast tests (no downloads)."""
+"""Tiny locally built models and synthetic data for fast tests (no downloads).
+
+``tiny_model(arch)`` builds a small random sequence classifier of every architecture the
+adapter supports (``ARCHS``), from its config class: hidden 32, 4 heads, FFN 64, 4 layers,
+vocabulary of ``VOCAB`` ids, dropout off. ``tiny_bert`` is the BERT one.
+"""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+import transformers
+from torch import nn
 
 from autosqueeze.arch import get_adapter
 from autosqueeze.methods import MethodContext
 
 VOCAB = 120
+ARCHS = ("bert", "distilbert", "electra", "roberta", "mpnet", "deberta-v2", "modernbert")
+
+
+def _config(arch: str, layers: int, heads: int, hidden: int, ffn: int, num_labels: int):
+    common = dict(vocab_size=VOCAB, num_labels=num_labels, pad_token_id=0)
+    if arch == "distilbert":
+        return transformers.DistilBertConfig(n_layers=layers, n_heads=heads, dim=hidden, hidden_dim=ffn,
+                                             max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                                             seq_classif_dropout=0.0, **common)
+    if arch == "modernbert":
+        return transformers.ModernBertConfig(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+            max_position_embeddings=64, global_attn_every_n_layers=2, local_attention=8,
+            bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, embedding_dropout=0.0,
+            mlp_dropout=0.0, attention_dropout=0.0, classifier_dropout=0.0, **common)
+    bert_like = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+                     max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **common)
+    if arch == "deberta-v2":  # DeBERTa-v3's layout: shared relative embeddings, c2p + p2c, shared att keys
+        return transformers.DebertaV2Config(relative_attention=True, position_buckets=16, max_relative_positions=-1,
+                                            pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                                            position_biased_input=False, type_vocab_size=0, **bert_like)
+    if arch == "mpnet":
+        return transformers.MPNetConfig(relative_attention_num_buckets=32, **{**bert_like, "pad_token_id": 1})
+    if arch == "electra":
+        return transformers.ElectraConfig(embedding_size=hidden, **bert_like)
+    if arch == "roberta":
+        return transformers.RobertaConfig(**{**bert_like, "pad_token_id": 1})
+    if arch == "bert":
+        return transformers.BertConfig(**bert_like)
+    raise ValueError(f"no tiny config for {arch!r}; known: {ARCHS}")
+
+
+def tiny_model(arch: str = "bert", layers: int = 4, heads: int = 4, hidden: int = 32, ffn: int = 64,
+               num_labels: int = 2, seed: int = 0, attn: str = "eager") -> nn.Module:
+    torch.manual_seed(seed)
+    cfg = _config(arch, layers, heads, hidden, ffn, num_labels)
+    cfg._attn_implementation = attn
+    return transformers.AutoModelForSequenceClassification.from_config(cfg).eval()
 
 
 def tiny_bert(layers: int = 4, heads: int = 4, hidden: int = 32, ffn: int = 64, num_labels: int = 2,
-              seed: int = 0, attn: str = "eager") -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=ffn, max_position_embeddings=64, num_labels=num_labels,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg._attn_implementation = attn
-    return BertForSequenceClassification(cfg).eval()
+              seed: int = 0, attn: str = "eager") -> transformers.BertForSequenceClassification:
+    return tiny_model("bert", layers, heads, hidden, ffn, num_labels, seed, attn)  # type: ignore[return-value]
 
 
 def batch(batch_size: int = 4, seq: int = 12, seed: int = 0, num_labels: int = 2) -> dict[str, torch.Tensor]:
@@ -43,3 +82,16 @@ def context(teacher, seed: int = 0, **kw) -> MethodContext:
 def logits(model, b: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.inference_mode():
         return model(**{k: v for k, v in b.items() if k != "labels"}).logits
+
+
+def adapter(model):
+    return get_adapter(model)
+
+
+def layers(model) -> list[nn.Module]:
+    """The encoder layers of a tiny model of any architecture."""
+    return list(get_adapter(model).layers(model))
+
+
+def layer_param_count(layer: nn.Module) -> int:
+    return sum(p.numel() for p in layer.parameters())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,3 +52,25 @@ def evaluate_deployed(model: nn.Module, data: TaskData, extra: Mapping[str, Sequ
     metrics = evaluate(model, data, extra, profile_batch_size)
     stats = model.autosqueeze_exit_stats() if hasattr(model, "autosqueeze_exit_stats") else None  # type: ignore[operator]
     return metrics, stats
+
+
+def majority_reference(data: TaskData, extra: Mapping[str, Sequence[Example]] | None = None) -> dict[str, Any]:
+    """The floor a model must clear: the official metrics (keys as :func:`evaluate`'s) of always
+    predicting the dev set's most frequent class, or its mean score for a regression task."""
+    labels = np.asarray([e.label for e in data.dev])
+    if data.task.is_regression:
+        value: float = float(labels.mean()) if labels.size else 0.0
+        predicts = f"the mean score {value:.3g}"
+    else:
+        value = int(np.bincount(labels.astype(int), minlength=data.task.num_labels).argmax())
+        predicts = f"class {data.task.label_names[value]!r}"
+
+    def score(examples: Sequence[Example]) -> dict[str, float]:
+        lab = np.asarray([e.label for e in examples])
+        return compute_metrics(data.task, np.full(lab.shape, value), lab)
+
+    metrics = score(data.dev)
+    for split, examples in (extra or {}).items():
+        metrics.update({f"{k}_{split}": v for k, v in score(examples).items()})
+    return {"metric": metrics[data.task.main_metric], "metrics": metrics, "predicts": predicts,
+            "dev_examples": len(data.dev)}

@@ -15,13 +15,15 @@ the same sentences, so the ratio compares like with like (:func:`timing_inputs`)
 
 Used alike by the search (every trial), ``apply`` and the studies: :func:`baseline_settings`
 is how carefully the teacher baseline is timed, :func:`needs_real_inputs` the one test for a
-model whose cost depends on its inputs. On a non-PyTorch runtime the model is timed alone by
-:func:`autosqueeze.runtimes.deployed_latency` (imported when needed: the runtimes build on
-:mod:`autosqueeze.measure.latency`, not the other way round).
+model whose cost depends on its inputs. On ONNX Runtime the candidate is the exported graph's
+session (:func:`autosqueeze.runtimes.ort_runner`, imported when needed: the runtimes build on
+:mod:`autosqueeze.measure.latency`, not the other way round), paired with the same fp32
+PyTorch teacher, so speedups of both runtimes are on one scale.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +87,7 @@ class Timing:
                 "teacher_paired_ms": self.teacher_ms, "baseline_ms": baseline_ms}
 
 
-def paired_latency(candidate: nn.Module, teacher: nn.Module, profile: HardwareProfile,
+def paired_latency(candidate: nn.Module | Callable[..., Any], teacher: nn.Module, profile: HardwareProfile,
                    settings: LatencySettings | None = None,
                    inputs: list[dict[str, torch.Tensor]] | None = None) -> tuple[LatencyStats, LatencyStats, float]:
     """(candidate stats, teacher stats, median per-pair ratio teacher / candidate).
@@ -93,18 +95,22 @@ def paired_latency(candidate: nn.Module, teacher: nn.Module, profile: HardwarePr
     Each pair runs both models on the same batch, the first one alternating from pair to
     pair; ``settings`` give the warm-up calls, the minimum pairs and seconds. ``inputs``:
     real batches (cycled), else full-length synthetic ones of the profile's shape.
+    ``candidate`` is a PyTorch model or any callable taking the batch as keyword tensors (an
+    ONNX Runtime session wrapped by :class:`autosqueeze.runtimes.ort.OrtRunner`, created with
+    spinning off so that its idle threads do not steal the teacher's cores).
     """
     st = settings or LatencySettings()
     vocab = int(getattr(getattr(teacher, "config", None), "vocab_size", 1000))
     device = torch.device(profile.device)
     batches = [{k: v.to(device) for k, v in b.items()} for b in (inputs or [synthetic_inputs(profile, vocab)])]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    candidate.eval()
+    if isinstance(candidate, nn.Module):
+        candidate.eval()
     teacher.eval()
     cand_ms: list[float] = []
     teach_ms: list[float] = []
 
-    def timed(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    def timed(model: Callable[..., Any], batch: dict[str, torch.Tensor]) -> float:
         t0 = time.perf_counter()
         model(**batch)
         sync()
@@ -138,15 +144,25 @@ def timing_against_teacher(model: nn.Module, teacher: nn.Module, profile: Hardwa
                            baseline_ms: float, inputs: list[dict[str, torch.Tensor]] | None = None, *,
                            paired: bool = True, float_model: nn.Module | None = None, recipe: Any = None,
                            onnx_path: Any = None) -> Timing:
-    """The :class:`Timing` of ``model`` against ``baseline_ms`` (the teacher's latency measured in
-    this process): paired with ``teacher`` on PyTorch profiles; on ONNX Runtime profiles (or with
-    ``paired=False``) the model is timed alone in the profile's runtime, because re-exporting
-    the teacher for every candidate costs more than it saves."""
+    """The :class:`Timing` of ``model`` in ``profile.runtime`` against ``baseline_ms`` (the fp32
+    PyTorch teacher's latency measured once for the study or in this process).
+
+    Paired with the fp32 PyTorch ``teacher`` whatever the runtime: on ONNX Runtime the model is
+    exported as the recipe deploys it (``onnx_path``: an exported graph to use instead) and its
+    session, spinning off, alternates call by call with the PyTorch teacher, so every speedup
+    is a same-process ratio. ``paired=False`` times the model alone in its runtime.
+    """
     from ..runtimes import check_runtime, deployed_latency
 
+    check_runtime(model, profile.runtime)  # e.g. quantize_static: ONNX Runtime only
     if paired and profile.runtime == "torch":
-        check_runtime(model, "torch")  # e.g. quantize_static: ONNX Runtime only
         stats, teacher_stats, speedup = paired_latency(model, teacher, profile, settings, inputs)
+        return Timing(stats, speedup, baseline_ms / speedup, teacher_stats.median_ms)
+    if paired:
+        from ..runtimes import ort_runner
+
+        with ort_runner(model, profile, float_model=float_model, recipe=recipe, onnx_path=onnx_path) as runner:
+            stats, teacher_stats, speedup = paired_latency(runner, teacher, profile, settings, inputs)
         return Timing(stats, speedup, baseline_ms / speedup, teacher_stats.median_ms)
     stats = deployed_latency(model, profile, settings, inputs, float_model=float_model, recipe=recipe,
                              onnx_path=onnx_path)

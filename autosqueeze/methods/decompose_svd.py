@@ -159,6 +159,17 @@ def _module(adapter: ArchAdapter, layer: nn.Module, part: str, i: int) -> nn.Lin
     return mod
 
 
+def _distinct(per: dict[str, nn.Linear]) -> dict[str, nn.Linear]:
+    """One entry per matrix: a fused QKV projection (ModernBERT) is factorized once, as ``query``."""
+    seen: set[int] = set()
+    out = {}
+    for part, lin in per.items():
+        if id(lin) not in seen:
+            seen.add(id(lin))
+            out[part] = lin
+    return out
+
+
 def _choose_rank(lin: nn.Linear, config: DecomposeSVDConfig) -> int:
     full = min(lin.in_features, lin.out_features)
     if config.rank is not None:
@@ -171,7 +182,7 @@ def _decompose_layers(model: nn.Module, config: DecomposeSVDConfig, ctx: MethodC
     layers = list(adapter.layers(model))
     paths = _paths(adapter)
     projections = config.projections()
-    mods = [{p: _module(adapter, layer, p, i) for p in projections} for i, layer in enumerate(layers)]
+    mods = [_distinct({p: _module(adapter, layer, p, i) for p in projections}) for i, layer in enumerate(layers)]
     if ctx.replay:
         ranks = ctx.decisions.get("ranks", [])
         if not isinstance(ranks, list) or len(ranks) != len(layers):

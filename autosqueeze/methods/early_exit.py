@@ -49,7 +49,6 @@ Classification only (entropy is not defined for a regression score). Not exporta
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +58,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..arch import ArchAdapter, get_adapter
@@ -80,6 +78,8 @@ _HEADS = {
     "roberta": ("classifier.dense", "classifier.out_proj", "tanh"),
     "electra": ("classifier.dense", "classifier.out_proj", "gelu"),
     "distilbert": ("pre_classifier", "classifier", "relu"),
+    "mpnet": ("classifier.dense", "classifier.out_proj", "tanh"),
+    "deberta-v2": ("pooler.dense", "classifier", "gelu"),  # ContextPooler with pooler_hidden_act gelu
 }
 
 
@@ -173,34 +173,18 @@ class EarlyExit(nn.Module):
 
 
 # --- running the backbone layer by layer ------------------------------------------------
-@functools.cache
-def _embedding_args(cls: type[nn.Module]) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.forward).parameters)
-
-
 def _embed(model: nn.Module, adapter: ArchAdapter, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-    """Embedding output and the attention mask exactly as the backbone builds them."""
-    backbone = adapter.backbone(model)
-    emb = adapter.embeddings(model)
-    names = _embedding_args(type(emb))
-    args = {k: v for k, v in inputs.items() if k != "attention_mask" and v is not None and k in names}
-    hidden = emb(**args)
-    project = getattr(backbone, "embeddings_project", None)  # ELECTRA-small style
-    if project is not None:
-        hidden = project(hidden)
-    # the helper BertModel / DistilBertModel call for an encoder's (non-causal) mask
-    mask = create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden,
-                                     attention_mask=inputs.get("attention_mask"))
-    return hidden, mask
-
-
-def _run_layer(layer: nn.Module, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
-    out = layer(hidden, mask)
-    return out[0] if isinstance(out, tuple) else out
+    """Embedding output and what each layer needs (mask, shared position bias), as the backbone builds them."""
+    return adapter.embed(model, inputs)
 
 
 def _head_parts(model: nn.Module, adapter: ArchAdapter) -> tuple[nn.Module, nn.Module, str]:
+    if adapter.family not in _HEADS:
+        raise MethodError(f"early_exit: no exit-head layout is known for {adapter.family} models")
     dense_path, out_path, act = _HEADS[adapter.family]
+    if adapter.family == "deberta-v2" and getattr(model.config, "pooler_hidden_act", "gelu") != "gelu":
+        raise MethodError(f"early_exit: deberta-v2 pooler activation {model.config.pooler_hidden_act!r} is not "
+                          f"supported (gelu is)")
     try:
         dense = model.get_submodule(dense_path.format(base=adapter.base_attr))
         out = model.get_submodule(out_path)
@@ -222,7 +206,7 @@ def all_layer_outputs(model: nn.Module, adapter: ArchAdapter,
     hidden, mask = _embed(model, adapter, inputs)
     outs = []
     for layer in adapter.layers(model):
-        hidden = _run_layer(layer, hidden, mask)
+        hidden = adapter.run_layer(layer, hidden, mask)
         outs.append(hidden)
     return outs, final_logits(model, adapter, hidden)
 
@@ -246,7 +230,7 @@ def _early_exit_forward(self: nn.Module, input_ids: torch.Tensor | None = None,
     logits = None
     checks = ee.can_exit()  # when no exit is possible the heads are not even run
     for i, layer in enumerate(layers):
-        hidden = _run_layer(layer, hidden, mask)
+        hidden = adapter.run_layer(layer, hidden, mask)
         if checks and i < len(layers) - 1:
             head_logits = ee.heads[i](hidden)
             if ee.should_exit(head_logits, state):

@@ -120,6 +120,7 @@ def _projections(adapter: ArchAdapter, layer: nn.Module) -> dict[str, nn.Module]
 def _check_layers(adapter: ArchAdapter, layers: list[nn.Module]) -> None:
     seen: set[int] = set()
     for i, layer in enumerate(layers):
+        mine: set[int] = set()  # a fused QKV projection is Q, K and V of one layer
         for part, mod in _projections(adapter, layer).items():
             if is_quantized_module(mod) or any(is_quantized_module(m) for m in mod.modules()):
                 raise MethodError(f"prune_structured: layer {i} {part} is quantized; prune before quantizing")
@@ -130,43 +131,18 @@ def _check_layers(adapter: ArchAdapter, layers: list[nn.Module]) -> None:
                 )
             if id(mod) in seen:
                 raise MethodError(f"prune_structured: layer {i} {part} is shared with another layer; cannot slice it")
-            seen.add(id(mod))
-
-
-def _slice_linear(lin: nn.Linear, idx: list[int], dim: int) -> nn.Linear:
-    """A new Linear keeping output rows (dim 0) or input columns (dim 1) ``idx``."""
-    index = torch.as_tensor(idx, dtype=torch.long, device=lin.weight.device)
-    weight = lin.weight.detach().index_select(dim, index)
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=lin.bias is not None,
-                    device=lin.weight.device, dtype=lin.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if lin.bias is not None:
-            new.bias.copy_(lin.bias.detach().index_select(0, index) if dim == 0 else lin.bias.detach())
-    new.weight.requires_grad_(lin.weight.requires_grad)
-    if lin.bias is not None:
-        new.bias.requires_grad_(lin.bias.requires_grad)
-    new.train(lin.training)
-    return new
+            mine.add(id(mod))
+        seen |= mine
 
 
 def prune_heads(adapter: ArchAdapter, layer: nn.Module, keep: list[int]) -> None:
     """Keep only heads ``keep`` (indices into the layer's current heads) of one layer."""
-    parts = adapter.attention(layer)
-    d = parts.head_size
-    rows = [h * d + j for h in keep for j in range(d)]
-    adapter.set_module(layer, adapter.q, _slice_linear(parts.query, rows, 0))
-    adapter.set_module(layer, adapter.k, _slice_linear(parts.key, rows, 0))
-    adapter.set_module(layer, adapter.v, _slice_linear(parts.value, rows, 0))
-    adapter.set_module(layer, adapter.attn_out, _slice_linear(parts.output, rows, 1))
-    adapter.set_num_heads(layer, len(keep))
+    adapter.keep_heads(layer, keep)
 
 
 def prune_neurons(adapter: ArchAdapter, layer: nn.Module, keep: list[int]) -> None:
     """Keep only intermediate neurons ``keep`` of one layer's FFN."""
-    up, down = adapter.ffn(layer)
-    adapter.set_module(layer, adapter.ffn_up, _slice_linear(up, keep, 0))
-    adapter.set_module(layer, adapter.ffn_down, _slice_linear(down, keep, 1))
+    adapter.keep_neurons(layer, keep)
 
 
 # --- importance -----------------------------------------------------------------
@@ -250,10 +226,10 @@ def magnitude_importance(adapter: ArchAdapter, layer: nn.Module) -> tuple[torch.
     parts = adapter.attention(layer)
     h, d = adapter.num_heads(layer), parts.head_size
     with torch.no_grad():
-        v = parts.value.weight.reshape(h, d, -1).pow(2).sum((1, 2)).sqrt()
+        v = adapter.value_weight(layer).reshape(h, d, -1).pow(2).sum((1, 2)).sqrt()
         o = parts.output.weight.reshape(parts.output.weight.shape[0], h, d).pow(2).sum((0, 2)).sqrt()
-        up, down = adapter.ffn(layer)
-        neurons = up.weight.norm(dim=1) * down.weight.norm(dim=0)
+        down = adapter.ffn(layer)[1]
+        neurons = adapter.ffn_unit_weight(layer).norm(dim=1) * down.weight.norm(dim=0)
     return (v * o).float(), neurons.float()
 
 

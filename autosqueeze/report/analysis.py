@@ -13,9 +13,11 @@ from typing import Any
 
 import optuna
 
+from ..tasks import TASKS
 from .pareto import TrialRecord
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
+MAJORITY = "majority class"  # the reference of a constant predictor (measure.metrics.majority_reference)
 
 
 @dataclass(frozen=True)
@@ -23,9 +25,11 @@ class Reference:
     """A point every candidate is compared with (the teacher, its plain int8 copy)."""
 
     name: str
-    latency_ms: float | None
+    latency_ms: float | None  # None: no model to time (the majority-class floor, drawn as a line)
     metric: float | None
     speedup: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # every official metric measured
+    recipe: str | None = None  # what the point is, for the table
 
 
 def teacher_metric(attrs: dict[str, Any], metric_name: str) -> float | None:
@@ -42,12 +46,51 @@ def references(attrs: dict[str, Any], metric_name: str) -> list[Reference]:
     out = []
     teacher = attrs.get("teacher") or {}
     if teacher.get("latency_ms"):
-        out.append(Reference("teacher", float(teacher["latency_ms"]), teacher_metric(attrs, metric_name), 1.0))
+        out.append(Reference("teacher", float(teacher["latency_ms"]), teacher_metric(attrs, metric_name), 1.0,
+                             dict(teacher.get("search_metrics") or teacher.get("metrics") or {}),
+                             "(no compression)"))
     base = attrs.get("int8_baseline") or {}
     if base.get("latency_ms"):
         out.append(Reference("int8 baseline (quantize_dynamic)", float(base["latency_ms"]),
-                             None if base.get("metric") is None else float(base["metric"]), base.get("speedup")))
+                             None if base.get("metric") is None else float(base["metric"]), base.get("speedup"),
+                             dict(base.get("metrics") or {}), "quantize_dynamic()"))
+    floor = attrs.get("majority_baseline") or {}
+    if floor.get("metric") is not None:
+        out.append(Reference(MAJORITY, None, float(floor["metric"]), None, dict(floor.get("metrics") or {}),
+                             f"always predicting {floor.get('predicts', 'the most frequent label')}"))
     return out
+
+
+def official_metrics(attrs: dict[str, Any], metric_name: str) -> list[str]:
+    """The study task's official metrics besides ``metric_name`` (MRPC: accuracy; STS-B: spearmanr),
+    with ``<metric>_<split>`` for a task's further dev splits (MNLI: ``accuracy_mismatched``)."""
+    spec = TASKS.get(str(attrs.get("task")))
+    if spec is None:
+        return []
+    names = list(spec.metric_names) + [f"{m}_{s.replace('dev_', '')}" for s in spec.dev_splits[1:]
+                                       for m in spec.metric_names]
+    return [n for n in names if n != metric_name]
+
+
+def trivial_teacher_note(refs: list[Reference], metric_name: str, margin: float = 0.01) -> str | None:
+    """A warning when the teacher is within ``margin`` (1 point) of the majority-class floor."""
+    teacher = next((r.metric for r in refs if r.name == "teacher" and r.metric is not None), None)
+    floor = next((r for r in refs if r.name == MAJORITY and r.metric is not None), None)
+    if teacher is None or floor is None or floor.metric is None or teacher - floor.metric >= margin:
+        return None
+    return (f"warning: the teacher's {metric_name} ({100 * teacher:.2f}) is within {100 * margin:g} point of "
+            f"{floor.recipe or 'always predicting the majority class'} ({100 * floor.metric:.2f}): the scores here "
+            f"barely beat a constant; train the teacher longer (teacher.steps) or judge by the task's other metrics")
+
+
+def runtime_references(attrs: dict[str, Any]) -> list[Reference]:
+    """The teacher's ONNX Runtime dynamic int8 (what a user deploys without autosqueeze), when the
+    study measured it (``ort_int8_baseline``: paired with the fp32 PyTorch teacher, like trials)."""
+    base = attrs.get("ort_int8_baseline") or {}
+    if not base.get("latency_ms"):
+        return []
+    return [Reference("int8 baseline (ONNX Runtime dynamic int8)", float(base["latency_ms"]),
+                      None if base.get("metric") is None else float(base["metric"]), base.get("speedup"))]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,17 @@ import optuna
 
 from ..study_config import StudyConfig
 from . import table
-from .analysis import history, method_frequency, param_importances, references, status_counts, teacher_metric
+from .analysis import (
+    history,
+    method_frequency,
+    official_metrics,
+    param_importances,
+    references,
+    runtime_references,
+    status_counts,
+    teacher_metric,
+    trivial_teacher_note,
+)
 from .fidelity import final_records
 from .pareto import TrialRecord, pareto_front, trial_records
 from .plots import (
@@ -52,12 +62,13 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
     """The page's sections and the effectiveness rows, from a study and its records."""
     attrs = study.user_attrs
     front = pareto_front(records)
-    refs = references(attrs, metric_name)
+    refs = references(attrs, metric_name) + runtime_references(attrs)
     t_metric = teacher_metric(attrs, metric_name)
     budget = attrs.get("latency_budget_ms")
-    rows = table.effectiveness_rows(front, records, t_metric, refs)
+    rows = table.effectiveness_rows(front, records, t_metric, refs, official_metrics(attrs, metric_name))
     counts = status_counts(records)
-    notes = []
+    trivial = trivial_teacher_note(refs, metric_name)
+    notes = [trivial] if trivial else []
     if not front:
         notes.append("no feasible completed trial yet: the front is empty (run `autosqueeze search`)")
     if counts.get("over_budget"):
@@ -73,7 +84,8 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
                 tuple(notes)),
         Section("Effectiveness (survey style)", None, (), table.to_html(rows, metric_name)
                 + "<p class='meta'>size: % of the teacher's bytes as deployed, with and without embeddings; "
-                  "metric ×100; delta in points against the teacher on the same dev data.</p>"),
+                  "metrics ×100; delta in points against the teacher on the same dev data; the majority class "
+                  "is a constant predictor (the floor).</p>"),
         Section("Optimization history", history_figure(history(records), metric_name)),
         Section("Parameter importances", importance_figure(imps), imp_notes),
         Section("Methods on the Pareto front", method_frequency_figure(freq) if freq else None,
@@ -124,7 +136,8 @@ def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str 
     title = f"autosqueeze study {config.name}: {config.task}, {len(records)} trials"
     html_path = write_html(sections, out_dir / "report.html", title, meta)
     md = out_dir / "effectiveness.md"
-    header = f"# {title}\n\n" + "\n".join(f"- {m}" for m in meta) + "\n\n"
+    warnings = [n for s in sections for n in s.notes if n.startswith("warning:")]
+    header = f"# {title}\n\n" + "\n".join(f"- {m}" for m in meta) + "\n\n" + "".join(f"> {w}\n\n" for w in warnings)
     _write_atomic(md, header + table.to_markdown(rows, metric_name))
     csv_path = out_dir / "effectiveness.csv"
     _write_atomic(csv_path, table.to_csv(rows, metric_name))

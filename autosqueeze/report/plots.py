@@ -19,11 +19,24 @@ def _hover(r: TrialRecord, metric_name: str) -> str:
     steps = (r.recipe or {}).get("steps", [])
     recipe = "<br>".join(html.escape(f"{s['method']} {s.get('params') or ''}") for s in steps) or "(no compression)"
     metric = "-" if r.metric is None else f"{r.metric:.4f}"
+    metric += _other_metrics(r.attrs.get("metrics") or {}, metric_name)
     lat = "-" if r.latency_ms is None else f"{r.latency_ms:.2f} ms ({(r.speedup or 0):.2f}x)"
     pct = r.attrs.get("size_pct") or {}
     size = f"<br>size: {pct['total']:.1f}% of the teacher" if "total" in pct else ""
     return (f"<b>trial {r.number}</b> ({html.escape(r.status)})<br>{metric_name}: {metric}<br>latency: {lat}{size}"
-            f"<br>{recipe}")
+            f"{_runtime_line(r)}<br>{recipe}")
+
+
+def _other_metrics(metrics: dict[str, float], metric_name: str) -> str:
+    """The task's other official metrics, one hover line each (e.g. MRPC's accuracy beside its F1)."""
+    return "".join(f"<br>{html.escape(k)}: {v:.4f}" for k, v in metrics.items()
+                   if k != metric_name and isinstance(v, (int, float)))
+
+
+def _runtime_line(r: TrialRecord) -> str:
+    """The runtime the trial deploys with (timed and evaluated in it), when the study recorded one."""
+    runtime = r.attrs.get("runtime") or ((r.recipe or {}).get("profile") or {}).get("runtime")
+    return f"<br>runtime: {html.escape(str(runtime))}" if runtime else ""
 
 
 def pareto_figure(records: list[TrialRecord], front: list[TrialRecord], metric_name: str,
@@ -52,14 +65,23 @@ def pareto_figure(records: list[TrialRecord], front: list[TrialRecord], metric_n
                                  text=[_hover(r, metric_name) for r in front], hoverinfo="text"))
     ys = [r.metric for r in done + partial if r.metric is not None] + [
         ref.metric for ref in refs or [] if ref.metric is not None]
+    xs = [r.latency_ms for r in done + partial if r.latency_ms] + [ref.latency_ms for ref in refs or []
+                                                                  if ref.latency_ms]
     for i, ref in enumerate(refs or []):
-        if ref.latency_ms is None or ref.metric is None:
+        if ref.metric is None:
+            continue
+        hover = f"{html.escape(ref.name)}<br>{metric_name}: {ref.metric:.4f}{_other_metrics(ref.metrics, metric_name)}"
+        if ref.latency_ms is None:  # a constant predictor (the majority-class floor): a level, not a point
+            if xs:
+                fig.add_trace(go.Scatter(
+                    x=[min(xs) / 1.2, max(xs) * 1.2], y=[ref.metric] * 2, mode="lines", name=ref.name,
+                    line={"dash": "dot", "color": "grey"}, hoverinfo="text",
+                    text=[f"{hover}<br>{html.escape(ref.recipe or '')}"] * 2))
             continue
         fig.add_trace(go.Scatter(
             x=[ref.latency_ms], y=[ref.metric], mode="markers+text", name=ref.name, text=[ref.name],
             textposition="top center", marker={"symbol": REF_SYMBOLS[i % len(REF_SYMBOLS)], "size": 16},
-            hovertext=[f"{html.escape(ref.name)}<br>{metric_name}: {ref.metric:.4f}"
-                       f"<br>latency: {ref.latency_ms:.2f} ms"],
+            hovertext=[f"{hover}<br>latency: {ref.latency_ms:.2f} ms"],
             hoverinfo="text"))
     if budget_ms and ys:
         lo, hi = min(ys), max(ys)

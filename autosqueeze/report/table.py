@@ -3,7 +3,9 @@
 One row per Pareto trial, plus the most accurate feasible trial of each method tried alone
 (when the study has such trials), plus the teacher and the plain int8 baseline as
 references: size with and without embeddings (% of the teacher), speedup, latency, the
-metric (×100, as GLUE tables print it) and its change against the teacher in points.
+metric (×100, as GLUE tables print it) and its change against the teacher in points, then the
+task's other official metrics (MRPC's accuracy beside its F1). The majority-class reference
+(a constant predictor) shows the floor: it has a metric and no latency.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import csv
 import html
 import io
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from .analysis import Reference, best_single_method
@@ -25,20 +28,34 @@ def _r(value: Any, digits: int) -> float:
     return round(float(value), digits) if isinstance(value, (int, float)) and value == value else NAN
 
 
-def _row(r: TrialRecord, role: str, teacher_metric: float | None) -> dict[str, Any]:
+def _pct(metrics: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """The other official metrics (×100) of a row, blank when not measured."""
+    return {n: _r(None if metrics.get(n) is None else 100 * metrics[n], 2) for n in names}
+
+
+def _row(r: TrialRecord, role: str, teacher_metric: float | None, other_metrics: Sequence[str] = ()) -> dict[str, Any]:
     pct = r.attrs.get("size_pct") or {}
     delta = NAN if teacher_metric is None or r.metric is None else 100 * (r.metric - teacher_metric)
     return {"trial": r.number, "role": role, "methods": r.label, "size_%": _r(pct.get("total"), 1),
             "size_no_emb_%": _r(pct.get("non_embedding"), 1), "speedup": _r(r.speedup, 2),
             "latency_ms": _r(r.latency_ms, 2), "metric": _r(None if r.metric is None else 100 * r.metric, 2),
-            "delta_pts": _r(delta, 2), "recipe": r.recipe_summary}
+            "delta_pts": _r(delta, 2), **_pct(r.attrs.get("metrics") or {}, other_metrics),
+            "recipe": r.recipe_summary + _runtime_note(r)}
+
+
+def _runtime_note(r: TrialRecord) -> str:
+    """`` [onnxruntime]`` for a trial deployed with ONNX Runtime (torch, the default, is not noted)."""
+    runtime = r.attrs.get("runtime") or ((r.recipe or {}).get("profile") or {}).get("runtime")
+    return f" [{runtime}]" if runtime and runtime != "torch" else ""
 
 
 def effectiveness_rows(front: list[TrialRecord], records: list[TrialRecord] | None = None,
                        teacher_metric: float | None = None,
-                       refs: list[Reference] | None = None) -> list[dict[str, Any]]:
+                       refs: list[Reference] | None = None,
+                       other_metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows: references first, then the front (most accurate first), then best single-method trials.
 
+    ``other_metrics`` (see ``analysis.official_metrics``) add a column each, after the metric.
     A trial that is both on the front and the best of its method appears once, with both roles.
     """
     rows: list[dict[str, Any]] = []
@@ -49,16 +66,16 @@ def effectiveness_rows(front: list[TrialRecord], records: list[TrialRecord] | No
                      "size_%": 100.0 if is_teacher else NAN, "size_no_emb_%": 100.0 if is_teacher else NAN,
                      "speedup": _r(ref.speedup, 2), "latency_ms": _r(ref.latency_ms, 2),
                      "metric": _r(None if ref.metric is None else 100 * ref.metric, 2), "delta_pts": _r(delta, 2),
-                     "recipe": "(no compression)" if is_teacher else "quantize_dynamic()"})
+                     **_pct(ref.metrics, other_metrics), "recipe": ref.recipe or ref.name})
     singles = best_single_method(records or [])
     best_of = {r.number: m for m, r in singles.items()}
     on_front = {r.number for r in front}
     for r in sorted(front, key=lambda r: (-(r.metric or 0), r.latency_ms or 0)):
         role = "pareto" + (f", best {best_of[r.number]} alone" if r.number in best_of else "")
-        rows.append(_row(r, role, teacher_metric))
+        rows.append(_row(r, role, teacher_metric, other_metrics))
     for method, r in singles.items():
         if r.number not in on_front:
-            rows.append(_row(r, f"best {method} alone", teacher_metric))
+            rows.append(_row(r, f"best {method} alone", teacher_metric, other_metrics))
     return rows
 
 
@@ -68,26 +85,36 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _header(metric_name: str) -> list[str]:
-    return [c.replace("metric", metric_name) if c == "metric" else c for c in COLUMNS]
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """COLUMNS with the rows' other-metric columns after ``delta_pts``."""
+    extra = [k for k in (rows[0] if rows else {}) if k not in COLUMNS]
+    i = COLUMNS.index("delta_pts") + 1
+    return [*COLUMNS[:i], *extra, *COLUMNS[i:]]
+
+
+def _header(metric_name: str, columns: list[str]) -> list[str]:
+    return [metric_name if c == "metric" else c for c in columns]
 
 
 def to_markdown(rows: list[dict[str, Any]], metric_name: str) -> str:
-    lines = ["| " + " | ".join(_header(metric_name)) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r[c]).replace("|", "\\|") for c in COLUMNS) + " |" for r in rows]
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(_header(metric_name, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(r[c]).replace("|", "\\|") for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict[str, Any]], metric_name: str = "metric") -> str:
+    cols = _columns(rows)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(_header(metric_name))
+    w.writerow(_header(metric_name, cols))
     for r in rows:
-        w.writerow([_cell(r[c]) for c in COLUMNS])
+        w.writerow([_cell(r[c]) for c in cols])
     return buf.getvalue()
 
 
 def to_html(rows: list[dict[str, Any]], metric_name: str) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in _header(metric_name))
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    cols = _columns(rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _header(metric_name, cols))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table class='effectiveness'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

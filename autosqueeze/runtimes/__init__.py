@@ -6,8 +6,10 @@ optional dependencies (``pip install 'autosqueeze[onnx]'``), imported only when 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnxruntime")
 
 __all__ = ["RUNTIMES", "OnnxInfo", "OnnxUnavailable", "OnnxUnsupported", "RuntimeRefused", "check_runtime",
-           "deployed_latency", "export_for_deployment", "export_onnx"]
+           "deployed_latency", "export_for_deployment", "export_onnx", "offered_runtimes", "ort_runner", "step_refusal"]
 
 
 class RuntimeRefused(UserError, ValueError):
@@ -64,3 +66,49 @@ def deployed_latency(model: nn.Module, profile: HardwareProfile, settings: Laten
         log.debug("timing %s (%s exporter, int8=%s)", info.path, info.exporter, info.quantized)
         session = make_session(info.path, profile)
         return ort_latency(session, profile, inputs, settings=settings, vocab_size=vocab)
+
+
+@contextlib.contextmanager
+def ort_runner(model: nn.Module, profile: HardwareProfile, *, float_model: nn.Module | None = None,
+               recipe: Any = None, onnx_path: str | Path | None = None) -> Iterator[Callable[..., Any]]:
+    """``model`` as ONNX Runtime deploys it, callable like a model (``runner(**batch)``), for
+    paired timing: exported as its recipe deploys it (or ``onnx_path``), on a session with
+    spinning off (see :func:`autosqueeze.runtimes.ort.make_session`)."""
+    from .ort import OrtRunner, make_session
+
+    if onnx_path is not None:
+        yield OrtRunner(make_session(onnx_path, profile, spinning=False))
+        return
+    with tempfile.TemporaryDirectory(prefix="autosqueeze-onnx-") as tmp:
+        info = export_for_deployment(model, Path(tmp) / "model.onnx", float_model=float_model, recipe=recipe)
+        log.debug("paired timing of %s (%s exporter, int8=%s)", info.path, info.exporter, info.quantized)
+        yield OrtRunner(make_session(info.path, profile, spinning=False))
+
+
+def step_refusal(method: str, params: dict[str, Any], runtime: str) -> str | None:
+    """Why a recipe step cannot deploy in ``runtime``, known from the step alone (None: it may).
+
+    The method's own runtime (``MethodSpec.runtime``: quantize_static is ONNX Runtime only),
+    and for ONNX Runtime the structures no graph expresses (see
+    :func:`autosqueeze.runtimes.onnx_export.unsupported_reason`, which checks the built model).
+    """
+    from ..methods import get_method
+
+    need = get_method(method).runtime
+    if need is not None and need != runtime:
+        return f"{method} deploys only with {need}"
+    if runtime == "onnxruntime":
+        if method == "early_exit":
+            return "early exit decides its depth per batch: an ONNX graph would freeze one path"
+        if method == "cast_precision" and params.get("dtype", "bf16") == "bf16":
+            return "ONNX Runtime's CPU provider has no bf16 MatMul kernel"
+        if method == "prune_unstructured" and params.get("kernel") == "csr":
+            return "CSR sparse kernels have no ONNX operator"
+    return None
+
+
+def offered_runtimes(steps: Any, runtimes: tuple[str, ...] | list[str]) -> list[str]:
+    """The runtimes of ``runtimes`` (in order) that can deploy every step of ``steps`` (Steps, or
+    dicts with ``method`` and ``params``)."""
+    pairs = [(s["method"], s.get("params") or {}) if isinstance(s, dict) else (s.method, s.params) for s in steps]
+    return [r for r in runtimes if not any(step_refusal(m, p, r) for m, p in pairs)]

@@ -252,6 +252,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, exporter: str | None = No
         except Exception as err:  # exporters raise many types; try the next one
             line = one_line(err) or type(err).__name__
             log.info("ONNX export with %s failed: %s", name, line)
+            log.debug("ONNX export with %s: the full error", name, exc_info=True)  # shown with --verbose
             errors.append(f"{name} exporter: {type(err).__name__}: {line}")
             path.unlink(missing_ok=True)
     raise OnnxUnsupported("; ".join(errors))
@@ -333,6 +334,12 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
             how = (f"onnxruntime.quantization.quantize_static (QDQ, weights QInt8 "
                    f"{'per channel' if cfg.per_channel else 'per tensor'}, activations {cfg.activations} with the "
                    f"recorded calibration ranges)")
+    except (OnnxUnsupported, OnnxUnavailable):
+        raise
+    except Exception as err:  # the quantizer's own errors: one line here, the full log with --verbose
+        log.debug("ONNX Runtime int8 quantization failed", exc_info=True)
+        raise OnnxUnsupported(f"ONNX Runtime int8 quantization failed: {type(err).__name__}: {one_line(err)}") \
+            from None
     finally:
         float_path.unlink(missing_ok=True)
     info.path, info.quantized, info.size_bytes = str(path), True, path.stat().st_size

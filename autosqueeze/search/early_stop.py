@@ -138,13 +138,11 @@ class EarlyStopper:
 
 
 def total_training_steps(steps_params: list[tuple[str, dict[str, Any]]]) -> int:
-    """Steps of the recipe's recovery training (methods registered ``trains=True``: distill,
-    qat), given as ``(method, params)`` pairs; the progress scale of :class:`EarlyStopper`."""
+    """Steps of the recipe's training, given as ``(method, params)`` pairs; the progress scale
+    of :class:`EarlyStopper`. Every method whose config has ``steps`` trains that many: the
+    recovery methods (``trains=True``: distill, qat) and early_exit's frozen or joint training
+    of its exits (registered ``trains=False`` because it also builds structure)."""
     from ..methods import get_method
 
-    total = 0
-    for method, params in steps_params:
-        spec = get_method(method)
-        if spec.trains:
-            total += int(getattr(spec.make_config(params), "steps", 0) or 0)
-    return total
+    return sum(int(getattr(get_method(method).make_config(params), "steps", 0) or 0)
+               for method, params in steps_params)

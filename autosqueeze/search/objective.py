@@ -2,17 +2,21 @@
 
 The latency of the final structure is measured first, right after the structural steps and
 before any training: a trial over the latency budget stops there (seconds), recorded as
-infeasible through Optuna's constraints (``latency_budget_ms`` > 0), never dropped. A
-trial within budget recovers by its recipe's training steps; while it trains, the
-early-stopping rule (early_stop.py) may stop it when it cannot reach the front at its
-latency. Latency is timed paired with the teacher (measure/paired.py), so machine-load changes do
-not move speedups; identical architectures reuse a cached timing; teacher outputs for
-distillation are cached across the trials of one process. Everything a report or export needs is stored
-on the trial as user attributes: the recipe, latency stats, speedup, size, all metrics, and
+infeasible through Optuna's constraints (``latency_budget_ms`` > 0), never dropped. A trial
+whose cost depends on the input (early exit: the probe runs the full depth, its worst case)
+skips both shortcuts, this one and early stopping: it trains, and its real latency on dev
+sentences decides whether it is within the budget. A trial within budget recovers by its
+recipe's training steps; while it trains, the early-stopping rule (early_stop.py) may stop
+it when it cannot reach the front at its latency. Latency is timed paired with the teacher
+(measure/paired.py), so machine-load changes do not move speedups; identical architectures
+reuse a cached timing; teacher outputs for distillation are cached across the trials of one
+process. Everything a report or export needs is stored on the trial as user attributes: the
+recipe, latency stats, speedup, size, all metrics, and
 ``status`` — complete | over_budget | stopped_early | failed (with ``error``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,10 +39,12 @@ from ..measure.paired import Timing, timing_against_teacher
 from ..methods import MethodContext, get_method
 from ..methods.distill import CACHE_KEY as DISTILL_CACHE_KEY
 from ..recipe import Recipe, Step
-from ..runtimes import deployed_latency
+from ..runtimes import OnnxUnavailable, deployed_latency
+from ..runtimes.predict import evaluate_in_runtime
 from ..tasks import compute_metrics
 from ..teacher import Teacher
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
+from .space import suggest_runtime
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -68,6 +74,13 @@ class SearchContext:
     paired_baseline: bool = True  # time each new candidate alternately with the teacher (measure/paired.py)
     timing_cache: dict[str, Timing] = field(default_factory=dict)
     elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
+    runtimes: tuple[str, ...] = ()  # those a trial may deploy with (empty: profile.runtime alone)
+
+    def profile_for(self, recipe: Recipe | None) -> HardwareProfile:
+        """The profile a recipe is timed and evaluated on: the study's, in the recipe's runtime."""
+        runtime = (recipe.profile or {}).get("runtime") if recipe is not None else None
+        return self.profile if not runtime or runtime == self.profile.runtime else \
+            dataclasses.replace(self.profile, runtime=runtime)
 
     def method_context(self, seed: int, probe: bool) -> MethodContext:
         ctx = MethodContext(
@@ -89,9 +102,13 @@ class SearchContext:
         """The candidate and the teacher timed alternately on the same inputs (measure/paired.py says why).
 
         Cached per architecture unless the cost depends on the data (early exit: timed on real
-        dev batches, and so is its paired teacher). ONNX Runtime profiles are not paired.
+        dev batches, and so is its paired teacher). In the recipe's runtime: an ONNX Runtime
+        candidate is its exported graph, paired with the same PyTorch teacher.
         """
         real = bool(getattr(model, "autosqueeze_needs_real_inputs", False))
+        profile = self.profile_for(recipe)
+        if key is not None and profile.runtime != "torch":
+            key = f"{profile.runtime}:{key}"
         if not real and key is not None and key in self.timing_cache:
             return self.timing_cache[key]
         inputs = None
@@ -99,7 +116,7 @@ class SearchContext:
             inputs = [{k: v for k, v in b.items() if k != "labels"}
                       for b in self.data.eval_batches(batch_size=self.profile.batch_size)][:200]
         assert self.baseline is not None, "call measure_baseline first"
-        timing = timing_against_teacher(model, self.teacher.model, self.profile, self.latency_settings,
+        timing = timing_against_teacher(model, self.teacher.model, profile, self.latency_settings,
                                         self.baseline.median_ms, inputs, paired=self.paired_baseline,
                                         float_model=float_model, recipe=recipe)
         if not real and key is not None:
@@ -142,32 +159,40 @@ def architecture_key(recipe: Recipe) -> str:
 
 
 def measure_baseline(sc: SearchContext) -> None:
-    """Teacher latency and size, measured in this process (speedups are ratios to it)."""
+    """Teacher latency (fp32 PyTorch, whatever runtime the trials deploy with) and size, measured
+    in this process (speedups are ratios to it)."""
     st = sc.latency_settings  # the baseline gets twice the repeats: every speedup divides by it
-    sc.baseline = deployed_latency(sc.teacher.model, sc.profile, LatencySettings(
+    sc.baseline = deployed_latency(sc.teacher.model, dataclasses.replace(sc.profile, runtime="torch"), LatencySettings(
         st.warmup, 2 * st.repeats, 2 * st.min_time_s, st.idle_wait_s))
     sc.teacher_size = model_size(sc.teacher.model)
 
 
 def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
-    """The teacher and its plain ``quantize_dynamic`` int8 copy, measured like a trial (same dev
-    data, same profile): the points every compressed model should beat. Seconds; once per study."""
+    """The teacher and its plain dynamic int8 copies — PyTorch's ``quantize_dynamic`` and ONNX
+    Runtime's (``ort_int8_baseline``, when onnxruntime is installed) — measured like a trial
+    (same dev data, same profile, paired with the fp32 PyTorch teacher): the points every
+    compressed model should beat. Seconds; once per study."""
     assert sc.baseline is not None
     with fixed_threads(sc.train_threads):
         teacher_metrics = evaluate(sc.teacher.model, sc.data, sc.extra_dev, sc.eval_batch_size)
-    recipe = Recipe(steps=[Step("quantize_dynamic", {}, get_method("quantize_dynamic").version)])
-    int8_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
-    int8 = int8_built.model
-    timing = sc.timing(int8, architecture_key(recipe), int8_built.float_model, recipe)
-    with fixed_threads(sc.train_threads):
-        metrics = evaluate(int8, sc.data, sc.extra_dev, sc.eval_batch_size)
-    return {
-        "teacher": {"metric": teacher_metrics[sc.main_metric], "metrics": teacher_metrics,
-                    "dev_examples": len(sc.data.dev)},
-        "int8_baseline": {"metric": metrics[sc.main_metric], "metrics": metrics,
-                          **timing.to_result(sc.baseline.median_ms), "recipe": recipe.to_dict()["steps"],
-                          "dev_examples": len(sc.data.dev)},
-    }
+    out: dict[str, dict[str, Any]] = {"teacher": {"metric": teacher_metrics[sc.main_metric],
+                                                  "metrics": teacher_metrics, "dev_examples": len(sc.data.dev)}}
+    for name, runtime in (("int8_baseline", "torch"), ("ort_int8_baseline", "onnxruntime")):
+        recipe = Recipe(steps=[Step("quantize_dynamic", {}, get_method("quantize_dynamic").version)],
+                        profile={"runtime": runtime})
+        try:
+            built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
+            timing = sc.timing(built.model, architecture_key(recipe), built.float_model, recipe)
+            with fixed_threads(sc.train_threads):
+                metrics, _ = evaluate_in_runtime(built.model, sc.profile_for(recipe), sc.data, sc.extra_dev,
+                                                 sc.eval_batch_size, float_model=built.float_model, recipe=recipe)
+        except OnnxUnavailable as err:  # the onnx extra is optional: the study goes on without that point
+            log.warning("no ONNX Runtime int8 reference: %s", err)
+            continue
+        out[name] = {"metric": metrics[sc.main_metric], "metrics": metrics, "runtime": runtime,
+                     **timing.to_result(sc.baseline.median_ms), "recipe": recipe.to_dict()["steps"],
+                     "dev_examples": len(sc.data.dev)}
+    return out
 
 
 def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[float], float | None] | None = None,
@@ -186,8 +211,11 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     data_dependent = bool(getattr(probe, "autosqueeze_needs_real_inputs", False))
     reuse = probe_built if is_data_free(recipe) else None  # the probe already is the final model
     del probe, probe_built
-    result: dict[str, Any] = {**lat.to_result(sc.baseline.median_ms), "probe_s": time.perf_counter() - t0}
-    if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms:
+    profile = sc.profile_for(recipe)
+    result: dict[str, Any] = {**lat.to_result(sc.baseline.median_ms), "probe_s": time.perf_counter() - t0,
+                              "runtime": profile.runtime}
+    # a data-dependent cost (early exit) was probed at full depth, its worst case: judged on its real latency
+    if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms and not data_dependent:
         result["status"] = "over_budget"
         result["trial_s"] = time.perf_counter() - t0
         return result
@@ -202,8 +230,14 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     try:
         with fixed_threads(sc.train_threads):
             built = reuse or build(recipe, sc.teacher.model, ctx)
-            metrics, exit_stats = evaluate_deployed(built.model, sc.data, sc.extra_dev, sc.eval_batch_size,
-                                                    sc.profile.batch_size)
+            if profile.runtime == "torch":
+                metrics, exit_stats = evaluate_deployed(built.model, sc.data, sc.extra_dev, sc.eval_batch_size,
+                                                        sc.profile.batch_size)
+            else:  # the dev metric of the runtime's own model (e.g. the ORT int8 graph's predictions)
+                metrics, onnx_info = evaluate_in_runtime(built.model, profile, sc.data, sc.extra_dev,
+                                                         sc.eval_batch_size, float_model=built.float_model,
+                                                         recipe=recipe)
+                exit_stats, result["onnx"] = None, onnx_info
     except TrialStoppedEarly as stop:
         assert stopper is not None  # only the stopper raises TrialStoppedEarly
         result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
@@ -275,7 +309,8 @@ def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, dict[str, 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         ua = t.user_attrs
         r = ua.get("recipe") or {}
-        if ua.get("status") == "complete" and r.get("seed") == recipe.seed and steps_key(r.get("steps", [])) == key:
+        if ua.get("status") == "complete" and r.get("seed") == recipe.seed and steps_key(r.get("steps", [])) == key \
+                and (r.get("profile") or {}).get("runtime") == (recipe.profile or {}).get("runtime"):
             return t.number, {k: v for k, v in ua.items() if k not in ("worker", "recipe", "methods", "duplicate_of")}
     return None
 
@@ -287,6 +322,9 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
         trial.set_user_attr("methods", [s.method for s in recipe.steps])
         trial.set_user_attr("recipe", recipe.to_dict())
         try:
+            recipe.profile["runtime"] = suggest_runtime(trial, recipe, sc.runtimes or (sc.profile.runtime,))
+            trial.set_user_attr("runtime", recipe.profile["runtime"])
+            trial.set_user_attr("recipe", recipe.to_dict())
             t0 = time.perf_counter()
             earlier = earlier_result(trial.study, recipe)
             if earlier is not None and (sc.budget_ms is None or earlier[1]["latency_ms"] <= sc.budget_ms):

@@ -30,12 +30,26 @@ target is decided before the steps that name it; a cycle is an error), then the 
 the steps that are on, in file order. Parameter names are namespaced ``<id>.<param>``
 (``id`` defaults to the method name; give ``id`` when one method appears twice). A
 categorical whose choices are lists (e.g. ``parts``) is suggested by its JSON text.
+
+Knobs relative to the model: ``of: layers | heads | ffn | hidden`` makes an int range (or
+numeric categorical choices) fractions of the model's own depth, heads per layer, FFN width
+or hidden size, so one space fits any model::
+
+    keep: {type: int, low: 0.33, high: 0.84, of: layers, min: 2}   # whole layers in 33%..84% of the depth
+    rank: {type: int, low: 0.17, high: 0.5, step: 0.083, of: hidden}
+    embedding_rank: {type: categorical, choices: [0.17, 0.33], of: hidden}
+
+:meth:`SearchSpace.for_model` turns them into absolute values when the study starts: an int
+range keeps the whole numbers inside ``low·n .. high·n`` (``step`` a fraction too, at least 1),
+at least ``min`` (default 1) and at most ``n``; a choice is ``round(c·n)``. Absolute values
+(no ``of``) work as before.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +63,8 @@ from ..recipe import Recipe, RecipeError, Step
 
 DIST_TYPES = ("int", "float", "categorical")
 NONE_CHOICE = "none"
+SIZES = ("layers", "heads", "ffn", "hidden")  # what ``of:`` may name (see model_sizes)
+NOMINAL_SIZES = {"layers": 12, "heads": 12, "ffn": 3072, "hidden": 768}  # load-time knob check only
 
 
 class SpaceError(UserError, ValueError):
@@ -76,6 +92,24 @@ class Dist:
     step: float | None = None
     log: bool = False
     choices: tuple[Any, ...] = ()
+    of: str | None = None  # relative to this size of the model (one of SIZES) until resolved
+    min: int = 1  # relative knobs: the smallest absolute value
+
+    def resolve(self, sizes: dict[str, int]) -> Dist:
+        """This knob in absolute units of a model of ``sizes`` (itself when not relative)."""
+        if self.of is None:
+            return self
+        n = sizes[self.of]
+
+        def count(x: float, how: Any = round) -> int:
+            return min(n, max(self.min, int(how(round(x * n, 9)))))
+
+        if self.type == "categorical":
+            return Dist("categorical", choices=tuple(dict.fromkeys(count(c) for c in self.choices)))
+        low, high = count(self.low, math.ceil), count(self.high, math.floor)  # type: ignore[arg-type]
+        high = max(low, high)
+        step = max(1, round((self.step or 0) * n))
+        return Dist("int", low, low + (high - low) // step * step, step if self.step else None, self.log)
 
     @property
     def labelled(self) -> bool:
@@ -83,6 +117,9 @@ class Dist:
         return any(isinstance(c, tuple) for c in self.choices)
 
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.of is not None:
+            raise SpaceError(f"{name} is relative to the model's {self.of}; resolve the space with "
+                             f"SearchSpace.for_model(model) before suggesting")
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)  # type: ignore[arg-type]
         if self.type == "float":
@@ -114,6 +151,9 @@ class StepSpace:
     def fixed_params(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in self.fixed.items()}
 
+    def resolve(self, sizes: dict[str, int]) -> StepSpace:
+        return dataclasses.replace(self, dists={k: d.resolve(sizes) for k, d in self.dists.items()})
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -131,6 +171,17 @@ class SearchSpace:
                                      excludes=tuple(r for r in s.excludes if r not in gone))
                  for s in self.steps if s.id not in gone]
         return SearchSpace(self.path, tuple(steps), _decision_order(str(self.path), steps))
+
+    def resolve(self, sizes: dict[str, int]) -> SearchSpace:
+        """Relative knobs (``of:``) in absolute units for a model of ``sizes`` (see :func:`model_sizes`)."""
+        return dataclasses.replace(self, steps=tuple(s.resolve(sizes) for s in self.steps))
+
+    def for_model(self, model: Any) -> SearchSpace:
+        """This space with its relative knobs resolved against ``model`` (the study's teacher)."""
+        return self.resolve(model_sizes(model))
+
+    def relative_knobs(self) -> list[str]:
+        return [f"{s.id}.{k}" for s in self.steps for k, d in s.dists.items() if d.of is not None]
 
     def groups(self) -> dict[str, list[StepSpace]]:
         out: dict[str, list[StepSpace]] = {}
@@ -186,13 +237,46 @@ class SearchSpace:
         return next(s for s in self.steps if s.id == sid)
 
 
+def model_sizes(model: Any) -> dict[str, int]:
+    """Depth, heads per layer, FFN width and hidden size of a supported model, from its config."""
+    from ..arch import get_adapter
+
+    adapter, cfg = get_adapter(model), model.config
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
+    return {"layers": int(getattr(cfg, adapter.config_layers)), "heads": int(getattr(cfg, adapter.config_heads)),
+            "ffn": int(getattr(cfg, adapter.config_ffn)), "hidden": int(hidden)}  # type: ignore[arg-type]
+
+
+def _parse_relative(src: str, key: str, spec: dict[str, Any]) -> tuple[str | None, int]:
+    """``of`` and ``min`` of a knob (``(None, 1)`` for an absolute one)."""
+    of, least = spec.get("of"), spec.get("min", 1)
+    if of is None:
+        if "min" in spec:
+            raise SpaceError(f"{src}: {key}: 'min' only goes with 'of' (a knob relative to the model)")
+        return None, 1
+    if of not in SIZES:
+        raise SpaceError(f"{src}: {key}: 'of' must be one of {list(SIZES)}, got {of!r}")
+    if spec["type"] == "float":
+        raise SpaceError(f"{src}: {key}: 'of: {of}' turns fractions into counts: use type: int (or a categorical); "
+                         f"a float knob of a method is already a fraction")
+    if isinstance(least, bool) or not isinstance(least, int) or least < 1:
+        raise SpaceError(f"{src}: {key}: 'min' must be an int >= 1, got {least!r}")
+    values = spec.get("choices") if spec["type"] == "categorical" else [spec.get("low"), spec.get("high")]
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                               for v in values):
+        raise SpaceError(f"{src}: {key}: with 'of: {of}' the values are fractions of the model's {of}: "
+                         f"positive numbers, got {values!r}")
+    return of, least
+
+
 def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
     """None for a fixed value; a Dist for a mapping with 'type'."""
     if not (isinstance(spec, dict) and "type" in spec):
         return None
     if spec["type"] not in DIST_TYPES:
         raise SpaceError(f"{src}: {key}: type must be one of {DIST_TYPES}, got {spec['type']!r}")
-    allowed = {"type", "choices"} if spec["type"] == "categorical" else {"type", "low", "high", "step", "log"}
+    allowed = {"type", "choices", "of", "min"} if spec["type"] == "categorical" else \
+        {"type", "low", "high", "step", "log", "of", "min"}
     extra = sorted(set(spec) - allowed)
     if extra:
         raise SpaceError(f"{src}: {key}: unknown key(s) {extra} for a {spec['type']} distribution; "
@@ -206,12 +290,14 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
         frozen = tuple(_frozen(c) for c in choices)
         if len(set(map(repr, frozen))) != len(frozen):
             raise SpaceError(f"{src}: {key}: repeated choices {choices}; list each once")
-        return Dist("categorical", choices=frozen)
+        of, least = _parse_relative(src, key, spec)
+        return Dist("categorical", choices=frozen, of=of, min=least)
     low, high = spec.get("low"), spec.get("high")
     if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, (int, float)) \
             or not isinstance(high, (int, float)):
         raise SpaceError(f"{src}: {key}: needs numeric 'low' and 'high'")
-    if spec["type"] == "int" and not (float(low).is_integer() and float(high).is_integer()):
+    of, least = _parse_relative(src, key, spec)
+    if spec["type"] == "int" and of is None and not (float(low).is_integer() and float(high).is_integer()):
         raise SpaceError(f"{src}: {key}: an int range needs whole 'low' and 'high', got {low}..{high}; "
                          f"use type: float for fractions")
     if low > high:
@@ -223,7 +309,7 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
         raise SpaceError(f"{src}: {key}: a log range needs low > 0")
     if spec.get("log") and step is not None:
         raise SpaceError(f"{src}: {key}: give 'step' or 'log: true', not both")
-    return Dist(spec["type"], low, high, step, bool(spec.get("log", False)))
+    return Dist(spec["type"], low, high, step, bool(spec.get("log", False)), of=of, min=least)
 
 
 STEP_KEYS = {"method", "id", "optional", "requires_any", "excludes", "choice", "params"}
@@ -364,8 +450,10 @@ def knob_variants(step: StepSpace, limit: int = 64) -> list[tuple[str | None, di
 
 
 def _check_knobs(src: str, step: StepSpace) -> None:
-    """Every combination of range extremes must make a valid Config (catches unknown knobs too)."""
+    """Every combination of range extremes must make a valid Config (catches unknown knobs too);
+    relative knobs are checked as for a BERT-base here, against the real model by validate.py."""
     spec = get_method(step.method)
+    step = step.resolve(NOMINAL_SIZES)
     names = list(step.dists)
     combos = itertools.product(*(step.dists[n].extremes() for n in names))
     for values in itertools.islice(combos, 64):
@@ -374,3 +462,29 @@ def _check_knobs(src: str, step: StepSpace) -> None:
             spec.make_config(params)
         except MethodError as err:
             raise SpaceError(f"{src}: step {step.id!r}: {err} (with {params}); fix the range or value") from None
+
+
+RUNTIME_PARAM = "runtime"
+
+
+def suggest_runtime(trial: optuna.Trial, recipe: Recipe, runtimes: tuple[str, ...] | list[str]) -> str:
+    """The runtime a trial deploys its recipe with: an Optuna categorical over the study's
+    ``runtimes`` that can run every step (:func:`autosqueeze.runtimes.offered_runtimes`).
+
+    A categorical's choices must stay the same for one parameter name across a study, so the
+    parameter is ``runtime`` when every listed runtime is offered, and ``runtime.<a>+<b>`` for a
+    smaller set; a single offered runtime is not suggested at all. None offered: a SpaceError
+    that names the step each runtime refuses.
+    """
+    from ..runtimes import offered_runtimes, step_refusal
+
+    runtimes = tuple(runtimes)
+    offered = offered_runtimes(recipe.steps, runtimes)
+    if not offered:
+        why = "; ".join(f"{r}: {reason}" for r in runtimes for s in recipe.steps
+                        for reason in [step_refusal(s.method, s.params, r)] if reason)
+        raise SpaceError(f"no runtime of {list(runtimes)} can deploy this recipe ({why})")
+    if len(offered) == 1:
+        return offered[0]
+    name = RUNTIME_PARAM if len(offered) == len(runtimes) else f"{RUNTIME_PARAM}.{'+'.join(offered)}"
+    return str(trial.suggest_categorical(name, offered))

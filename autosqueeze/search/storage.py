@@ -121,6 +121,20 @@ def check_sqlite_file(path: Path) -> None:
                            f"study's .db file, or a new file name to start a new study")
 
 
+def check_writable(url: str) -> None:
+    """Refuse, before any work, a SQLite study database the search could not write: the file,
+    or its folder (SQLite writes its journal beside the database), read-only."""
+    path = sqlite_file(url)
+    if path is None:
+        return
+    fix = "make it writable, or pass --storage sqlite:///FILE.db with FILE in a folder you can write"
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise StorageError(f"storage {path} is read-only (the search records every trial in it): {fix}")
+    if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise StorageError(f"storage {path}: its folder {path.parent} is read-only (SQLite writes the study "
+                           f"database and its journal there): {fix}")
+
+
 def make_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats; clear one-line errors for a missing driver or server, and
     for a SQLite file that is absent (unless ``create``), not a database, or damaged."""

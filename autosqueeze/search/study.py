@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from ..errors import TrialsKeepFailing
 from ..measure.latency import HardwareProfile, fixed_threads
+from ..measure.metrics import majority_reference
 from ..models import DEFAULT_MODEL
 from ..recipe import library_versions
 from ..runtimes.fingerprint import hardware_fingerprint
@@ -31,7 +32,15 @@ from ..teacher import get_teacher, load_task_data
 from .early_stop import EarlyStopSettings
 from .objective import SearchContext, make_objective, measure_baseline, reference_points
 from .space import SearchSpace, load_space
-from .storage import fail_dead_local_trials, fail_stale_trials, is_sqlite, make_storage, redact, storage_exists
+from .storage import (
+    check_writable,
+    fail_dead_local_trials,
+    fail_stale_trials,
+    is_sqlite,
+    make_storage,
+    redact,
+    storage_exists,
+)
 from .validate import validate_for_model
 
 log = logging.getLogger(__name__)
@@ -121,8 +130,10 @@ def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
     sc = SearchContext(teacher=teacher, data=data, extra_dev=extra, profile=profile, main_metric=task.main_metric,
                        provenance=provenance, budget_ms=budget_ms,
                        train_threads=train_threads, progress=progress, latency_settings=config.latency,
-                       eval_batch_size=config.eval.batch_size, early_stop=early_stop or EarlyStopSettings())
+                       eval_batch_size=config.eval.batch_size, early_stop=early_stop or EarlyStopSettings(),
+                       runtimes=config.search_runtimes)
     if space is not None:
+        space = space.for_model(teacher.model)  # relative knobs (``of: layers``) in this model's units
         validate_for_model(space, teacher.model, lambda: sc.method_context(config.seed, probe=True))
         if any(s.method == "elastic" for s in space.steps):
             prepare_elastic(sc, config, progress)
@@ -178,10 +189,13 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     run in several processes on one storage: each stops when results + running trials reach
     the target.
     """
-    space = load_space(config.search_space).for_runtime(config.hardware.runtime)  # validated before any work
+    space = load_space(config.search_space)  # validated before any work
+    if len(config.search_runtimes) == 1:  # several: each trial is offered the runtimes its steps allow
+        space = space.for_runtime(config.search_runtimes[0])
     budget = budget_ms if budget_ms is not None else config.latency_budget_ms
     target = trials or config.trials
     url = storage or config.storage_url
+    check_writable(url)  # a read-only database fails now, not after the teacher
     sc = None
     if not storage_exists(url):  # a new study: its database is created only once the teacher and data load
         sc = prepare(config, data_dir, budget, progress, space=space, early_stop=early_stop)
@@ -198,15 +212,20 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     study.set_user_attr("task", config.task)
     study.set_user_attr("main_metric", sc.main_metric)
     study.set_user_attr("profile", sc.profile.to_dict())
+    study.set_user_attr("runtimes", list(sc.runtimes or (sc.profile.runtime,)))
     study.set_user_attr("latency_budget_ms", budget)
     study.set_user_attr("search_space", str(space.path))
     study.set_user_attr("early_stop", sc.early_stop.to_dict())
     if "fingerprint" not in attrs:  # the machine that measures the latencies, once per study
         study.set_user_attr("fingerprint", hardware_fingerprint(sc.profile.threads, sc.profile.runtime))
     known = attrs.get("teacher") or {}
+    if "majority_baseline" not in attrs:  # the floor: always the most frequent dev label (the mean for regression)
+        study.set_user_attr("majority_baseline", majority_reference(sc.data, sc.extra_dev))
     if "int8_baseline" not in attrs or "search_metric" not in known:  # once per study
         refs = reference_points(sc)
         study.set_user_attr("int8_baseline", refs["int8_baseline"])
+        if "ort_int8_baseline" in refs:
+            study.set_user_attr("ort_int8_baseline", refs["ort_int8_baseline"])
         known = {"search_metric": refs["teacher"]["metric"], "search_metrics": refs["teacher"]["metrics"],
                  "dev_examples": refs["teacher"]["dev_examples"]}
     assert sc.baseline is not None and sc.teacher_size is not None  # measured by the SearchContext above
@@ -214,7 +233,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
         "metrics": sc.teacher.metrics, "latency_ms": sc.baseline.median_ms, "size": sc.teacher_size.to_dict(),
         "path": str(sc.teacher.path), "weights_hash": sc.teacher.info.get("weights_hash"),
         **{k: known.get(k) for k in ("search_metric", "search_metrics", "dev_examples")}})
-    objective = make_objective(space, sc)
+    objective = make_objective(space.for_model(sc.teacher.model), sc)
     ran = 0
     mine: list[optuna.trial.FrozenTrial] = []  # this process's trials, as they end
     failed_in_a_row: list[optuna.trial.FrozenTrial] = []

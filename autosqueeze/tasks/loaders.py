@@ -11,7 +11,9 @@ import csv
 import io
 import logging
 import os
+import socket
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,19 +207,79 @@ def split_path(task: TaskSpec | str, split: str, data_dir: str | os.PathLike | N
     return path
 
 
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+class GlueDataUnavailable(DataError, RuntimeError):
+    """No GLUE folder was given and the hub copy cannot be loaded (offline, no cache, no ``datasets``)."""
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (a proxy, or offline mode, is taken
+    at its word), so that an offline machine fails in seconds instead of after the hub client's retries."""
+    if any(os.environ.get(v, "").strip() not in ("", "0") for v in _OFFLINE_VARS):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_flags() -> dict[tuple[Any, str], Any]:
+    """Switch the already-imported hub clients to offline mode (they read the environment only
+    when first imported); returns the previous values, to restore."""
+    import importlib
+
+    saved: dict[tuple[Any, str], Any] = {}
+    for module_name, attrs in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                               ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attr in attrs:
+            if hasattr(module, attr):
+                saved[(module, attr)] = getattr(module, attr)
+                setattr(module, attr, True)
+    return saved
+
+
 def _load_hub(spec: TaskSpec, split: str) -> list[Example]:
     split_filename(spec, split)  # validates the split name
     hub_split = _HUB_SPLITS[spec.dev_splits[0] if split == "dev" else split]
     hint = (f"pass --data-dir (or set {ENV_VAR}) to a local glue_data folder "
             f"containing {spec.glue_dir}/")
+    online = _hub_reachable()
+    saved = {v: os.environ.get(v) for v in _OFFLINE_VARS}
+    if not online:  # the datasets cache only, no retries (datasets reads these when imported and loading)
+        os.environ.update(dict.fromkeys(_OFFLINE_VARS, "1"))
     try:
-        import datasets  # lazy: optional and slow to import
-    except ImportError as exc:
-        raise RuntimeError(f"the `datasets` package is not installed (pip install datasets); {hint}") from exc
-    try:
-        ds: Any = datasets.load_dataset("glue", spec.name, split=hub_split)
-    except Exception as exc:  # network, missing cache, renamed dataset ...
-        raise RuntimeError(f"could not load glue/{spec.name} [{hub_split}] from the hub ({exc}); {hint}") from exc
+        try:
+            import datasets  # lazy: optional and slow to import
+        except ImportError:
+            raise GlueDataUnavailable(f"no GLUE data folder given and the `datasets` package is not installed "
+                                      f"(pip install datasets); {hint}") from None
+        flags = _offline_flags() if not online else {}
+        try:
+            ds: Any = datasets.load_dataset("glue", spec.name, split=hub_split)
+        except Exception as exc:  # network, missing cache, renamed dataset ...
+            where = "the hub" if online else "the hub (unreachable: offline) or its local cache"
+            reason = " ".join(str(exc).split())[:200]
+            raise GlueDataUnavailable(f"no GLUE data folder given, and glue/{spec.name} [{hub_split}] could not be "
+                                      f"loaded from {where} ({type(exc).__name__}: {reason}); {hint}") from None
+        finally:
+            for (module, name), value in flags.items():
+                setattr(module, name, value)
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
     return _hub_examples(spec, ds)
 
 

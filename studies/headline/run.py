@@ -10,8 +10,9 @@ candidate in the study as it finishes, and the final models are saved under
 ``work/final/``. The last stage times, in ONE process and interleaved call by call (batch 1,
 seq 128, fixed threads), every final point against three references: the fp32 teacher in
 PyTorch, the teacher's PyTorch dynamic int8, and the teacher's ONNX Runtime dynamic int8
-(what a user deploys without autosqueeze). It writes ``results/headline.json`` and
-``results/headline.md``.
+(what a user deploys without autosqueeze). It writes ``results/<study name>.json`` and
+``.md`` (``headline`` for SST-2; ``--study studies/headline/rte/study.yaml``: the same pipeline
+on RTE at a reduced budget).
 """
 from __future__ import annotations
 
@@ -25,9 +26,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("headline")
@@ -66,81 +64,66 @@ def stage_finalize(config: Any, data_dir: str, work: Path) -> None:
 
 
 # --- references ------------------------------------------------------------------------------
-def ort_int8_session(teacher: torch.nn.Module, folder: Path, threads: int) -> tuple[Any, list[str]]:
-    """The teacher exported to ONNX and dynamically quantized to int8 by ONNX Runtime (all MatMuls)."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from autosqueeze.runtimes.onnx_export import export_onnx
-
-    info = export_onnx(teacher, folder / "teacher.onnx")
-    quantize_dynamic(str(folder / "teacher.onnx"), str(folder / "teacher.int8.onnx"), weight_type=QuantType.QInt8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's pool threads spin after each run by default: in an interleaved timing they would
-    # steal the cores from the PyTorch call that comes next
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(folder / "teacher.int8.onnx"), so, providers=["CPUExecutionProvider"]), \
-        list(info.inputs)
-
-
-def interleaved(calls: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds per call for each callable, timed round-robin (one call of each per round)."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for r in range(warmup + rounds):
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            if r >= warmup:
-                times[name].append(1000 * (time.perf_counter() - t0))
-    return times
-
-
-def paired_speedup(ref: list[float], cand: list[float]) -> dict[str, float]:
-    ratios = np.asarray(ref) / np.asarray(cand)
-    return {"median": float(np.median(ratios)), "p10": float(np.percentile(ratios, 10)),
-            "p90": float(np.percentile(ratios, 90))}
-
-
 def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dict[str, Any]:
-    from autosqueeze.arch import get_adapter
     from autosqueeze.deploy import load_compressed
-    from autosqueeze.measure.latency import fixed_threads, synthetic_inputs
-    from autosqueeze.methods import quantize_dynamic
-    from autosqueeze.methods.context import MethodContext
+    from autosqueeze.measure.references import time_references
     from autosqueeze.teacher import get_teacher
 
-    profile = config.hardware
-    teacher = get_teacher(config.model, config.task, data_dir, config.teacher).model.eval()
-    torch_int8 = quantize_dynamic.apply(__import__("copy").deepcopy(teacher),
-                                        quantize_dynamic.QuantizeDynamicConfig(),
-                                        MethodContext(adapter=get_adapter(teacher)))
-    finals = {p.name: load_compressed(p) for p in sorted((work / "final").glob("trial-*"))}
-    inputs = synthetic_inputs(profile, int(teacher.config.vocab_size))
-    with tempfile.TemporaryDirectory() as tmp, fixed_threads(profile.threads), torch.inference_mode():
-        sess, names = ort_int8_session(teacher, Path(tmp), profile.threads)
-        feed = {n: inputs[n].numpy() for n in names if n in inputs}
-        for n in names:
-            if n not in feed:  # token_type_ids
-                feed[n] = np.zeros_like(inputs["input_ids"].numpy())
-        calls: dict[str, Callable[[], Any]] = {
-            "teacher_fp32": lambda: teacher(**inputs),
-            "teacher_torch_int8": lambda: torch_int8(**inputs),
-            "teacher_ort_int8": lambda: sess.run(None, feed),
-        }
-        for name, model in finals.items():
-            calls[name] = (lambda m: (lambda: m(**inputs)))(model)
-        times = interleaved(calls, rounds, warmup=max(5, rounds // 20))
-    out = {name: {"median_ms": statistics.median(t), "p10_ms": float(np.percentile(t, 10)),
-                  "p90_ms": float(np.percentile(t, 90))} for name, t in times.items()}
-    for name in finals:
-        for ref in ("teacher_fp32", "teacher_torch_int8", "teacher_ort_int8"):
-            out[name][f"speedup_vs_{ref.replace('teacher_', '')}"] = paired_speedup(times[ref], times[name])
-    for ref in ("teacher_torch_int8", "teacher_ort_int8"):
-        out[ref]["speedup_vs_fp32"] = paired_speedup(times["teacher_fp32"], times[ref])
-    out["rounds"] = rounds
-    return out
+    teacher = get_teacher(config.model, config.task, data_dir, config.teacher)
+    folders = sorted((work / "final").glob("trial-*"))
+    finals = {p.name: load_compressed(p) for p in folders}
+    majority = majority_metric(config, data_dir, teacher)
+    with tempfile.TemporaryDirectory(prefix="headline-ort-") as tmp:
+        deployed, ort_metrics = ort_deployments(config, data_dir, teacher, folders, Path(tmp))
+        return {**time_references(teacher.model.eval(), config.hardware, rounds, {**finals, **deployed}),
+                "ort_metrics": ort_metrics, "majority": majority}
+
+
+def majority_metric(config: Any, data_dir: str, teacher: Any) -> float:
+    """The dev metric of always answering the most frequent class: the floor a point must clear."""
+    from autosqueeze.measure.metrics import majority_reference
+    from autosqueeze.tasks import get_task
+    from autosqueeze.teacher import load_task_data
+
+    task = get_task(config.task)
+    data, extra = load_task_data(task, teacher.tokenizer, data_dir, config.recovery, with_train=False)
+    return float(majority_reference(data, extra)["metric"])
+
+
+def ort_deployments(config: Any, data_dir: str, teacher: Any, folders: list[Path],
+                    tmp: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Each final model as ONNX Runtime deploys it (its int8 steps redone by ONNX Runtime on the
+    float graph), as an ``OrtClassifier`` (spinning off: it is timed interleaved with PyTorch
+    calls) keyed ``trial-N@onnxruntime``, and its dev metric computed by that session."""
+    import dataclasses
+
+    from autosqueeze.deploy import load_compressed, read_manifest
+    from autosqueeze.measure.latency import fixed_threads
+    from autosqueeze.measure.metrics import evaluate
+    from autosqueeze.runtimes.onnx_export import OnnxUnsupported, export_for_deployment
+    from autosqueeze.runtimes.ort import OrtClassifier, make_session
+    from autosqueeze.tasks import get_task
+    from autosqueeze.teacher import load_task_data
+
+    profile = dataclasses.replace(config.hardware, runtime="onnxruntime")
+    task = get_task(config.task)
+    data, extra = load_task_data(task, teacher.tokenizer, data_dir, config.recovery, with_train=False)
+    models: dict[str, Any] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        recipe = read_manifest(folder)["recipe"]
+        try:
+            info = export_for_deployment(load_compressed(folder), tmp / f"{folder.name}.onnx",
+                                         float_model=load_compressed(folder, quantized=False), recipe=recipe)
+        except OnnxUnsupported as err:
+            log.warning("%s does not deploy in ONNX Runtime: %s", folder.name, err)
+            continue
+        model = OrtClassifier(make_session(info.path, profile, spinning=False), None)
+        with fixed_threads(profile.threads):
+            m = evaluate(model, data, extra, config.eval.batch_size)
+        models[f"{folder.name}@onnxruntime"] = model
+        metrics[folder.name] = {"metric": m[task.main_metric], "metrics": m, "quantized_nodes": info.quantized_nodes}
+    return models, metrics
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -168,27 +151,23 @@ def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
     on_front = {r.number for r in final_front}
     front = []
     for r in sorted(finals, key=lambda r: r.latency_ms or 0.0):
-        timed = refs.get(f"trial-{r.number}", {})
         size_pct = r.attrs.get("size_pct") or {}
+        runtimes = deployed_in(refs, f"trial-{r.number}", r.metric, teacher_metric)
+        best = max(runtimes, key=lambda rt: runtimes[rt]["speedup_vs_fp32"] or 0.0)  # what it deploys with
         front.append({
             "trial": r.number, "on_final_front": r.number in on_front, "recipe": r.recipe_summary,
-            "recipe_steps": (r.recipe or {}).get("steps"),
-            "metric": r.metric, "delta_pts": 100 * ((r.metric or 0.0) - teacher_metric),
-            "speedup_vs_fp32": (timed.get("speedup_vs_fp32") or {}).get("median"),
-            "speedup_vs_torch_int8": (timed.get("speedup_vs_torch_int8") or {}).get("median"),
-            "speedup_vs_ort_int8": (timed.get("speedup_vs_ort_int8") or {}).get("median"),
-            "speedup_spread_vs_fp32": timed.get("speedup_vs_fp32"),
-            "latency_ms": timed.get("median_ms", r.latency_ms),
+            "recipe_steps": (r.recipe or {}).get("steps"), "runtime": best, **runtimes[best],
             "size_pct": size_pct.get("total"), "size_no_emb_pct": size_pct.get("non_embedding"),
-            "fidelity": "final", "search": r.attrs.get("search"),
-            "finalize_speedup_vs_fp32": r.speedup,
+            "fidelity": "final", "search": r.attrs.get("search"), "finalize_speedup_vs_fp32": r.speedup,
+            "runtimes": runtimes,
         })
     search_front = [{"trial": r.number, "metric": r.metric, "latency_ms": r.latency_ms, "speedup": r.speedup,
                      "recipe": r.recipe_summary} for r in pareto_front(trial_records(study))]
     summary = ua.get("finalize") or {}
     elastic = elastic_info(finals)
     return {
-        "task": config.task, "model": config.model, "teacher_metric": teacher_metric,
+        "study": config.name, "task": config.task, "model": config.model, "teacher_metric": teacher_metric,
+        "majority_metric": refs.get("majority"),
         "teacher_latency_ms": refs.get("teacher_fp32", {}).get("median_ms"),
         "references": {k: refs[k] for k in ("teacher_fp32", "teacher_torch_int8", "teacher_ort_int8") if k in refs},
         "trials": len(done), "median_trial_s": statistics.median(trial_s) if trial_s else None,
@@ -201,6 +180,24 @@ def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
         "fingerprint": hardware_fingerprint(config.hardware.threads, config.hardware.runtime),
         "timing_rounds": refs.get("rounds"),
     }
+
+
+def deployed_in(refs: dict[str, Any], name: str, torch_metric: float | None,
+                teacher_metric: float) -> dict[str, dict[str, Any]]:
+    """A final point's metric and paired speedups in each runtime it was timed in: PyTorch (the
+    model as saved) and ONNX Runtime (its exported graph, int8 redone by ONNX Runtime, metric
+    computed by that session)."""
+    ort_metric = (refs.get("ort_metrics") or {}).get(name, {}).get("metric")
+    out = {}
+    for runtime, key, metric in (("torch", name, torch_metric), ("onnxruntime", f"{name}@onnxruntime", ort_metric)):
+        timed = refs.get(key)
+        if not timed or metric is None:
+            continue
+        out[runtime] = {"metric": metric, "delta_pts": 100 * (metric - teacher_metric),
+                        **{f"speedup_vs_{ref}": (timed.get(f"speedup_vs_{ref}") or {}).get("median")
+                           for ref in ("fp32", "torch_int8", "ort_int8")},
+                        "speedup_spread_vs_fp32": timed.get("speedup_vs_fp32"), "latency_ms": timed.get("median_ms")}
+    return out
 
 
 def elastic_info(finals: list[Any]) -> dict[str, Any]:
@@ -235,10 +232,11 @@ def targets(result: dict[str, Any]) -> list[str]:
 
 def write_markdown(result: dict[str, Any], path: Path) -> None:
     fp = result["fingerprint"]
+    task = str(result["task"]).upper()
     lines = [
-        "# Headline: MiniLM-L6 on SST-2, elastic search, finalized front", "",
+        f"# {result['study']}: {result['model']} model on {task}, elastic search, finalized front", "",
         f"Machine: {fp.get('cpu', {}).get('model', fp.get('cpu'))}; threads {result['fingerprint'].get('threads')}.",
-        f"Teacher: {100 * result['teacher_metric']:.2f}% SST-2 dev; fp32 PyTorch "
+        f"Teacher: {100 * result['teacher_metric']:.2f}% {task} dev; fp32 PyTorch "
         f"{result['teacher_latency_ms']:.2f} ms at batch 1, seq 128.",
         f"Search: {result['trials']} elastic trials, median {result['median_trial_s']:.1f} s, "
         f"{result['trials_per_hour']:.0f} trials/hour ({result['unique_trials']} distinct recipes: median "
@@ -246,18 +244,26 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"again reuses its result); elastic student trained once in "
         f"{(result['elastic_train_s'] or 0) / 60:.1f} min; finalization {(result['finalize_s'] or 0) / 60:.1f} min; "
         f"Kendall tau (search vs final metric) {result['kendall_tau']}.", "",
+        f"Majority-class floor: {100 * (result.get('majority_metric') or 0):.2f}%"
+        + (" (the teacher is within 1 point of it: its metric says little)"
+           if result.get("majority_metric") is not None and result["teacher_metric"] - result["majority_metric"] < 0.01
+           else "") + ".",
+        "Each point runs in the runtime where it is fastest: PyTorch (the saved model) or ONNX Runtime (its "
+        "exported graph, int8 redone by ONNX Runtime, metric computed by that session); both are in the JSON.", "",
         "References (paired with the fp32 teacher, same process): " + ", ".join(
             f"{k} {v['speedup_vs_fp32']['median']:.2f}x" for k, v in result["references"].items()
             if "speedup_vs_fp32" in v), "",
-        "| trial | final front | recipe | metric | Δ pts | ×fp32 | ×torch int8 | ×ORT int8 | ms | size % "
-        "| size % no emb |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| trial | final front | recipe | runtime | metric | Δ pts | ×fp32 | ×torch int8 | ×ORT int8 | ms | size % "
+        "| size % no emb | PyTorch: metric, ×fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["front"]:
-        lines.append(f"| {p['trial']} | {'yes' if p['on_final_front'] else ''} | {p['recipe']} | "
+        pt = p.get("runtimes", {}).get("torch") or {}
+        lines.append(f"| {p['trial']} | {'yes' if p['on_final_front'] else ''} | {p['recipe']} | {p['runtime']} | "
                      f"{100 * p['metric']:.2f} | {p['delta_pts']:+.2f} | {p['speedup_vs_fp32'] or 0:.2f} | "
                      f"{p['speedup_vs_torch_int8'] or 0:.2f} | {p['speedup_vs_ort_int8'] or 0:.2f} | "
-                     f"{p['latency_ms']:.2f} | {p['size_pct'] or 0:.1f} | {p['size_no_emb_pct'] or 0:.1f} |")
+                     f"{p['latency_ms']:.2f} | {p['size_pct'] or 0:.1f} | {p['size_no_emb_pct'] or 0:.1f} | "
+                     f"{100 * pt.get('metric', 0):.2f}, {pt.get('speedup_vs_fp32') or 0:.2f} |")
     lines += ["", "Targets:", *targets(result), ""]
     path.write_text("\n".join(lines))
 
@@ -285,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         result = collect(config, refs)
         out = Path(args.study).resolve().parent / "results"
         out.mkdir(exist_ok=True)
-        (out / "headline.json").write_text(json.dumps(result, indent=2, default=str))
-        write_markdown(result, out / "headline.md")
-        print((out / "headline.md").read_text())
+        (out / f"{config.name}.json").write_text(json.dumps(result, indent=2, default=str))
+        write_markdown(result, out / f"{config.name}.md")
+        print((out / f"{config.name}.md").read_text())
     print(f"done in {time.time() - t0:.0f} s")
     return 0
 

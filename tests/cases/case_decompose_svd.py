@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from autosqueeze.methods.decompose_svd import LowRankLinear, gains
 from autosqueeze.measure import model_size
+from autosqueeze.methods.decompose_svd import LowRankLinear, gains
 from tests import tiny
 
 CASES = [
@@ -12,25 +12,27 @@ CASES = [
     {"rank": 4, "parts": ["query", "key"], "embedding_rank": 8},
 ]
 
-PATHS = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-         "attn_out": "attention.output.dense", "ffn_up": "intermediate.dense", "ffn_down": "output.dense"}
 
-
-def _get(layer, path):
-    for part in path.split("."):
-        layer = getattr(layer, part)
-    return layer
+def _paths(adapter):
+    return {"query": adapter.q, "key": adapter.k, "value": adapter.v, "attn_out": adapter.attn_out,
+            "ffn_up": adapter.ffn_up, "ffn_down": adapter.ffn_down}
 
 
 def check(teacher, model, config, decisions):
+    adapter = tiny.adapter(teacher)
     saved = 0
     chosen = set(config.projections())
-    for i, (t_layer, layer) in enumerate(zip(teacher.bert.encoder.layer, model.bert.encoder.layer)):
+    for i, (t_layer, layer) in enumerate(zip(tiny.layers(teacher), tiny.layers(model))):
         ranks = decisions["ranks"][i]
-        for part, path in PATHS.items():
-            lin, mod = _get(t_layer, path), _get(layer, path)
-            if part in ranks:
-                r = ranks[part]
+        by_path = {}
+        for part, path in _paths(adapter).items():  # a fused QKV matrix is named by query, key and value
+            by_path.setdefault(path, []).append(part)
+        for path, names in by_path.items():
+            lin, mod = t_layer.get_submodule(path), layer.get_submodule(path)
+            ranked = [p for p in names if p in ranks]
+            assert len(ranked) <= 1  # factorized once
+            if ranked:
+                part, r = ranked[0], ranks[ranked[0]]
                 assert isinstance(mod, LowRankLinear) and part in chosen
                 assert mod.first.weight.shape == (r, lin.in_features) and mod.first.bias is None
                 assert mod.second.weight.shape == (lin.out_features, r)
@@ -40,13 +42,14 @@ def check(teacher, model, config, decisions):
                 saved += lin.weight.numel() - r * (lin.in_features + lin.out_features)
             else:
                 assert type(mod) is nn.Linear and torch.equal(mod.weight, lin.weight)
-                assert part not in chosen or f"layer{i}.{part}" in decisions["skipped"]
+                wanted = [p for p in names if p in chosen]
+                assert not wanted or any(f"layer{i}.{p}" in decisions["skipped"] for p in wanted)
     s_t, s_m = model_size(teacher), model_size(model)
     emb_saved = 0
     if config.embedding_rank:
-        r, (v, h) = decisions["embedding_rank"], teacher.bert.embeddings.word_embeddings.weight.shape
+        r, (v, h) = decisions["embedding_rank"], teacher.get_input_embeddings().weight.shape
         emb_saved = v * h - r * (v + h)
-        assert model.bert.embeddings.word_embeddings.embed.weight.shape == (v, r)
+        assert model.get_input_embeddings().embed.weight.shape == (v, r)
     assert s_m.embedding_params == s_t.embedding_params - emb_saved
     assert s_m.params == s_t.params - saved - emb_saved
     if config.allow_no_gain:

@@ -9,19 +9,21 @@ CASES = [{"layers": 2, "heads_keep": 2, "ffn_keep": 0.5}, {"layers": 1.0, "heads
          {"layers": 0.75}]
 
 
-def prepare(params, tmp_path, monkeypatch):
+def prepare(params, tmp_path, monkeypatch, teacher=None):
     """Train the tiny teacher's elastic student into a private cache; the case names it."""
+    teacher = teacher if teacher is not None else tiny.tiny_bert()
     monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(tmp_path / "cache"))
     data = SimpleNamespace(task=SimpleNamespace(name="sst2", num_labels=2, is_regression=False), train=list(range(8)),
                            batch_size=4, max_seq_len=12, train_batches=lambda n, seed: tiny.batches(n, seed))
-    student = get_elastic_student(tiny.tiny_bert(), "tiny", data, ElasticSettings(steps=2, importance_batches=1))
+    student = get_elastic_student(teacher, f"tiny-{teacher.config.model_type}", data,
+                                  ElasticSettings(steps=2, importance_batches=1))
     return {**params, "student": student.key}
 
 
 def check(teacher, model, config, decisions):
     adapter = get_adapter(model)
     layers = adapter.layers(model)
-    assert len(layers) == len(decisions["kept_layers"]) == model.config.num_hidden_layers
+    assert len(layers) == len(decisions["kept_layers"]) == getattr(model.config, adapter.config_layers)
     assert [adapter.num_heads(layer) for layer in layers] == decisions["heads"]
     assert [adapter.ffn(layer)[1].in_features for layer in layers] == decisions["neurons"]
     if config.layers == 2:

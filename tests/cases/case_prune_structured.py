@@ -23,33 +23,63 @@ def layer_params(hidden: int, head_size: int, heads: int, ffn: int) -> int:
     return attention + (hidden * ffn + ffn) + (ffn * hidden + hidden) + 2 * hidden  # up, down, LayerNorm
 
 
+def _per_unit(adapter, layer):
+    """Parameters one head and one FFN neuron of ``layer`` hold (any layout: fused QKV, gated FFN, extras)."""
+    parts = adapter.attention(layer)
+    heads = adapter.num_heads(layer)
+    rows = {id(m): m for m in (parts.query, parts.key, parts.value)}
+    for path in adapter.head_rows_extra:
+        try:
+            m = layer.get_submodule(path)
+            rows[id(m)] = m
+        except AttributeError:
+            pass
+    head = sum(m.out_features // heads * (m.in_features + (m.bias is not None)) for m in rows.values())
+    head += parts.head_size * parts.output.out_features
+    up, down = adapter.ffn(layer)
+    neuron = up.out_features // down.in_features * (up.in_features + (up.bias is not None)) + down.out_features
+    return head, neuron
+
+
 def check(teacher, model, config, decisions):
+    adapter = tiny.adapter(teacher)
     cfg = teacher.config
-    n, heads, ffn = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size
-    d = cfg.hidden_size // heads
+    t_layers, layers = tiny.layers(teacher), tiny.layers(model)
+    n, heads = len(t_layers), adapter.num_heads(t_layers[0])
+    ffn = adapter.ffn(t_layers[0])[1].in_features
+    d = adapter.attention(t_layers[0]).head_size
+    hidden = adapter.attention(t_layers[0]).output.out_features
     hk = _counts(config.heads_keep, heads, n)
     fk = _counts(config.ffn_keep, ffn, n)
-    layers = model.bert.encoder.layer
-    for i, layer in enumerate(layers):
-        att = layer.attention
-        assert att.self.num_attention_heads == hk[i]
-        assert att.self.query.weight.shape == (hk[i] * d, cfg.hidden_size)
-        assert att.output.dense.weight.shape == (cfg.hidden_size, hk[i] * d)
-        assert layer.intermediate.dense.weight.shape == (fk[i], cfg.hidden_size)
-        assert layer.output.dense.weight.shape == (cfg.hidden_size, fk[i])
+    expected = 0
+    for i, (t_layer, layer) in enumerate(zip(t_layers, layers)):
+        parts = adapter.attention(layer)
+        up, down = adapter.ffn(layer)
+        assert adapter.num_heads(layer) == hk[i]
+        assert parts.query.weight.shape == ((3 if adapter.qkv_fused else 1) * hk[i] * d, hidden)
+        assert parts.output.weight.shape == (hidden, hk[i] * d)
+        assert up.weight.shape == ((2 if adapter.ffn_gated else 1) * fk[i], hidden)
+        assert down.weight.shape == (hidden, fk[i])
         if config.heads_keep is not None:
             assert len(decisions["kept_heads"][i]) == hk[i]
         if config.ffn_keep is not None:
             assert len(decisions["kept_neurons"][i]) == fk[i]
-    # exact parameter count by formula
-    encoder = sum(p.numel() for p in layers.parameters())
-    assert encoder == sum(layer_params(cfg.hidden_size, d, h, f) for h, f in zip(hk, fk))
+        head, neuron = _per_unit(adapter, t_layer)
+        expected += tiny.layer_param_count(t_layer) - (heads - hk[i]) * head - (ffn - fk[i]) * neuron
+    # exact parameter count, layer by layer; nothing outside the layers changes
+    encoder = sum(tiny.layer_param_count(layer) for layer in layers)
+    assert encoder == expected
+    if adapter.family == "bert":
+        assert encoder == sum(layer_params(cfg.hidden_size, d, h, f) for h, f in zip(hk, fk))
     outside = model_size(model).params - encoder
-    assert outside == model_size(teacher).params - sum(p.numel() for p in teacher.bert.encoder.layer.parameters())
+    assert outside == model_size(teacher).params - sum(tiny.layer_param_count(layer) for layer in t_layers)
     assert model_size(model).embedding_params == model_size(teacher).embedding_params
     # config follows where uniform
-    assert model.config.num_attention_heads == (hk[0] if len(set(hk)) == 1 else heads)
-    assert model.config.intermediate_size == (fk[0] if len(set(fk)) == 1 else ffn)
+    assert getattr(model.config, adapter.config_heads) == (hk[0] if len(set(hk)) == 1 else heads)
+    assert getattr(model.config, adapter.config_ffn) == (fk[0] if len(set(fk)) == 1 else ffn)
     b = tiny.batch()
     if hk == [heads] * n and fk == [ffn] * n:
         assert torch.equal(tiny.logits(model, b), tiny.logits(teacher, b))
+    elif config.heads_keep is not None and adapter.shared_head_bias:  # each layer reads its own heads' bias
+        for layer, kept in zip(layers, decisions["kept_heads"]):
+            assert adapter.attention(layer).module.autosqueeze_head_index.tolist() == kept

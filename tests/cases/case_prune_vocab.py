@@ -11,7 +11,7 @@ CASES = [{"unk_token_id": 1, "scan_batches": 2}, {"unk_token_id": 100, "scan_bat
 
 def check(teacher, model, config, decisions):
     vocab, hidden = teacher.config.vocab_size, teacher.config.hidden_size
-    emb = model.bert.embeddings.word_embeddings
+    emb = model.get_input_embeddings()
     kept = decode_kept(decisions["kept_bitmap"], vocab)
     assert isinstance(emb, PrunedVocabEmbedding) and decisions["kept"] == kept.numel() == emb.inner.num_embeddings
     assert 10 < kept.numel() < vocab  # pruned, not emptied
@@ -29,7 +29,7 @@ def check(teacher, model, config, decisions):
     assert s_t.embedding_bytes - s_m.embedding_bytes == 4 * (vocab - kept.numel()) * hidden - 4 * vocab
     assert s_m.non_embedding_bytes == s_t.non_embedding_bytes
     # kept tokens predict exactly as before; any other token reads the [UNK] row
-    table = teacher.bert.embeddings.word_embeddings.weight
+    table = teacher.get_input_embeddings().weight
     ids = torch.arange(vocab)
     rows = emb(ids)
     known = torch.isin(ids, kept)

@@ -16,13 +16,17 @@ def _table_bytes(rows: int, cols: int, bits: int, group_size) -> int:
 
 
 def check(teacher, model, config, decisions):
-    emb_t, emb_m = teacher.bert.embeddings, model.bert.embeddings
-    names = ["word_embeddings"] + (["position_embeddings", "token_type_embeddings"] if config.tables == "all" else [])
-    assert decisions["quantized"] == [f"bert.embeddings.{n}" for n in names]
+    names = {id(m): n for n, m in teacher.named_modules()}
+    root = tiny.adapter(teacher).embeddings(teacher)
+    tables = [n for n, m in root.named_modules() if isinstance(m, torch.nn.Embedding)]  # word, position, type ...
+    word = names[id(teacher.get_input_embeddings())]
+    prefix = names[id(root)]
+    chosen = [f"{prefix}.{n}" for n in tables] if config.tables == "all" else [word]
+    assert decisions["quantized"] == chosen
     saved = 0
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        old, new = getattr(emb_t, name), getattr(emb_m, name)
-        if name not in names:
+    for name in tables:
+        old, new = teacher.get_submodule(f"{prefix}.{name}"), model.get_submodule(f"{prefix}.{name}")
+        if f"{prefix}.{name}" not in chosen:
             assert type(new) is torch.nn.Embedding and torch.equal(new.weight, old.weight)
             continue
         assert isinstance(new, WeightOnlyEmbedding) and new.bits == config.bits

@@ -7,7 +7,8 @@ from autosqueeze.methods.common import part_weights
 from autosqueeze.methods.quantize_weights import WeightOnlyEmbedding, WeightOnlyLinear
 from tests import tiny
 
-CASES = [{}, {"bits": 4, "group_size": 16}, {"bits": 4, "group_size": None, "parts": ["embeddings", "ffn"], "compute": "bf16"},
+CASES = [{}, {"bits": 4, "group_size": 16},
+         {"bits": 4, "group_size": None, "parts": ["embeddings", "ffn"], "compute": "bf16"},
          {"bits": 8, "group_size": 24, "parts": ["attention", "classifier"]}]
 
 

@@ -8,12 +8,13 @@ CASES = [{"group_size": 2}, {"group_size": 3, "init": "mean"}, {"group_size": 1}
 
 
 def check(teacher, model, config, decisions):
-    depth = teacher.config.num_hidden_layers
+    depth = len(tiny.layers(teacher))
     groups = groups_for(depth, config.group_size)
     assert decisions["groups"] == groups
     assert shared_groups(model, tiny.get_adapter(model)) == groups
-    assert len(model.bert.encoder.layer) == model.config.num_hidden_layers == depth  # depth (compute) unchanged
-    layer = teacher.bert.encoder.layer[0]
+    assert len(tiny.layers(model)) == depth  # depth (compute) unchanged
+    assert getattr(model.config, tiny.adapter(model).config_layers) == depth
+    layer = tiny.layers(teacher)[0]
     per_layer_params = sum(p.numel() for p in layer.parameters())
     per_layer_bytes = sum(p.numel() * p.element_size() for p in layer.parameters())
     s_t, s_m = model_size(teacher), model_size(model)

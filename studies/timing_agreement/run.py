@@ -1,0 +1,181 @@
+"""Do timings agree across processes? Chosen structures re-timed in three separate processes.
+
+    python studies/timing_agreement/run.py                    # 3 processes, one after another
+    python studies/timing_agreement/run.py --processes 5 --rounds 400
+
+Each process (this script with ``--worker``) loads the model (the packaged MiniLM-L6 by
+default, with a classification head; the weights do not change the cost), builds the
+structures below, and times each one paired with the fp32 PyTorch teacher exactly as a
+search trial is timed (``measure.paired.timing_against_teacher``: call by call, alternating,
+median of the per-pair ratios; ONNX Runtime sessions with spinning off):
+
+- ``torch_int8``: the teacher's PyTorch dynamic int8 (``quantize_dynamic``);
+- ``sliced_3_layers``: 3 of the 6 layers kept (``drop_layers keep: 3``), fp32 PyTorch;
+- ``sliced_3_layers_int8``: the same, PyTorch dynamic int8;
+- ``ort_int8``: the teacher's ONNX Runtime dynamic int8 (needs the onnx extra; skipped without).
+
+The processes run sequentially (never two at once: they would share the cores). The parent
+writes ``results/agreement.json`` and ``results/agreement.md``: every process's paired
+speedups, their spread, the machine fingerprint, and whether each structure's median speedups
+agree within ``--tolerance`` (5%: max / min - 1 over the processes). Run it on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TOLERANCE = 0.05
+STRUCTURES = {  # name: (recipe steps, runtime)
+    "torch_int8": ([("quantize_dynamic", {})], "torch"),
+    "sliced_3_layers": ([("drop_layers", {"keep": 3})], "torch"),
+    "sliced_3_layers_int8": ([("drop_layers", {"keep": 3}), ("quantize_dynamic", {})], "torch"),
+    "ort_int8": ([("quantize_dynamic", {})], "onnxruntime"),
+}
+
+
+# --- pure parts (unit-tested) -----------------------------------------------------------------
+def agreement(runs: list[dict[str, Any]], tolerance: float = TOLERANCE) -> dict[str, dict[str, Any]]:
+    """Per structure: each process's median speedup, their median, the relative range
+    (max / min - 1) and whether it is within ``tolerance``. ``runs``: one worker result each
+    (``{"structures": {name: {"speedup": ...}}}``); a structure missing from a run is left out
+    of that run's list (and ``agree`` needs at least two processes)."""
+    names: list[str] = []
+    for run in runs:
+        names += [n for n in run["structures"] if n not in names]
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        speedups = [float(r["structures"][name]["speedup"]) for r in runs if name in r["structures"]]
+        lo, hi = min(speedups), max(speedups)
+        rel = hi / lo - 1 if lo > 0 else float("inf")
+        out[name] = {"speedups": speedups, "median": statistics.median(speedups), "relative_range": rel,
+                     "agree": len(speedups) >= 2 and rel <= tolerance}
+    return out
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The agreement table with the machine and the command that produced it."""
+    fp = result.get("fingerprint") or {}
+    cpu = (fp.get("cpu") or {}).get("model", "?")
+    agree = result["agreement"]
+    n = len(result["runs"])
+    lines = [
+        "# Timing agreement across processes", "",
+        f"Command: `{result['command']}`", "",
+        f"Machine: {cpu}; {fp.get('threads', '?')} threads; torch {fp.get('versions', {}).get('torch', '?')}, "
+        f"onnxruntime {fp.get('versions', {}).get('onnxruntime', '-')}. Batch {result['profile']['batch_size']}, "
+        f"seq {result['profile']['seq_len']}; {n} processes one after another; speedups paired with the fp32 "
+        f"PyTorch teacher in each process.", "",
+        "| structure | " + " | ".join(f"process {i + 1}" for i in range(n)) + " | range | within "
+        f"{100 * result['tolerance']:.0f}% |",
+        "|---|" + "---|" * n + "---|---|",
+    ]
+    for name, a in agree.items():
+        cells = [f"{s:.3f}x" for s in a["speedups"]] + [""] * (n - len(a["speedups"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * a['relative_range']:.1f}% | "
+                     f"{'yes' if a['agree'] else 'NO'} |")
+    teacher = [f"{r['teacher_ms']:.2f}" for r in result["runs"]]
+    lines += ["", f"Teacher fp32 PyTorch median per process (ms): {', '.join(teacher)}.",
+              f"All agree: {'yes' if all(a['agree'] for a in agree.values()) else 'no'}.", ""]
+    return "\n".join(lines)
+
+
+# --- one process ------------------------------------------------------------------------------
+def worker(model_name: str | None, profile: Any, settings: Any, model: Any = None) -> dict[str, Any]:
+    """Time every structure against the teacher in this process (``model``: a teacher to use
+    instead of loading ``model_name``)."""
+    import torch
+
+    from autosqueeze.arch import get_adapter
+    from autosqueeze.deploy import build
+    from autosqueeze.measure.latency import measure_latency
+    from autosqueeze.measure.paired import baseline_settings, timing_against_teacher
+    from autosqueeze.methods import MethodContext
+    from autosqueeze.recipe import Recipe, Step
+    from autosqueeze.runtimes import OnnxUnavailable
+
+    if model is None:
+        from autosqueeze.models import load_classifier
+
+        model = load_classifier(model_name, 2)
+    teacher = model.eval()
+    t0 = time.time()
+    base = measure_latency(teacher, profile, settings=baseline_settings(settings))
+    out: dict[str, Any] = {"teacher_ms": base.median_ms, "structures": {}}
+    for name, (steps, runtime) in STRUCTURES.items():
+        recipe = Recipe(steps=[Step(m, p) for m, p in steps], profile={"runtime": runtime})
+        built = build(recipe, teacher, MethodContext(adapter=get_adapter(teacher), teacher=teacher))
+        try:
+            timing = timing_against_teacher(built.model, teacher, dataclasses.replace(profile, runtime=runtime),
+                                            settings, base.median_ms, float_model=built.float_model, recipe=recipe)
+        except OnnxUnavailable as err:
+            logging.warning("%s skipped: %s", name, err)
+            continue
+        out["structures"][name] = {"speedup": timing.speedup, "latency_ms": timing.latency_ms,
+                                   "teacher_paired_ms": timing.teacher_ms, "runtime": runtime,
+                                   "candidate": timing.stats.to_dict()}
+    out["wall_s"] = time.time() - t0
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default", help="model folder, hub name or 'default' (packaged MiniLM-L6)")
+    p.add_argument("--processes", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=300, help="minimum timed pairs per structure")
+    p.add_argument("--min-time-s", type=float, default=10.0, help="minimum seconds of pairs per structure")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE)
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)  # internal: one process, result to JSON
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from autosqueeze.measure.latency import HardwareProfile, LatencySettings
+
+    profile = HardwareProfile(threads=args.threads, batch_size=args.batch_size, seq_len=args.seq_len)
+    settings = LatencySettings(warmup=20, repeats=args.repeats, min_time_s=args.min_time_s, idle_wait_s=30.0)
+    if args.worker:
+        Path(args.worker).write_text(json.dumps(worker(args.model, profile, settings)))
+        return 0
+    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+
+    passthrough = ["--model", args.model, "--threads", str(args.threads), "--seq-len", str(args.seq_len),
+                   "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+                   "--min-time-s", str(args.min_time_s)]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):  # one after another: never two timing processes at once
+            dest = Path(tmp) / f"run{i}.json"
+            t0 = time.time()
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough, "--worker", str(dest)],
+                           check=True)
+            runs.append(json.loads(dest.read_text()))
+            print(f"process {i + 1}/{args.processes}: {time.time() - t0:.0f} s, "
+                  + ", ".join(f"{k} {v['speedup']:.3f}x" for k, v in runs[-1]["structures"].items()), flush=True)
+    result = {"command": "python studies/timing_agreement/run.py " + " ".join(argv if argv is not None
+                                                                               else sys.argv[1:]),
+              "profile": profile.to_dict(), "settings": settings.__dict__, "tolerance": args.tolerance,
+              "fingerprint": hardware_fingerprint(args.threads, "torch+onnxruntime"), "runs": runs,
+              "agreement": agreement(runs, args.tolerance)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "agreement.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "agreement.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

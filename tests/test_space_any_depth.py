@@ -1,0 +1,122 @@
+"""The built-in spaces, unchanged, on models of any depth: relative knobs (``of: layers``) are
+resolved against the study's model, so ``full`` and ``quick`` run on 2, 4 and 12 layers."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+from transformers import BertConfig, BertForSequenceClassification
+
+from autosqueeze.cli import main
+from autosqueeze.deploy import build
+from autosqueeze.measure.latency import fixed_threads
+from autosqueeze.search.space import SpaceError, load_space, model_sizes
+from autosqueeze.search.validate import validate_for_model
+from tests import tiny
+from tests.test_cli_e2e import FAST_LATENCY
+from tests.test_space import write
+
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+TOKENIZER = SimpleNamespace(unk_token_id=1, all_special_ids=[0, 1, 2, 3])  # prune_vocab reads [UNK] from it
+
+
+def model_dir(base: Path, tokenizer_from: Path, layers: int) -> Path:
+    """A tiny random BERT of ``layers`` layers (hidden 32, 4 heads) with the fixtures' tokenizer."""
+    out = base / f"bert{layers}"
+    shutil.copytree(tokenizer_from, out)
+    vocab = len((tokenizer_from / "vocab.txt").read_text().splitlines())
+    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("space", ["quick", "full"])
+@pytest.mark.parametrize("layers", [2, 4, 12])
+def test_builtin_spaces_run_unchanged_on_any_depth(space, layers, tiny_model_dir, glue_dir, tmp_path,
+                                                   isolated_cache, capsys):
+    model = model_dir(tmp_path, tiny_model_dir, layers)
+    study = {"name": "t", "task": "sst2", "model": str(model), "search_space": space, "trials": 1,
+             "sampler": "random", "seed": layers, "teacher": {"steps": 2, "batch_size": 4, "max_seq_len": 16},
+             "recovery": {"batch_size": 4, "max_seq_len": 16, "threads": 1},
+             "hardware": {"seq_len": 16, "threads": 1}, "latency": FAST_LATENCY, "storage": "t.db"}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["search", str(path), "--data-dir", str(glue_dir)]) == 0, capsys.readouterr().err
+    done = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.db'}").trials
+    assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE]
+    for t in done:  # the depth a trial keeps is a count of this model's layers
+        keep = t.params.get("drop_layers.keep")
+        assert keep is None or 2 <= keep <= max(2, int(0.84 * layers))
+
+
+@pytest.mark.parametrize("layers", [2, 4, 12])
+def test_builtin_spaces_fit_any_depth_and_their_recipes_build(layers):
+    """Every built-in per-trial space, resolved for the model, passes the model check, and random
+    recipes from full.yaml build together (structure only: probe mode skips training)."""
+    teacher = tiny.tiny_bert(layers=layers, heads=4, hidden=32, ffn=64)
+    for path in sorted(SPACES.glob("*.yaml")):
+        if path.stem != "elastic":  # elastic slices a trained elastic student (tests/test_elastic_study.py)
+            validate_for_model(load_space(path).for_model(teacher), teacher,
+                               lambda: tiny.context(teacher, probe=True, tokenizer=TOKENIZER))
+    space = load_space(SPACES / "full.yaml").for_runtime("torch").for_model(teacher)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=layers), directions=["maximize", "minimize"])
+    with fixed_threads(1):
+        for _ in range(12):
+            trial = study.ask()
+            recipe = space.suggest(trial)
+            model = build(recipe, teacher, tiny.context(teacher, probe=True, tokenizer=TOKENIZER)).model
+            assert tiny.logits(model, tiny.batch()).shape == (4, 2), recipe
+            study.tell(trial, [0.5, 1.0])
+
+
+def test_relative_knobs_resolve_against_the_model(tmp_path):
+    path = write(tmp_path, [
+        {"method": "drop_layers", "params": {"keep": {"type": "int", "low": 0.33, "high": 0.84, "of": "layers"}}},
+        {"method": "decompose_svd", "params": {
+            "rank": {"type": "int", "low": 0.125, "high": 0.5, "step": 0.125, "of": "hidden"}}},
+        {"id": "emb", "method": "decompose_svd",
+         "params": {"embedding_rank": {"type": "categorical", "choices": [0.1, 0.12, 0.5], "of": "hidden"}}},
+        {"method": "share_layers", "params": {"group_size": {"type": "int", "low": 0.1, "high": 0.2, "of": "layers",
+                                                             "min": 2}}},
+    ])
+    space = load_space(path)
+    assert space.relative_knobs() == ["drop_layers.keep", "decompose_svd.rank", "emb.embedding_rank",
+                                      "share_layers.group_size"]
+    with pytest.raises(SpaceError, match="relative to the model's layers.*for_model"):
+        space.suggest(optuna.trial.FixedTrial({}))
+    teacher = tiny.tiny_bert(layers=12, hidden=32)
+    assert model_sizes(teacher) == {"layers": 12, "heads": 4, "ffn": 64, "hidden": 32}
+    resolved = space.for_model(teacher)
+    keep, rank = resolved.step("drop_layers").dists["keep"], resolved.step("decompose_svd").dists["rank"]
+    assert (keep.type, keep.low, keep.high, keep.of) == ("int", 4, 10, None)  # whole layers inside 3.96..10.08
+    assert (rank.low, rank.high, rank.step) == (4, 16, 4)
+    assert resolved.step("emb").dists["embedding_rank"].choices == (3, 4, 16)  # round(0.1*32) = round(0.12*32)
+    group = resolved.step("share_layers").dists["group_size"]
+    assert (group.low, group.high) == (2, 2)  # at least 'min', an empty range collapses to one value
+    recipe = resolved.suggest(optuna.trial.FixedTrial({"drop_layers.keep": 7, "decompose_svd.rank": 8,
+                                                       "emb.embedding_rank": 16, "share_layers.group_size": 2}))
+    assert recipe.steps[0].params["keep"] == 7
+    small = space.resolve({"layers": 2, "heads": 2, "ffn": 8, "hidden": 8})
+    assert small.step("drop_layers").dists["keep"].low == small.step("drop_layers").dists["keep"].high == 1
+    assert space.resolve({"layers": 1, "heads": 1, "ffn": 1, "hidden": 1}).step("share_layers").dists[
+        "group_size"].high == 1  # never above the model's own size
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ({"type": "int", "low": 0.3, "high": 0.8, "of": "depth"}, "'of' must be one of"),
+    ({"type": "float", "low": 0.3, "high": 0.8, "of": "layers"}, "use type: int"),
+    ({"type": "int", "low": 0, "high": 0.8, "of": "layers"}, "fractions of the model's layers"),
+    ({"type": "int", "low": 0.3, "high": 0.8, "of": "layers", "min": 0}, "'min' must be an int >= 1"),
+    ({"type": "int", "low": 2, "high": 3, "min": 2}, "'min' only goes with 'of'"),
+    ({"type": "categorical", "choices": ["a"], "of": "layers"}, "positive numbers"),
+])
+def test_bad_relative_knobs_are_one_line_errors(tmp_path, spec, needle):
+    path = write(tmp_path, [{"method": "drop_layers", "params": {"keep": spec}}])
+    with pytest.raises(SpaceError, match=needle) as err:
+        load_space(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)

@@ -1,0 +1,53 @@
+"""studies/timing_agreement/run.py: its pure parts, and one worker on a tiny model (no timing asserted)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "timing_agreement" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("timing_agreement_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(**speedups):
+    return {"teacher_ms": 20.0, "structures": {k: {"speedup": v} for k, v in speedups.items()}}
+
+
+def test_agreement_is_the_relative_range_of_the_medians(script):
+    runs = [_run(a=2.0, b=1.0), _run(a=2.06, b=1.2), _run(a=2.02)]
+    agree = script.agreement(runs, tolerance=0.05)
+    assert agree["a"]["speedups"] == [2.0, 2.06, 2.02] and agree["a"]["median"] == 2.02
+    assert agree["a"]["relative_range"] == pytest.approx(0.03) and agree["a"]["agree"]
+    assert agree["b"]["speedups"] == [1.0, 1.2] and not agree["b"]["agree"]  # 20% apart
+    assert not script.agreement([_run(a=2.0)])["a"]["agree"]  # one process proves nothing
+
+
+def test_markdown_names_the_command_machine_and_verdict(script):
+    runs = [_run(a=2.0), _run(a=2.01), _run(a=2.02)]
+    result = {"command": "python studies/timing_agreement/run.py", "runs": runs, "tolerance": 0.05,
+              "profile": {"batch_size": 1, "seq_len": 128},
+              "fingerprint": {"cpu": {"model": "Test CPU"}, "threads": 2, "versions": {"torch": "2.x"}},
+              "agreement": script.agreement(runs)}
+    md = script.to_markdown(result)
+    assert "`python studies/timing_agreement/run.py`" in md and "Test CPU" in md
+    assert "| a | 2.000x | 2.010x | 2.020x | 1.0% | yes |" in md and "All agree: yes" in md
+
+
+def test_one_worker_times_every_structure_paired(script):
+    pytest.importorskip("onnxruntime")
+    from autosqueeze.measure import HardwareProfile, LatencySettings
+    from tests.tiny import tiny_bert
+
+    fast = LatencySettings(warmup=1, repeats=3, min_time_s=0.0, idle_wait_s=0.0)
+    out = script.worker(None, HardwareProfile(threads=1, seq_len=16), fast, model=tiny_bert(layers=4))
+    assert set(out["structures"]) == set(script.STRUCTURES)
+    assert all(s["speedup"] > 0 and s["teacher_paired_ms"] > 0 for s in out["structures"].values())
+    assert out["structures"]["ort_int8"]["runtime"] == "onnxruntime"
