@@ -153,6 +153,9 @@ def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
     for r in sorted(finals, key=lambda r: r.latency_ms or 0.0):
         size_pct = r.attrs.get("size_pct") or {}
         runtimes = deployed_in(refs, f"trial-{r.number}", r.metric, teacher_metric)
+        if not runtimes:  # no saved model under work/final (e.g. finalized without save_dir): not timed here
+            log.warning("trial %d has no saved final model: left out of the timed front", r.number)
+            continue
         best = max(runtimes, key=lambda rt: runtimes[rt]["speedup_vs_fp32"] or 0.0)  # what it deploys with
         front.append({
             "trial": r.number, "on_final_front": r.number in on_front, "recipe": r.recipe_summary,
