@@ -72,25 +72,20 @@ def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dic
     teacher = get_teacher(config.model, config.task, data_dir, config.teacher)
     folders = sorted((work / "final").glob("trial-*"))
     finals = {p.name: load_compressed(p) for p in folders}
-    majority = majority_metric(config, data_dir, teacher)
-    with tempfile.TemporaryDirectory(prefix="headline-ort-") as tmp:
-        deployed, ort_metrics = ort_deployments(config, data_dir, teacher, folders, Path(tmp))
-        return {**time_references(teacher.model.eval(), config.hardware, rounds, {**finals, **deployed}),
-                "ort_metrics": ort_metrics, "majority": majority}
-
-
-def majority_metric(config: Any, data_dir: str, teacher: Any) -> float:
-    """The dev metric of always answering the most frequent class: the floor a point must clear."""
     from autosqueeze.measure.metrics import majority_reference
     from autosqueeze.tasks import get_task
     from autosqueeze.teacher import load_task_data
 
-    task = get_task(config.task)
-    data, extra = load_task_data(task, teacher.tokenizer, data_dir, config.recovery, with_train=False)
-    return float(majority_reference(data, extra)["metric"])
+    data, extra = load_task_data(get_task(config.task), teacher.tokenizer, data_dir, config.recovery,
+                                 with_train=False)
+    majority = float(majority_reference(data, extra)["metric"])  # the floor a point must clear
+    with tempfile.TemporaryDirectory(prefix="headline-ort-") as tmp:
+        deployed, ort_metrics = ort_deployments(config, data, extra, folders, Path(tmp))
+        return {**time_references(teacher.model.eval(), config.hardware, rounds, {**finals, **deployed}),
+                "ort_metrics": ort_metrics, "majority": majority}
 
 
-def ort_deployments(config: Any, data_dir: str, teacher: Any, folders: list[Path],
+def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
                     tmp: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Each final model as ONNX Runtime deploys it (its int8 steps redone by ONNX Runtime on the
     float graph), as an ``OrtClassifier`` (spinning off: it is timed interleaved with PyTorch
@@ -103,11 +98,9 @@ def ort_deployments(config: Any, data_dir: str, teacher: Any, folders: list[Path
     from autosqueeze.runtimes.onnx_export import OnnxUnsupported, export_for_deployment
     from autosqueeze.runtimes.ort import OrtClassifier, make_session
     from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import load_task_data
 
     profile = dataclasses.replace(config.hardware, runtime="onnxruntime")
     task = get_task(config.task)
-    data, extra = load_task_data(task, teacher.tokenizer, data_dir, config.recovery, with_train=False)
     models: dict[str, Any] = {}
     metrics: dict[str, dict[str, Any]] = {}
     for folder in folders:
