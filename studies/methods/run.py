@@ -6,6 +6,12 @@ row goes through the same code path as a search trial (``evaluate_recipe``): lat
 profile (batch 1, seq 128, 2 threads), recovery training, SST-2 dev accuracy, size. The
 teacher's latency is measured in the same process, so speedups are same-run ratios.
 
+Every row that exports is also deployed in ONNX Runtime in the same run: the trained model is
+exported as the recipe deploys it (int8 steps redone by ONNX Runtime), timed paired with the
+same PyTorch teacher, and its dev metric computed by the ONNX Runtime session (the ``ort_*``
+columns). A row that cannot export (early exit's data-dependent control flow) says why in
+``ort_note``. A row with ``runtime: onnxruntime`` (static int8) deploys in ONNX Runtime only.
+
 Results are appended to results/rows.jsonl as each row finishes (a rerun skips rows already
 there: nothing computed is lost); results/table.md and table.csv are rewritten at the end.
 
@@ -26,7 +32,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = ["row", "family", "methods", "size_%", "size_no_emb_%", "speedup", "latency_ms", "accuracy", "delta_pts",
-           "trial_s", "note"]
+           "ort_speedup", "ort_accuracy", "ort_delta_pts", "trial_s", "note"]
 
 
 def row_recipe(row: dict):
@@ -36,8 +42,38 @@ def row_recipe(row: dict):
     return Recipe(steps=[Step(s["method"], s.get("params") or {}) for s in row["steps"]])
 
 
+def ort_column(recipe, built, sc) -> dict:
+    """The trained model of a PyTorch row deployed in ONNX Runtime: exported once (int8 steps
+    redone by ONNX Runtime), timed paired with the PyTorch teacher, dev metric from the session."""
+    import dataclasses
+    import tempfile
+
+    from autosqueeze.measure.latency import fixed_threads
+    from autosqueeze.measure.paired import timing_against_teacher
+    from autosqueeze.runtimes import OnnxUnavailable
+    from autosqueeze.runtimes.onnx_export import OnnxUnsupported, export_for_deployment
+    from autosqueeze.runtimes.predict import evaluate_in_runtime
+
+    ort_recipe = dataclasses.replace(recipe, profile={**(recipe.profile or {}), "runtime": "onnxruntime"})
+    profile = sc.profile_for(ort_recipe)
+    try:
+        with tempfile.TemporaryDirectory(prefix="methods-ort-") as tmp:
+            info = export_for_deployment(built.model, Path(tmp) / "model.onnx", float_model=built.float_model,
+                                         recipe=ort_recipe)
+            timing = timing_against_teacher(built.model, sc.teacher.model, profile, sc.latency_settings,
+                                            sc.baseline.median_ms, paired=sc.paired_baseline, onnx_path=info.path)
+            with fixed_threads(sc.train_threads):
+                metrics, _ = evaluate_in_runtime(built.model, profile, sc.data, sc.extra_dev, sc.eval_batch_size,
+                                                 onnx_path=info.path)
+    except (OnnxUnsupported, OnnxUnavailable) as err:
+        return {"ort_note": f"PyTorch only: {err}".splitlines()[0]}
+    return {"ort": {**timing.to_result(sc.baseline.median_ms), "metric": metrics[sc.main_metric],
+                    "quantized_nodes": info.quantized_nodes}}
+
+
 def main() -> int:
     from autosqueeze import load_study_config, resolve_data_dir
+    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
     from autosqueeze.search.objective import evaluate_recipe, with_provenance
     from autosqueeze.search.study import prepare
 
@@ -65,31 +101,51 @@ def main() -> int:
     print(f"{len(todo)} rows to run ({len(done)} already in {done_file})", flush=True)
 
     sc = prepare(config, resolve_data_dir(args.data_dir or config.data_dir), None)
+    machine = hardware_fingerprint(sc.profile.threads, sc.profile.runtime)  # every row says where it was timed
     t_metric = sc.teacher.metrics[sc.main_metric]
     print(f"teacher: {sc.main_metric} {t_metric:.4f}, {sc.baseline.median_ms:.2f} ms "
           f"(p10 {sc.baseline.p10_ms:.2f}, p90 {sc.baseline.p90_ms:.2f})", flush=True)
     for row in todo:
         recipe = with_provenance(row_recipe(row), sc)
+        if row.get("runtime"):  # the study's profile, in the runtime the row deploys with
+            recipe.profile["runtime"] = row["runtime"]
         t0 = time.perf_counter()
+        keep: dict = {}
         try:
-            res = evaluate_recipe(recipe, sc)
+            res = evaluate_recipe(recipe, sc, keep=keep)
+            runtime = res.get("runtime", "torch")
+            if runtime == "torch":
+                extra = ort_column(recipe, keep.pop("built"), sc)
+            else:  # the row deploys in ONNX Runtime only (static int8): its result is the ORT column
+                extra = {"ort": {k: res[k] for k in ("speedup", "latency_ms", "metric", "latency")}}
         except Exception as err:  # a row that fails is reported, the table goes on
             print(f"{row['name']}: FAILED {type(err).__name__}: {err}", flush=True)
             continue
+        ort = extra.get("ort")
         rec = {
-            "row": row["name"], "family": row.get("family", ""), "methods": " + ".join(s["method"] for s in row["steps"]),
+            "row": row["name"], "family": row.get("family", ""),
+            "methods": " + ".join(s["method"] for s in row["steps"]),
             "size_%": round(res["size_pct"]["total"], 1), "size_no_emb_%": round(res["size_pct"]["non_embedding"], 1),
-            "speedup": round(res["speedup"], 2), "latency_ms": round(res["latency_ms"], 2),
-            "accuracy": round(100 * res["metric"], 2), "delta_pts": round(100 * (res["metric"] - t_metric), 2),
-            "trial_s": round(time.perf_counter() - t0, 1), "note": row.get("note", ""),
+            "speedup": round(res["speedup"], 2) if runtime == "torch" else "",
+            "latency_ms": round(res["latency_ms"], 2) if runtime == "torch" else "",
+            "accuracy": round(100 * res["metric"], 2) if runtime == "torch" else "",
+            "delta_pts": round(100 * (res["metric"] - t_metric), 2) if runtime == "torch" else "",
+            "ort_speedup": round(ort["speedup"], 2) if ort else "",
+            "ort_latency_ms": round(ort["latency_ms"], 2) if ort else "",
+            "ort_accuracy": round(100 * ort["metric"], 2) if ort else "",
+            "ort_delta_pts": round(100 * (ort["metric"] - t_metric), 2) if ort else "",
+            "ort_latency_spread": round(ort["latency"]["spread"], 3) if ort else "",
+            "trial_s": round(time.perf_counter() - t0, 1),
+            "note": "; ".join(x for x in (row.get("note", ""), extra.get("ort_note", "")) if x),
             "baseline_ms": round(res["baseline_ms"], 2), "latency_spread": round(res["latency"]["spread"], 3),
-            "exit_stats": res.get("exit_stats"), "recipe": recipe.to_dict()["steps"],
+            "exit_stats": res.get("exit_stats"), "recipe": recipe.to_dict()["steps"], "machine": machine,
         }
         done[row["name"]] = rec
         with done_file.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"{rec['row']:28s} {rec['speedup']:5.2f}x  acc {rec['accuracy']:6.2f} ({rec['delta_pts']:+.2f})  "
-              f"size {rec['size_%']:5.1f}% / {rec['size_no_emb_%']:5.1f}%  [{rec['trial_s']:.0f} s]", flush=True)
+        print(f"{rec['row']:28s} torch {rec['speedup']}x acc {rec['accuracy']} ({rec['delta_pts']})  "
+              f"ort {rec['ort_speedup']}x acc {rec['ort_accuracy']}  size {rec['size_%']}% / "
+              f"{rec['size_no_emb_%']}%  [{rec['trial_s']:.0f} s]", flush=True)
     write_tables(out, [done[r["name"]] for r in rows if r["name"] in done], sc.profile)
     return 0
 
@@ -99,14 +155,23 @@ def write_tables(out: Path, recs: list[dict], profile) -> None:
     (each stores the teacher latency of its run and its accuracy change)."""
     if not recs:
         return
-    t_acc = recs[0]["accuracy"] - recs[0]["delta_pts"]
+    first = next(r for r in recs if r.get("accuracy") != "" or r.get("ort_accuracy") != "")
+    t_acc = (first["accuracy"] - first["delta_pts"]) if first.get("accuracy") != "" else \
+        (first["ort_accuracy"] - first["ort_delta_pts"])
     base = sorted(r["baseline_ms"] for r in recs)
     header = (f"Teacher: MiniLM-L6 fine-tuned on SST-2, dev accuracy {t_acc:.2f} (872 sentences), "
               f"{base[len(base) // 2]:.2f} ms (median over runs: {base[0]:.2f}-{base[-1]:.2f}) at batch "
               f"{profile.batch_size}, seq {profile.seq_len}, {profile.threads} threads ({profile.runtime}). "
               f"Size: % of the teacher's deployed bytes, with / without embeddings. Speedup: candidate and "
               f"teacher timed alternately in the same run, median of the per-pair ratios; latency_ms = "
-              f"teacher latency / speedup. Rows with the same structure share one timing.\n\n")
+              f"teacher latency / speedup. Rows with the same structure share one timing. ort_*: the same "
+              f"trained model exported and run in ONNX Runtime (int8 steps redone by ONNX Runtime), timed "
+              f"paired with the same PyTorch fp32 teacher, accuracy from the ONNX Runtime session; empty "
+              f"where the row cannot export (note says why) or deploys in ONNX Runtime only.\n\n")
+    machines = {json.dumps(r["machine"]["cpu"], sort_keys=True) for r in recs if r.get("machine")}
+    header += "Machine: " + ("; ".join(sorted(machines)) or "not recorded (rows from before machines were recorded)") \
+        + (" (rows from different machines: compare speedups only within one machine)" if len(machines) > 1 else "") \
+        + ".\n\n"
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in recs]
     (out / "table.md").write_text(header + "\n".join(lines) + "\n")
