@@ -45,7 +45,8 @@ _EXPORTS: dict[str, str] = {
     "timing_against_teacher": "measure.paired", "evaluate": "measure.metrics",
     # search, report, export, apply
     "SearchSummary": "search.study", "open_study": "search.study", "run_search": "search.study",
-    "TrialRecord": "report.pareto", "pareto_front": "report.pareto", "trial_records": "report.pareto",
+    "TrialRecord": "search.trial_record", "trial_records": "search.trial_record",
+    "open_study_for_reading": "search.storage", "pareto_front": "report.pareto",
     "write_report": "report.build", "export_recipe": "report.export",
     "Rebuilt": "apply", "rebuild": "apply",
     # errors every module raises for bad input
@@ -58,7 +59,8 @@ __all__ = [  # the same names as _EXPORTS, plus load and __version__ (tests/test
     "TaskData", "Teacher", "Timing", "TrainSettings", "TrialRecord", "UserError", "base_model_hash", "build",
     "builtin_space_names", "evaluate", "export_recipe", "get_method", "get_task", "get_teacher", "load_classifier",
     "load_compressed", "load_recipe", "load_space", "load_study_config", "load_task_data", "load_tokenizer",
-    "measure_latency", "method_names", "model_size", "open_study", "paired_latency", "pareto_front", "rebuild",
+    "measure_latency", "method_names", "model_size", "open_study", "open_study_for_reading", "paired_latency",
+    "pareto_front", "rebuild",
     "register", "resolve_data_dir", "resolve_space", "run_search", "timing_against_teacher", "trial_records",
     "weights_hash", "write_report",
 ]
@@ -98,9 +100,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .recipe import Recipe, Step, load_recipe
     from .report.build import write_report
     from .report.export import export_recipe
-    from .report.pareto import TrialRecord, pareto_front, trial_records
+    from .report.pareto import pareto_front
     from .search.space import SearchSpace, load_space
+    from .search.storage import open_study_for_reading
     from .search.study import SearchSummary, open_study, run_search
+    from .search.trial_record import TrialRecord, trial_records
     from .study_config import StudyConfig, load_study_config
     from .tasks import get_task, resolve_data_dir
     from .teacher import Teacher, get_teacher, load_task_data

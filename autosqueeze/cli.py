@@ -19,6 +19,7 @@ from .cli_args import (
     check_output_file,
     check_output_folder,
     positive_number,
+    seed_number,
     task_name,
     whole_number,
 )
@@ -106,28 +107,30 @@ def _standing(c: dict[str, Any]) -> str:
 
 
 def _trial_line(study: Any, trial: Any) -> None:
-    ua = trial.user_attrs
+    from .search.trial_record import TrialRecord
+
+    r = TrialRecord.from_trial(trial)
+    metric = r.metric if r.metric is not None else float("nan")
     if trial.state.name == "FAIL":
-        reason = ua.get("error") or (trial.system_attrs.get("fail_reason") or "?").strip().splitlines()[-1]
+        reason = r.error or (trial.system_attrs.get("fail_reason") or "?").strip().splitlines()[-1]
         what = f"failed: {reason[:160]}"
-    elif ua.get("status") == "over_budget":
-        what = f"over budget ({ua['latency_ms']:.2f} ms)"
-    elif ua.get("status") == "stopped_early":
-        at = ua.get("stopped_at", {})
-        what = (f"stopped early at {100 * at.get('progress', 0):.0f}% of training: {ua.get('metric', 0):.4f} on the "
-                f"dev slice, cannot reach {at.get('reference', float('nan')):.4f} at {ua['latency_ms']:.2f} ms")
+    elif r.status == "over_budget":
+        what = f"over budget ({r.latency_ms:.2f} ms)"
+    elif r.status == "stopped_early":
+        at = r.stopped_at or {}
+        what = (f"stopped early at {100 * at.get('progress', 0):.0f}% of training: {metric:.4f} on the "
+                f"dev slice, cannot reach {at.get('reference', float('nan')):.4f} at {r.latency_ms:.2f} ms")
     else:
-        what = (f"metric {ua.get('metric', float('nan')):.4f}, {ua.get('latency_ms', 0):.2f} ms "
-                f"({ua.get('speedup', 0):.2f}x)")
-    secs = f" {ua['trial_s']:.0f}s" if isinstance(ua.get("trial_s"), (int, float)) else ""
-    print(f"trial {trial.number:3d} [{' + '.join(ua.get('methods', [])) or 'teacher'}] {what}{secs} | "
+        what = f"metric {metric:.4f}, {r.latency_ms or 0:.2f} ms ({r.speedup or 0:.2f}x)"
+    secs = f" {r.trial_s:.0f}s" if isinstance(r.trial_s, (int, float)) else ""
+    print(f"trial {trial.number:3d} [{r.label if r.methods else 'teacher'}] {what}{secs} | "
           f"{_standing(_study_counts(study))}", flush=True)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .errors import USER_ERRORS
-    from .search.storage import redact
-    from .search.study import open_study, run_search
+    from .search.storage import open_study_for_reading, redact
+    from .search.study import run_search
     from .study_config import load_study_config
 
     config = load_study_config(args.study)
@@ -144,7 +147,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         progress.close()
         try:
-            standing = _standing(_study_counts(open_study(config, args.storage, create=False)))
+            standing = _standing(_study_counts(open_study_for_reading(args.storage or config.storage_url,
+                                                                      config.name, config.path)))
         except USER_ERRORS:  # nothing stored yet (interrupted while preparing)
             standing = "no trial stored yet"
         print(f"\ninterrupted: study {config.name!r} in {where}: {standing}; the trial in flight is recorded as "
@@ -200,7 +204,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path, record = export_recipe(config, Path(args.output), latency_budget_ms=args.latency_budget,
                                  min_speedup=args.min_speedup, trial_number=args.trial, max_drop=args.max_drop,
                                  storage=args.storage)
-    size = (record.attrs.get("size_pct") or {}).get("total")
+    size = (record.size_pct or {}).get("total")
     print(f"trial {record.number}: {record.recipe_summary}")
     print(f"  metric {record.metric:.4f}, {record.latency_ms:.2f} ms ({record.speedup:.2f}x)"
           + (f", {size:.1f}% of the teacher's size" if size is not None else "") + f" -> {path}")
@@ -261,10 +265,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     profile = HardwareProfile(threads=args.threads, batch_size=args.batch_size, seq_len=args.seq_len)
     rows = bench(args.models, profile, LatencySettings(repeats=args.repeats))
-    print(f"{'model':40s}{'median ms':>11s}{'p10-p90 ms':>16s}{'speedup':>9s}{'MB':>8s}{'MB no emb':>11s}")
+    print(f"{'model':40s}{'runtime':>13s}{'median ms':>11s}{'p10-p90 ms':>16s}{'speedup':>9s}{'MB':>8s}"
+          f"{'MB no emb':>11s}")
     for r in rows:
         lat = r.latency
-        print(f"{r.name[-40:]:40s}{lat.median_ms:11.2f}{f'{lat.p10_ms:.2f}-{lat.p90_ms:.2f}':>16s}{r.speedup:8.2f}x"
+        print(f"{r.name[-40:]:40s}{r.runtime:>13s}{lat.median_ms:11.2f}{f'{lat.p10_ms:.2f}-{lat.p90_ms:.2f}':>16s}{r.speedup:8.2f}x"
               f"{r.size['total_bytes'] / 1e6:8.1f}{r.size['non_embedding_bytes'] / 1e6:11.1f}")
     print(f"(batch {profile.batch_size}, seq {profile.seq_len}, {profile.threads} threads; speedup vs the first model)")
     return 0
@@ -288,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=positive_number, default=1e-4)
     f.add_argument("--max-seq-len", type=whole_number(8), default=64)
     f.add_argument("--train-subset", type=whole_number(1), default=None, help="train on a random subset of N examples")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=seed_number, default=0)
     f.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("search", help="run (or continue) the study")
@@ -367,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else EXIT_ERROR
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # offline, a hub name logs each of its retries (ten lines) before the one error we print
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -51,6 +51,19 @@ def positive_number(text: str) -> float:
     return value
 
 
+def seed_number(text: str) -> int:
+    """An argparse type: a seed, a whole number 0 .. 2**31 - 1 (NumPy refuses negative ones)."""
+    from .typecheck import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
 def task_name(text: str) -> str:
     """An argparse type: a GLUE task name (any spelling ``get_task`` accepts)."""
     from .tasks import get_task

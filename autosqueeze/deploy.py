@@ -27,6 +27,7 @@ from torch import nn
 from .arch import get_adapter
 from .atomic import atomic_dir
 from .errors import UserError
+from .measure.latency import needs_real_inputs
 from .methods import MethodContext, Stage, get_method
 from .recipe import Recipe, RecipeError, apply_recipe
 
@@ -82,7 +83,7 @@ def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str,
     if quantize_start(recipe) < len(recipe.steps):
         return {"ok": False, "reason": "the recipe quantizes: from_pretrained would give the float model before "
                                        "quantization; load with autosqueeze.load"}
-    if getattr(built.model, "autosqueeze_needs_real_inputs", False):
+    if needs_real_inputs(built.model):
         return {"ok": False, "reason": "early exit replaces forward(); from_pretrained would run the full depth"}
     import transformers
     from transformers import AutoModelForSequenceClassification

@@ -100,6 +100,10 @@ def check_model_folder(folder: Path, *, allow_pickle: bool | None = None, tokeni
     if cfg["model_type"] not in CONFIG_MAPPING:
         raise ModelFolderError(f"{cfg_file}: unknown model_type {cfg['model_type']!r}; this transformers knows "
                                f"bert, roberta, distilbert, ... (is the folder from a newer transformers?)")
+    try:  # the values too: transformers checks their types (``num_hidden_layers: "three"``) and raises its own errors
+        CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
+    except Exception as err:  # whatever the config class raises, the file is what is wrong
+        raise ModelFolderError(f"{cfg_file}: {_first_line(err)}; fix or re-save the config") from None
     safetensors = sorted(folder.glob("*.safetensors"))
     pickles = sorted(f for pat in PICKLE_WEIGHTS for f in folder.glob(pat))
     if safetensors:

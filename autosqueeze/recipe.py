@@ -22,7 +22,7 @@ from .atomic import write_text_atomic
 from .errors import OutputError, UserError
 from .methods import MethodContext, MethodError, get_method
 from .methods.registry import config_to_params
-from .typecheck import type_problems
+from .typecheck import seed_problem, type_problems
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -117,6 +117,8 @@ class Recipe:
                 raise RecipeError(f"{source}: step {i + 1} 'version' must be a whole number >= 1, got {version!r}")
             steps.append(Step(str(s["method"]), dict(s.get("params") or {}), version))
         wrong = [w for w in type_problems(cls, d) if not w.startswith("'steps'")]
+        if not any(w.startswith("'seed'") for w in wrong) and "seed" in d and seed_problem(d["seed"]):
+            wrong.append(f"'seed' {seed_problem(d['seed'])}")
         for key in ("teacher", "data", "profile", "measured", "versions"):
             if key in d and not isinstance(d[key], dict):
                 wrong.append(f"'{key}' must be a mapping, got {d[key]!r}")
@@ -187,7 +189,7 @@ def apply_recipe(
     model = copy.deepcopy(teacher) if copy_model else teacher
     steps = recipe.steps if upto is None else recipe.steps[:upto]
     recorded: list[dict[str, Any]] = []
-    ctx.cache.pop("kept_layers", None)
+    ctx.kept_layers = None
     for i, step in enumerate(steps):
         spec = get_method(step.method)
         ctx.adapter.check_method(step.method, model)  # a method the architecture cannot do: one line, why

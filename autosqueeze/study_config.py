@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .measure.latency import HardwareProfile, LatencySettings
 from .tasks import get_task
 from .train import TrainSettings
-from .typecheck import type_problems
+from .typecheck import seed_problem, type_problems
 
 SAMPLERS = ("tpe", "nsga2", "random")
 RUNTIMES = ("torch", "onnxruntime")  # as in autosqueeze.runtimes (not imported: it loads torch)
@@ -187,8 +187,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
     )
     if not is_int(cfg.trials) or cfg.trials < 1:
         raise ConfigError(f"{src}: 'trials' must be a positive integer, got {cfg.trials!r}")
-    if not is_int(cfg.seed):
-        raise ConfigError(f"{src}: 'seed' must be an integer, got {cfg.seed!r}")
+    if seed_problem(cfg.seed):
+        raise ConfigError(f"{src}: 'seed' {seed_problem(cfg.seed)}")
     if cfg.sampler not in SAMPLERS:
         raise ConfigError(f"{src}: 'sampler' must be one of {SAMPLERS}, got {cfg.sampler!r}")
     if cfg.latency_budget_ms is not None and not is_positive_number(cfg.latency_budget_ms):

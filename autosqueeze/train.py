@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .typecheck import seed_problem
+
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -35,6 +37,8 @@ class TrainSettings:
             raise ValueError(f"invalid training settings: {self}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError(f"train_subset must be >= 1, got {self.train_subset}")
+        if seed_problem(self.seed):
+            raise ValueError(f"seed {seed_problem(self.seed)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

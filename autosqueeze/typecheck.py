@@ -15,6 +15,14 @@ import typing
 from typing import Any
 
 _SIMPLE = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+MAX_SEED = 2**31 - 1  # NumPy takes seeds 0 .. 2**32 - 1; a sampler adds an offset (trials so far, a worker's salt)
+
+
+def seed_problem(value: Any) -> str | None:
+    """Why ``value`` is not a usable seed (a whole number 0 .. MAX_SEED), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        return f"must be a whole number from 0 to {MAX_SEED}, got {value!r}"
+    return None
 
 
 def _fits(value: Any, kind: type) -> bool:

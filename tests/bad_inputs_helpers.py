@@ -1,7 +1,10 @@
 """Shared helpers of the bad-input tests: run the CLI in-process, snapshot folders byte for byte."""
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,14 +64,29 @@ def write_study(folder: Path, model: Path, **extra: object) -> Path:
     return path
 
 
-def make_db(study: Path) -> Path:
-    """The study's SQLite database with the study in it and one finished trial (no search run)."""
-    import optuna
+_TEMPLATE_DBS: dict[tuple[str, str], Path] = {}  # (study name, task) -> a database made once per session
 
-    from autosqueeze.search.study import open_study
+
+def make_db(study: Path) -> Path:
+    """The study's SQLite database with the study in it and one finished trial (no search run).
+
+    Creating an Optuna database (tables, migrations) costs a fraction of a second and most
+    bad-input tests need one, so it is made once per study name and task, then copied."""
     from autosqueeze.study_config import load_study_config
 
     config = load_study_config(study)
-    s = open_study(config)
-    s.add_trial(optuna.trial.create_trial(values=[0.5, 1.0], user_attrs={"status": "complete"}))
-    return study.parent / "t.db"
+    db = Path(config.storage_url.split(":///", 1)[1])
+    key = (config.name, config.task)
+    if key not in _TEMPLATE_DBS or not _TEMPLATE_DBS[key].is_file():
+        import optuna
+
+        from autosqueeze.search.study import open_study
+
+        folder = tempfile.mkdtemp(prefix="autosqueeze-template-db-")
+        atexit.register(shutil.rmtree, folder, True)
+        template = Path(folder) / db.name
+        s = open_study(config, f"sqlite:///{template}")
+        s.add_trial(optuna.trial.create_trial(values=[0.5, 1.0], user_attrs={"status": "complete"}))
+        _TEMPLATE_DBS[key] = template
+    shutil.copyfile(_TEMPLATE_DBS[key], db)
+    return db

@@ -12,6 +12,8 @@ import yaml
 
 from tests.bad_inputs_helpers import make_db, run_bad, study_dict, write_study
 
+pytestmark = pytest.mark.bad_input  # `python -m pytest -m bad_input` runs this set
+
 # --- arguments: refused by the parser before anything is read -----------------------------
 
 BAD_ARGS = [
@@ -32,6 +34,8 @@ BAD_ARGS = [
     (["finetune", "--task", "sst2", "--out", "T", "--max-steps", "-1"], "--max-steps"),
     (["finetune", "--task", "sst2", "--out", "T", "--lr", "0"], "--lr"),
     (["finetune", "--task", "sst2", "--out", "T", "--batch-size", "0"], "--batch-size"),
+    (["finetune", "--task", "sst2", "--out", "T", "--seed", "-1"], "--seed"),  # NumPy refuses it mid-training
+    (["finetune", "--task", "sst2", "--out", "T", "--seed", str(2**40)], "--seed"),
     (["search", "S", "--no-such-flag"], "unrecognized arguments"),
     (["squeeze"], "invalid choice"),
 ]
@@ -54,6 +58,8 @@ BAD_STUDY = [
     ("trials: -3", {"trials": -3}, "'trials'"),
     ("trials: 2.5", {"trials": 2.5}, "'trials'"),
     ("seed: text", {"seed": "zero"}, "'seed'"),
+    ("seed: -1", {"seed": -1}, "'seed' must be a whole number from 0"),
+    ("teacher.seed: -1", {"teacher": {"seed": -1}}, "seed must be a whole number from 0"),
     ("threads: 1.5", {"hardware": {"seq_len": 16, "threads": 1.5}}, "'threads'"),
     ("threads: 0", {"hardware": {"seq_len": 16, "threads": 0}}, "threads"),
     ("threads: text", {"hardware": {"threads": "two"}}, "'threads'"),
@@ -116,6 +122,7 @@ BAD_RECIPES = [
     ("version newer", {"steps": [{**GOOD_STEP, "version": 99}]}, "version 99"),
     ("seed text", {"steps": [GOOD_STEP], "seed": "zero"}, "'seed'"),
     ("seed float", {"steps": [GOOD_STEP], "seed": 0.5}, "'seed'"),
+    ("seed -1", {"steps": [GOOD_STEP], "seed": -1}, "'seed' must be a whole number from 0"),
     ("keep: three", {"steps": [{**GOOD_STEP, "params": {"keep": "three"}}]}, "'keep'"),
     ("keep: 1.5", {"steps": [{**GOOD_STEP, "params": {"keep": 1.5}}]}, "'keep'"),
     ("unknown method", {"steps": [{"method": "nope", "params": {}}]}, "unknown method 'nope'"),
@@ -250,11 +257,17 @@ def test_a_search_whose_trials_keep_failing_stops_in_one_line(tiny_model_dir, gl
                                                              isolated_cache, monkeypatch):
     from autosqueeze.cli import main
     from autosqueeze.search import objective
+    from autosqueeze.search import study as study_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
+    def no_references(sc):  # what a trial is compared with does not matter here: every trial fails
+        point = {"metric": 0.5, "metrics": {sc.main_metric: 0.5}, "dev_examples": len(sc.data.dev)}
+        return {"teacher": point, "int8_baseline": {**point, "runtime": "torch"}}
+
     monkeypatch.setattr(objective, "evaluate_recipe", broken)
+    monkeypatch.setattr(study_module, "reference_points", no_references)  # the fingerprint test runs the real ones
     study = write_study(tmp_path, tiny_model_dir, trials=2)
     rc = main(["search", str(study), "--data-dir", str(glue_dir)])
     out, err = capsys.readouterr()

@@ -5,6 +5,7 @@ teacher cache key, permissions. In-process and on the tiny local model (no train
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -17,6 +18,8 @@ from autosqueeze.atomic import atomic_dir, clean_leftovers, write_text_atomic
 from autosqueeze.errors import ModelFolderError, UserError
 from tests.bad_inputs_helpers import make_db, run_bad, write_study
 from tests.fixtures_glue import write_glue
+
+pytestmark = pytest.mark.bad_input  # `python -m pytest -m bad_input` runs this set
 
 # --- data rows --------------------------------------------------------------------------
 
@@ -32,6 +35,8 @@ BAD_DATA = [  # (case, split file, bytes, what the line must say besides the fil
     ("header without label", "dev", b"sentence\tscore\ngood\t1\n", "'label'"),
     ("not UTF-8", "train", SST2_HEADER + b"good\t1\ncaf\xe9 au lait\t0\n", ":3:"),
     ("binary", "dev", b"\x00\x01\x02\xff\xfe", "UTF-8"),
+    ("NUL byte in a row", "dev", SST2_HEADER + b"good\t1\ngood\x00one\t1\n", ":3:"),  # was: read as text, exit 0
+    ("UTF-16 without BOM", "train", "sentence\tlabel\ngood\t1\n".encode("utf-16-le"), ":1:"),
 ]
 
 
@@ -43,6 +48,16 @@ def test_bad_data_rows_name_the_file_and_row(case, split, data, says, tiny_model
     bad.write_bytes(data)
     run_bad(capsys, tmp_path, ["finetune", "--task", "sst2", "--model", str(tiny_model_dir), "--data-dir", str(glue),
                                "--out", str(tmp_path / "teacher"), "--max-steps", "1"], str(bad), says)
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-Infinity"])
+def test_a_regression_score_that_is_not_finite_names_the_file_and_row(score, tiny_model_dir, tmp_path, capsys,
+                                                                      isolated_cache):
+    glue = write_glue(tmp_path / "glue")
+    bad = glue / "STS-B" / "train.tsv"
+    bad.write_text(bad.read_text().replace("\t0.5\n", f"\t{score}\n"))  # was: an internal error, loss nan at step 0
+    run_bad(capsys, tmp_path, ["finetune", "--task", "stsb", "--model", str(tiny_model_dir), "--data-dir", str(glue),
+                               "--out", str(tmp_path / "teacher"), "--max-steps", "1"], f"{bad}:4:", "not a finite")
 
 
 def test_a_missing_data_file_is_one_line_before_training(tiny_model_dir, tmp_path, capsys, isolated_cache):
@@ -74,6 +89,9 @@ def _broken_model(src: Path, dst: Path, how: str) -> Path:
         (dst / "config.json").write_text('{"hidden_size": 32}')
     elif how == "no config":
         (dst / "config.json").unlink()
+    elif how == "config value of the wrong type":  # was: an internal error (transformers' strict dataclass)
+        cfg = json.loads((dst / "config.json").read_text())
+        (dst / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": "three"}))
     elif how == "pickle only":
         import torch
         from safetensors.torch import load_file
@@ -87,6 +105,7 @@ MODEL_CASES = [("no tokenizer", "tokenizer"), ("truncated weights", "truncated")
                ("weights not safetensors", "not a safetensors"), ("no weights", "no weights"),
                ("config not JSON", "not valid JSON"), ("config unknown model_type", "bart-of-darkness"),
                ("config without model_type", "model_type"), ("no config", "config.json"),
+               ("config value of the wrong type", "num_hidden_layers"),
                ("pickle only", "--allow-pickle")]
 
 
@@ -151,11 +170,19 @@ def _bad_db(tmp_path: Path, study: Path, how: str) -> Path:
         con.close()
     elif how == "folder":
         db.mkdir()
+    elif how == "another Optuna's schema":  # was: an internal error (Optuna's RuntimeError)
+        import sqlite3
+
+        make_db(study)
+        with sqlite3.connect(db) as con:
+            con.execute("update alembic_version set version_num = 'v99.0.0.a'")
+        con.close()
     return db
 
 
 DB_CASES = [("truncated", "truncated"), ("text file", "not a SQLite database"),
-            ("other SQLite database", "something else"), ("folder", "not a file")]
+            ("other SQLite database", "something else"), ("folder", "not a file"),
+            ("another Optuna's schema", "Optuna this one cannot read")]
 
 
 @pytest.mark.parametrize(("how", "says"), DB_CASES, ids=[c[0] for c in DB_CASES])
@@ -176,6 +203,15 @@ def test_report_and_export_on_a_missing_study_create_no_database(command, tiny_m
     assert not (tmp_path / "t.db").exists()
     other = tmp_path / "other.db"
     run_bad(capsys, tmp_path, [command, str(study), *extra, "--storage", f"sqlite:///{other}"], str(other))
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_report_and_export_on_an_empty_database_file_leave_it_empty(command, tiny_model_dir, tmp_path, capsys):
+    study = write_study(tmp_path, tiny_model_dir)
+    db = tmp_path / "t.db"
+    db.write_bytes(b"")  # was: Optuna's tables written into it, then "no study"
+    extra = ["-o", str(tmp_path / "r.yaml")] if command == "export" else []
+    run_bad(capsys, tmp_path, [command, str(study), *extra], str(db), "empty file")
 
 
 @pytest.fixture()
@@ -313,12 +349,14 @@ def test_finetune_overwrite_replaces_a_folder_only_when_asked(tiny_model_dir, gl
 
 
 def test_the_search_records_its_machine_once_and_the_export_carries_it(tiny_model_dir, glue_dir, tmp_path, capsys,
-                                                                       isolated_cache):
+                                                                       isolated_cache, monkeypatch):
     import optuna
     import yaml
 
     from autosqueeze.cli import main
 
+    # the study's ONNX Runtime int8 reference in seconds, not tens of them (test_onnx covers the dynamo exporter)
+    monkeypatch.setenv("AUTOSQUEEZE_ONNX_EXPORTER", "torchscript")
     study = write_study(tmp_path, tiny_model_dir, trials=1)
     assert main(["search", str(study), "--data-dir", str(glue_dir)]) == 0
     attrs = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.db'}").user_attrs

@@ -113,4 +113,5 @@ def test_bench_times_saved_models_against_the_first(tiny_model_dir, capsys):
     assert main(["bench", str(tiny_model_dir), str(tiny_model_dir), "--seq-len", "16", "--repeats", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = [line for line in out if line.startswith(str(tiny_model_dir)[-40:])]
-    assert len(rows) == 2 and rows[0].split()[3] == "1.00x"
+    assert len(rows) == 2 and rows[0].split()[4] == "1.00x"
+    assert [r.split()[1] for r in rows] == ["torch", "torch"]  # the runtime each was timed in

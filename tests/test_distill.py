@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import autosqueeze.methods.distill as distill
 from autosqueeze.methods import MethodError
+from autosqueeze.methods.context import TeacherOutputCache
 from autosqueeze.methods.distill import DistillConfig, TeacherOutputs, attention_loss, distill_loss
 from autosqueeze.recipe import Recipe, Step, apply_recipe
 from tests import tiny
@@ -93,7 +94,7 @@ def test_student_layers_map_to_the_teacher_layers_they_came_from():
     recipe = Recipe([Step("drop_layers", {"keep": 3}), Step("drop_layers", {"strategy": "explicit", "layers": [1, 2]})])
     student, _ = apply_recipe(recipe, teacher, ctx)
     assert distill._layer_map(student, teacher, ctx) == [2, 4]
-    ctx.cache.pop("kept_layers")  # without drop_layers: spread uniformly over the teacher
+    ctx.kept_layers = None  # without drop_layers: spread uniformly over the teacher
     assert distill._layer_map(student, teacher, ctx) == [2, 5]
 
 
@@ -119,7 +120,7 @@ def test_teacher_outputs_are_cached_across_training_steps_of_a_recipe():
     recipe = Recipe([Step("drop_layers", {"keep": 2}), Step("distill", {"steps": 3}), Step("distill", {"steps": 3})])
     apply_recipe(recipe, teacher, ctx)
     assert calls[0] == 3  # the second step reused the first step's teacher logits
-    assert len(ctx.cache[distill.CACHE_KEY]["entries"]) == 3
+    assert len(ctx.teacher_outputs.entries) == 3
     # hidden states needed but not cached by the first step: computed once more, then kept
     apply_recipe(Recipe([Step("distill", {"steps": 3, "alpha_hidden": 1.0})] * 2), teacher, ctx)
     assert calls[0] == 6
@@ -132,13 +133,13 @@ def test_hidden_states_are_not_cached_over_the_budget(monkeypatch):
     ctx = tiny.context(teacher)
     apply_recipe(Recipe([Step("distill", {"steps": 2, "alpha_hidden": 1.0})] * 2), teacher, ctx)
     assert calls[0] == 4
-    assert all(e["hidden"] is None for e in ctx.cache[distill.CACHE_KEY]["entries"].values())
+    assert all(e["hidden"] is None for e in ctx.teacher_outputs.entries.values())
 
 
 def test_cached_outputs_are_checked_against_the_batch():
     teacher = tiny.tiny_bert()
     calls = _count_forwards(teacher)
-    outputs = TeacherOutputs(teacher, {}, seed=0, hidden=False, attn=False)
+    outputs = TeacherOutputs(teacher, TeacherOutputCache(), seed=0, hidden=False, attn=False)
     a = outputs(0, _inputs(0))
     assert torch.equal(outputs(0, _inputs(0))["logits"], a["logits"]) and calls[0] == 1
     b = outputs(0, _inputs(1))  # same key, different batch: recomputed, never a stale answer

@@ -88,7 +88,7 @@ def test_post_step_hooks_see_the_whole_model_and_the_stopper_ends_training(train
     seen = []
     ctx = _context(teacher)
     ctx.post_step_hooks.append(lambda m: seen.append(m))
-    ctx.cache["should_stop"] = lambda done: done >= 3
+    ctx.should_stop = lambda model, done: done >= 3
     model, dec = _exit(teacher, ctx, training=training, steps=50, threshold=0.3)
     assert dec["steps_done"] == 3 and len(seen) == 3 and all(m is model for m in seen)
     assert exit_stats(model)["calls"] == 0

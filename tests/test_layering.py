@@ -96,3 +96,23 @@ def test_measure_is_below_search_report_and_the_commands(forbidden):
 def test_nothing_imports_the_cli():
     users = [p for p in PACKAGE.rglob("*.py") if p.name != "__main__.py" and module_name(p) != "autosqueeze.cli"]
     assert violations(users, ("autosqueeze.cli",)) == []
+
+
+def test_search_reaches_methods_only_through_the_registry_and_the_context():
+    """Teacher outputs, the layer map and the early stopper travel as typed MethodContext fields:
+    search/ imports no method module's internals (distill's cache, ...)."""
+    # decompose_svd: search/validate.py still checks its ranks from the shapes (``gains``), left of issue 10
+    methods = sorted(p.stem for p in (PACKAGE / "methods").glob("*.py")
+                     if p.stem not in ("__init__", "context", "registry", "decompose_svd"))
+    assert "distill" in methods
+    assert violations(modules("search"), tuple(f"autosqueeze.methods.{m}" for m in methods)) == []
+
+
+def test_report_reads_studies_through_storage_and_the_trial_record_only():
+    """The report opens a study with search.storage (no sampler) and reads trials as TrialRecord:
+    nothing of the search itself (study, objective, space)."""
+    allowed = ("autosqueeze.search.storage", "autosqueeze.search.trial_record")
+    used = sorted(f"{module_name(p)} imports {m}" for p in modules("report") for m in imported_modules(p)
+                  if (m == "autosqueeze.search" or m.startswith("autosqueeze.search."))
+                  and not any(m == a or m.startswith(a + ".") for a in allowed))
+    assert used == []

@@ -157,10 +157,10 @@ def test_teacher_outputs_are_shared_across_trials(tiny_model_dir, glue_dir, tmp_
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     recipe = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 3})])
     objective_mod.evaluate_recipe(recipe, sc)
-    store = sc.shared_cache[distill_mod.CACHE_KEY]
-    n = len(store["entries"])
+    store = sc.teacher_outputs
+    n = len(store.entries)
     objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 2}), Step("distill", {"steps": 3})]), sc)
-    assert n == 3 and len(sc.shared_cache[distill_mod.CACHE_KEY]["entries"]) == n  # same batches: no new forward
+    assert n == 3 and len(sc.teacher_outputs.entries) == n  # same batches: no new forward
 
 
 # --- early stopping ---------------------------------------------------------------------

@@ -1,15 +1,15 @@
 """The built-in spaces, unchanged, on models of any depth: relative knobs (``of: layers``) are
-resolved against the study's model, so ``full`` and ``quick`` run on 2, 4 and 12 layers."""
+resolved against the study's model, so ``full`` and ``quick`` run on 2, 4 and 12 layers of every
+supported architecture; a method the architecture refuses is left out of the space for it."""
 from __future__ import annotations
 
-import shutil
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
-from transformers import BertConfig, BertForSequenceClassification
 
 from autosqueeze.cli import main
 from autosqueeze.deploy import build
@@ -22,47 +22,58 @@ from tests.test_space import write
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 TOKENIZER = SimpleNamespace(unk_token_id=1, all_special_ids=[0, 1, 2, 3])  # prune_vocab reads [UNK] from it
-
-
-def model_dir(base: Path, tokenizer_from: Path, layers: int) -> Path:
-    """A tiny random BERT of ``layers`` layers (hidden 32, 4 heads) with the fixtures' tokenizer."""
-    out = base / f"bert{layers}"
-    shutil.copytree(tokenizer_from, out)
-    vocab = len((tokenizer_from / "vocab.txt").read_text().splitlines())
-    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    return out
+# One per layout (RoBERTa and ELECTRA share BERT's; tests/test_methods_contract.py covers every family).
+STUDY_ARCHS = ("bert", "mpnet", "deberta-v2", "modernbert")
+# Methods an architecture refuses (ArchAdapter.refused): full.yaml has them optional, so the study
+# leaves them out for that model (with a warning); a space that needs one is refused in one line.
+REFUSED = {"modernbert": {"early_exit", "share_layers", "elastic"}}
 
 
 @pytest.mark.parametrize("space", ["quick", "full"])
 @pytest.mark.parametrize("layers", [2, 4, 12])
-def test_builtin_spaces_run_unchanged_on_any_depth(space, layers, tiny_model_dir, glue_dir, tmp_path,
-                                                   isolated_cache, capsys):
-    model = model_dir(tmp_path, tiny_model_dir, layers)
+@pytest.mark.parametrize("arch", STUDY_ARCHS)
+def test_builtin_spaces_run_unchanged_on_any_depth(arch, space, layers, tiny_model_dir, glue_dir, tmp_path,
+                                                   isolated_cache, caplog, monkeypatch):
+    monkeypatch.setenv("AUTOSQUEEZE_ONNX_EXPORTER", "torchscript")  # ORT reference in seconds (dynamo: test_onnx)
+    model = tiny.save_model_dir(arch, tiny_model_dir / "vocab.txt", tmp_path / arch, layers=layers)
     study = {"name": "t", "task": "sst2", "model": str(model), "search_space": space, "trials": 1,
              "sampler": "random", "seed": layers, "teacher": {"steps": 2, "batch_size": 4, "max_seq_len": 16},
              "recovery": {"batch_size": 4, "max_seq_len": 16, "threads": 1},
              "hardware": {"seq_len": 16, "threads": 1}, "latency": FAST_LATENCY, "storage": "t.db"}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
-    assert main(["search", str(path), "--data-dir", str(glue_dir)]) == 0, capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="autosqueeze"):
+        assert main(["search", str(path), "--data-dir", str(glue_dir)]) == 0, caplog.text
     done = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.db'}").trials
-    assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE]
+    assert [t.state for t in done] == [optuna.trial.TrialState.COMPLETE], [t.user_attrs.get("error") for t in done]
     for t in done:  # the depth a trial keeps is a count of this model's layers
         keep = t.params.get("drop_layers.keep")
         assert keep is None or 2 <= keep <= max(2, int(0.84 * layers))
+    skipped = {m for m in ("early_exit", "share_layers") if f"step '{m}' is skipped" in caplog.text}
+    assert skipped == (REFUSED.get(arch, set()) - {"elastic"} if space == "full" else set()), caplog.text
+    assert not any(f"{m}.on" in t.params for t in done for m in skipped)  # never offered to the sampler
 
 
 @pytest.mark.parametrize("layers", [2, 4, 12])
-def test_builtin_spaces_fit_any_depth_and_their_recipes_build(layers):
-    """Every built-in per-trial space, resolved for the model, passes the model check, and random
-    recipes from full.yaml build together (structure only: probe mode skips training)."""
-    teacher = tiny.tiny_bert(layers=layers, heads=4, hidden=32, ffn=64)
+@pytest.mark.parametrize("arch", STUDY_ARCHS)
+def test_builtin_spaces_fit_any_depth_and_their_recipes_build(arch, layers):
+    """Every built-in space, resolved for the model, passes the model check (or, when it needs a
+    method the architecture refuses, is refused in one line), and random recipes from full.yaml
+    build together (structure only: probe mode skips training)."""
+    teacher = tiny.tiny_model(arch, layers=layers, heads=4, hidden=32, ffn=64)
+    refused = REFUSED.get(arch, set())
     for path in sorted(SPACES.glob("*.yaml")):
+        space = load_space(path)
+        needs = {s.method for s in space.steps if not s.optional} & refused
+        if needs:
+            with pytest.raises(SpaceError, match=f"cannot run on this {arch} model") as err:
+                space.for_model(teacher)
+            assert "\n" not in str(err.value) and needs.pop() in str(err.value)
+            continue
+        resolved = space.for_model(teacher)
+        assert {sid for sid, _ in resolved.skipped} == {s.id for s in space.steps if s.method in refused}
         if path.stem != "elastic":  # elastic slices a trained elastic student (tests/test_elastic_study.py)
-            validate_for_model(load_space(path).for_model(teacher), teacher,
-                               lambda: tiny.context(teacher, probe=True, tokenizer=TOKENIZER))
+            validate_for_model(resolved, teacher, lambda: tiny.context(teacher, probe=True, tokenizer=TOKENIZER))
     space = load_space(SPACES / "full.yaml").for_runtime("torch").for_model(teacher)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=layers), directions=["maximize", "minimize"])
     with fixed_threads(1):

@@ -38,13 +38,9 @@ def test_pruned_vocabulary_applied_and_loaded_predicts_the_dev_set_as_searched(t
     saved = AutoTokenizer.from_pretrained(out)
     settings = TrainSettings(batch_size=4, max_seq_len=16)
     data, _ = load_task_data(get_task("sst2"), saved, str(glue_dir), settings, with_train=False)
-    train, _ = load_task_data(get_task("sst2"), original, str(glue_dir), settings)
-    # the vocabulary really was pruned, and some dev words are outside it (they read [UNK])
+    # the vocabulary really was pruned (the rows of the other tasks' words are gone)
     emb = loaded.get_input_embeddings()
     assert emb.num_embeddings == original.vocab_size and emb.inner.num_embeddings < original.vocab_size
-    dev_ids = {i for e in data.dev for i in original(e.text_a)["input_ids"]}
-    train_ids = {i for e in train.train for i in original(e.text_a)["input_ids"]}
-    assert dev_ids - train_ids, "the fixture's dev set should have words the training data lacks"
     # the saved folder's tokenizer, the loaded model: the trial's dev metric, exactly
     pred = predict(loaded, data, data.dev)
     labels = np.asarray([e.label for e in data.dev])

@@ -7,6 +7,7 @@ vocabulary of ``VOCAB`` ids, dropout off. ``tiny_bert`` is the BERT one.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import transformers
@@ -59,6 +60,21 @@ def tiny_model(arch: str = "bert", layers: int = 4, heads: int = 4, hidden: int 
 def tiny_bert(layers: int = 4, heads: int = 4, hidden: int = 32, ffn: int = 64, num_labels: int = 2,
               seed: int = 0, attn: str = "eager") -> transformers.BertForSequenceClassification:
     return tiny_model("bert", layers, heads, hidden, ffn, num_labels, seed, attn)  # type: ignore[return-value]
+
+
+def save_model_dir(arch: str, vocab_file: Path, out: Path, layers: int = 2, heads: int = 4, hidden: int = 32,
+                   ffn: int = 64) -> Path:
+    """A folder a study can name as its ``model``: a tiny random ``arch`` classifier whose embeddings
+    cover a word-level BERT tokenizer built from ``vocab_file`` (saved beside it, without token
+    type ids, which most of the families have no table for)."""
+    tok = transformers.BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True,
+                                         model_input_names=["input_ids", "attention_mask"])
+    tok.save_pretrained(out)
+    model = tiny_model(arch, layers=layers, heads=heads, hidden=hidden, ffn=ffn)
+    model.resize_token_embeddings(len(tok))
+    model.config.vocab_size = len(tok)
+    model.save_pretrained(out)
+    return out
 
 
 def batch(batch_size: int = 4, seq: int = 12, seed: int = 0, num_labels: int = 2) -> dict[str, torch.Tensor]:

@@ -93,6 +93,13 @@ def fixed_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def needs_real_inputs(model: Any) -> bool:
+    """Whether the model's cost depends on its inputs (early exit sets the flag): time and evaluate
+    it on real dev batches at the profile's batch size, not on synthetic full-length ones. The one
+    test for it (measure, search, deploy, runtimes and the methods all ask here)."""
+    return bool(getattr(model, "autosqueeze_needs_real_inputs", False))
+
+
 def synthetic_inputs(profile: HardwareProfile, vocab_size: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
     """Full-length random token ids of the profile's shape (no padding: worst case)."""
     g = torch.Generator().manual_seed(seed)

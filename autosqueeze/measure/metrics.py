@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data import TaskData
 from ..tasks import Example, compute_metrics
+from .latency import needs_real_inputs
 
 
 def predict(model: nn.Module, data: TaskData, examples: Sequence[Example], batch_size: int = 64) -> np.ndarray:
@@ -45,7 +46,7 @@ def evaluate_deployed(model: nn.Module, data: TaskData, extra: Mapping[str, Sequ
     only when all its examples may) is evaluated at the profile's batch size, and its exit
     statistics are those of this evaluation alone (reset before, read after).
     """
-    if not getattr(model, "autosqueeze_needs_real_inputs", False):
+    if not needs_real_inputs(model):
         return evaluate(model, data, extra, batch_size), None
     if hasattr(model, "autosqueeze_reset_exit_stats"):
         model.autosqueeze_reset_exit_stats()  # type: ignore[operator]  # the early-exit model's own hook

@@ -37,20 +37,15 @@ from .latency import (
     LatencySettings,
     LatencyStats,
     fixed_threads,
+    needs_real_inputs,
     stats_from_samples,
     synthetic_inputs,
     wait_until_idle,
 )
 
-__all__ = ["Timing", "baseline_settings", "needs_real_inputs", "paired_latency", "timing_against_teacher",
-           "timing_inputs"]
+__all__ = ["PairedSpeedup", "Timing", "baseline_settings", "needs_real_inputs", "paired_latency", "paired_ratios",
+           "timing_against_teacher", "timing_inputs"]
 REAL_BATCHES = 200  # at most this many dev batches time a data-dependent model
-
-
-def needs_real_inputs(model: Any) -> bool:
-    """Whether the model's cost depends on its inputs (early exit): time and evaluate it on real
-    dev batches at the profile's batch size, not on synthetic full-length ones."""
-    return bool(getattr(model, "autosqueeze_needs_real_inputs", False))
 
 
 def timing_inputs(model: Any, data: TaskData, batch_size: int) -> list[dict[str, torch.Tensor]] | None:
@@ -75,22 +70,49 @@ class Timing:
     speedup: float  # median over pairs of teacher / candidate
     latency_ms: float  # baseline_ms / speedup
     teacher_ms: float  # the teacher's median within the pairs
+    speedup_p10: float | None = None  # p10 / p90 of the per-pair ratios (None: not timed in pairs)
+    speedup_p90: float | None = None
 
     def to_result(self, baseline_ms: float) -> dict[str, Any]:
         """Trial attributes: ``latency`` holds the stats scaled like ``latency_ms``,
-        ``latency_measured`` the raw ones."""
+        ``latency_measured`` the raw ones; ``speedup_spread`` the p10–p90 of the pair ratios."""
         raw = self.stats.to_dict()
         factor = self.latency_ms / self.stats.median_ms
         scaled = {k: (v * factor if k.endswith("_ms") else v) for k, v in raw.items()}
-        return {"latency": {**scaled, "scale": factor}, "latency_ms": self.latency_ms, "speedup": self.speedup,
-                "latency_measured": raw, "latency_measured_ms": self.stats.median_ms,
-                "teacher_paired_ms": self.teacher_ms, "baseline_ms": baseline_ms}
+        out = {"latency": {**scaled, "scale": factor}, "latency_ms": self.latency_ms, "speedup": self.speedup,
+               "latency_measured": raw, "latency_measured_ms": self.stats.median_ms,
+               "teacher_paired_ms": self.teacher_ms, "baseline_ms": baseline_ms}
+        if self.speedup_p10 is not None and self.speedup_p90 is not None:
+            out["speedup_spread"] = {"p10": self.speedup_p10, "p90": self.speedup_p90}
+        return out
 
 
 def paired_latency(candidate: nn.Module | Callable[..., Any], teacher: nn.Module, profile: HardwareProfile,
                    settings: LatencySettings | None = None,
                    inputs: list[dict[str, torch.Tensor]] | None = None) -> tuple[LatencyStats, LatencyStats, float]:
-    """(candidate stats, teacher stats, median per-pair ratio teacher / candidate).
+    """(candidate stats, teacher stats, median per-pair ratio teacher / candidate — a
+    :class:`PairedSpeedup`, which also carries the p10 / p90 of the ratios); see :func:`paired_ratios`."""
+    cand, teach, ratios = paired_ratios(candidate, teacher, profile, settings, inputs)
+    return cand, teach, PairedSpeedup.of(ratios)
+
+
+class PairedSpeedup(float):
+    """The median per-pair ratio, a float, with the ratios' p10 and p90 as attributes."""
+
+    p10: float
+    p90: float
+
+    @classmethod
+    def of(cls, ratios: np.ndarray) -> PairedSpeedup:
+        out = cls(float(np.median(ratios)))
+        out.p10, out.p90 = float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))
+        return out
+
+
+def paired_ratios(candidate: nn.Module | Callable[..., Any], teacher: nn.Module, profile: HardwareProfile,
+                  settings: LatencySettings | None = None, inputs: list[dict[str, torch.Tensor]] | None = None,
+                  ) -> tuple[LatencyStats, LatencyStats, np.ndarray]:
+    """(candidate stats, teacher stats, every pair's ratio teacher / candidate).
 
     Each pair runs both models on the same batch, the first one alternating from pair to
     pair; ``settings`` give the warm-up calls, the minimum pairs and seconds. ``inputs``:
@@ -135,9 +157,14 @@ def paired_latency(candidate: nn.Module | Callable[..., Any], teacher: nn.Module
             if len(cand_ms) >= 20 * st.repeats:
                 break
     c_arr, t_arr = np.asarray(cand_ms), np.asarray(teach_ms)
-    ratio = float(np.median(t_arr / c_arr))
     return (stats_from_samples(c_arr, warmup=st.warmup, threads=profile.threads),
-            stats_from_samples(t_arr, warmup=st.warmup, threads=profile.threads), ratio)
+            stats_from_samples(t_arr, warmup=st.warmup, threads=profile.threads), t_arr / c_arr)
+
+
+def _timing(stats: LatencyStats, teacher_stats: LatencyStats, speedup: float, baseline_ms: float) -> Timing:
+    """A :class:`Timing` from :func:`paired_latency`'s result (the ratios' spread when it carries one)."""
+    return Timing(stats, float(speedup), baseline_ms / speedup, teacher_stats.median_ms,
+                  getattr(speedup, "p10", None), getattr(speedup, "p90", None))
 
 
 def timing_against_teacher(model: nn.Module, teacher: nn.Module, profile: HardwareProfile, settings: LatencySettings,
@@ -156,14 +183,13 @@ def timing_against_teacher(model: nn.Module, teacher: nn.Module, profile: Hardwa
 
     check_runtime(model, profile.runtime)  # e.g. quantize_static: ONNX Runtime only
     if paired and profile.runtime == "torch":
-        stats, teacher_stats, speedup = paired_latency(model, teacher, profile, settings, inputs)
-        return Timing(stats, speedup, baseline_ms / speedup, teacher_stats.median_ms)
+        return _timing(*paired_latency(model, teacher, profile, settings, inputs), baseline_ms)
     if paired:
         from ..runtimes import ort_runner
 
         with ort_runner(model, profile, float_model=float_model, recipe=recipe, onnx_path=onnx_path) as runner:
-            stats, teacher_stats, speedup = paired_latency(runner, teacher, profile, settings, inputs)
-        return Timing(stats, speedup, baseline_ms / speedup, teacher_stats.median_ms)
+            measured = paired_latency(runner, teacher, profile, settings, inputs)
+        return _timing(*measured, baseline_ms)
     stats = deployed_latency(model, profile, settings, inputs, float_model=float_model, recipe=recipe,
                              onnx_path=onnx_path)
     return Timing(stats, baseline_ms / stats.median_ms, stats.median_ms, baseline_ms)

@@ -6,14 +6,14 @@ optionally hidden states (MSE) and attention maps (MSE) of mapped layers — the
 teacher (fewer layers, fewer heads …), so it starts from the teacher's weights.
 
 - Layer map: student layer i is compared with the teacher layer it came from
-  (``ctx.cache["kept_layers"]``, written by ``drop_layers``); without it, uniformly.
+  (``ctx.kept_layers``, set by ``drop_layers`` and ``elastic``); without it, uniformly.
 - Attention maps exist only with eager attention: when ``alpha_attention > 0`` student and
   teacher are switched to ``eager`` for the duration of training and restored after.
   Where a student layer has fewer heads than its teacher layer (head pruning), the
   head-averaged maps are compared; with equal head counts, head by head.
 - Hidden states must have the same width on both sides (our students are cut from the
   teacher); a different width raises MethodError (no learned projection).
-- Teacher outputs are cached in ``ctx.cache`` keyed by (teacher, batch seed, batch index),
+- Teacher outputs are cached in ``ctx.teacher_outputs`` keyed by (teacher, batch seed, batch index),
   checked against the batch's token ids, so a second training step or a repeated
   application on the same batches skips the teacher forward. Logits are always cached;
   hidden states / attention maps only while the cache stays under ``CACHE_BUDGET_BYTES``.
@@ -34,11 +34,10 @@ from torch import nn
 
 from ..train import seed_everything, train_loop
 from .common import has_quantized_layers
-from .context import Batch, MethodContext
+from .context import Batch, MethodContext, TeacherOutputCache
 from .registry import MethodError, Stage, register
 
 log = logging.getLogger(__name__)
-CACHE_KEY = "distill.teacher_outputs"
 CACHE_BUDGET_BYTES = 256 * 2**20  # hidden states / attention maps cached only under this total
 
 
@@ -65,7 +64,7 @@ class DistillConfig:
 def _layer_map(student: nn.Module, teacher: nn.Module, ctx: MethodContext) -> list[int]:
     """Teacher layer index for each student layer: the kept indices when layers were dropped."""
     n_s, n_t = len(ctx.adapter.layers(student)), len(ctx.adapter.layers(teacher))
-    kept = ctx.cache.get("kept_layers")
+    kept = ctx.kept_layers
     if kept and len(kept) == n_s:
         return list(kept)
     return [round((i + 1) * n_t / n_s) - 1 for i in range(n_s)]
@@ -99,16 +98,17 @@ def attention_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> to
 
 
 class TeacherOutputs:
-    """Teacher forwards for numbered batches, cached in ``ctx.cache`` (see module docstring)."""
+    """Teacher forwards for numbered batches, cached in ``cache`` (``ctx.teacher_outputs``; see
+    the module docstring)."""
 
-    def __init__(self, teacher: nn.Module, cache: dict[str, Any], seed: int, hidden: bool, attn: bool) -> None:
+    def __init__(self, teacher: nn.Module, cache: TeacherOutputCache, seed: int, hidden: bool, attn: bool) -> None:
         self.teacher, self.seed, self.hidden, self.attn = teacher, seed, hidden, attn
-        self.store = cache.setdefault(CACHE_KEY, {"entries": {}, "bytes": 0})
+        self.store = cache
         self.hits = self.misses = 0
 
     def __call__(self, index: int, inputs: Batch) -> dict[str, Any]:
         key = (id(self.teacher), self.seed, index)
-        entry = self.store["entries"].get(key)
+        entry = self.store.entries.get(key)
         if entry is not None and _same_inputs(entry["inputs"], inputs) and (
                 not self.hidden or entry["hidden"] is not None) and (not self.attn or entry["attn"] is not None):
             self.hits += 1
@@ -127,15 +127,15 @@ class TeacherOutputs:
         big_bytes = sum(t.numel() * t.element_size() for t in big)
         small = [entry["logits"], *entry["inputs"].values()]
         small_bytes = sum(t.numel() * t.element_size() for t in small)
-        old = self.store["entries"].get(key)
+        old = self.store.entries.get(key)
         if old is not None:
-            self.store["bytes"] -= old["bytes"]
-        if big and self.store["bytes"] + small_bytes + big_bytes > CACHE_BUDGET_BYTES:
+            self.store.nbytes -= old["bytes"]
+        if big and self.store.nbytes + small_bytes + big_bytes > CACHE_BUDGET_BYTES:
             entry = {**entry, "hidden": None, "attn": None}  # keep logits only
             big_bytes = 0
         entry["bytes"] = small_bytes + big_bytes
-        self.store["entries"][key] = entry
-        self.store["bytes"] += entry["bytes"]
+        self.store.entries[key] = entry
+        self.store.nbytes += entry["bytes"]
 
 
 def _same_inputs(a: Batch, b: Batch) -> bool:
@@ -147,7 +147,7 @@ def distill_loss(config: DistillConfig, teacher: nn.Module | TeacherOutputs, lay
     (with TeacherOutputs the calls are numbered: the i-th call is the i-th batch of its seed)."""
     want_hidden, want_attn = config.alpha_hidden > 0, config.alpha_attention > 0
     if isinstance(teacher, nn.Module):
-        teacher = TeacherOutputs(teacher, {}, seed=0, hidden=want_hidden, attn=want_attn)
+        teacher = TeacherOutputs(teacher, TeacherOutputCache(), seed=0, hidden=want_hidden, attn=want_attn)
         numbered = False
     else:
         numbered = True
@@ -204,14 +204,13 @@ def apply(model: nn.Module, config: DistillConfig, ctx: MethodContext) -> nn.Mod
     ctx.teacher.eval()
     seed_offset = 1
     want_hidden, want_attn = config.alpha_hidden > 0, config.alpha_attention > 0
-    outputs = TeacherOutputs(ctx.teacher, ctx.cache, ctx.seed + seed_offset, want_hidden, want_attn)
+    outputs = TeacherOutputs(ctx.teacher, ctx.teacher_outputs, ctx.seed + seed_offset, want_hidden, want_attn)
     loss_fn = distill_loss(config, outputs, _layer_map(model, ctx.teacher, ctx))
     switch = eager_attention(model, ctx.teacher) if want_attn else contextlib.nullcontext()
     with switch:
         stats = train_loop(
             model, ctx.batches(config.steps, seed_offset=seed_offset), loss_fn, steps=config.steps, lr=config.lr,
-            progress=ctx.progress, what="distill", should_stop=ctx.cache.get("should_stop"),
-            post_step=ctx.post_step_hooks,
+            progress=ctx.progress, what="distill", **ctx.training_callbacks(model),
         )
     log.debug("distill: teacher outputs %d cached, %d computed", outputs.hits, outputs.misses)
     ctx.decisions["steps_done"] = int(stats["steps"])

@@ -60,8 +60,8 @@ def apply(model: nn.Module, config: DropLayersConfig, ctx: MethodContext) -> nn.
     keep = kept_indices(config, len(layers))
     ctx.adapter.set_layers(model, [layers[i] for i in keep])
     ctx.decisions["kept_layers"] = keep
-    before = ctx.cache.get("kept_layers", list(range(len(layers))))
-    ctx.cache["kept_layers"] = [before[i] for i in keep]  # indices in the teacher, for distillation
+    before = ctx.kept_layers if ctx.kept_layers is not None else list(range(len(layers)))
+    ctx.kept_layers = [before[i] for i in keep]  # indices in the teacher, for distillation
     return model
 
 

@@ -15,8 +15,8 @@ classifier. ``training`` says how the exits learn (``steps``, ``lr``):
   labels. The lower layers learn to be classified from, which is what makes exits pay.
   Post-step hooks (pruning masks, the trial's early stopper) see the whole model.
 
-Both honour the trial's early stopper (``ctx.cache["should_stop"]`` and
-``ctx.post_step_hooks``). ``lr`` defaults to 5e-4 (frozen: heads only) or 1e-4 (joint).
+Both honour the trial's early stopper and post-step hooks, which see the whole model
+(``ctx.training_callbacks``). ``lr`` defaults to 5e-4 (frozen: heads only) or 1e-4 (joint).
 At inference a batch leaves at layer i when
 
 - ``rule: entropy`` — every example's prediction entropy, normalised by log(num_labels) to
@@ -41,16 +41,14 @@ but for the exit checks' small overhead.
 
 Size: + (depth−1) · (hidden² + hidden·(labels+1) + labels) parameters, none in the
 embeddings. Latency: data dependent — the profile's latency must be measured on real dev
-batches at the profile's batch size (``model.autosqueeze_needs_real_inputs`` is True), and
+batches at the profile's batch size (``needs_real_inputs(model)`` is True), and
 the task metric depends on the batch size too (a batch exits only when all its examples may).
 Classification only (entropy is not defined for a regression score). Not exportable to ONNX
 (data-dependent control flow).
 """
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import MethodType
 from typing import Any
@@ -61,6 +59,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..arch import ArchAdapter, get_adapter
+from ..measure.latency import needs_real_inputs as needs_real_inputs  # the one predicate, also here for callers
 from ..train import seed_everything, train_loop
 from .common import has_quantized_layers
 from .context import MethodContext
@@ -252,11 +251,6 @@ def reset_exit_stats(model: nn.Module) -> None:
     getattr(model, ATTR).reset_stats()
 
 
-def needs_real_inputs(model: nn.Module) -> bool:
-    """True when the model's cost depends on the data (measure latency on real dev batches)."""
-    return bool(getattr(model, "autosqueeze_needs_real_inputs", False))
-
-
 # --- apply ----------------------------------------------------------------------------
 def _build(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> EarlyExit:
     adapter = ctx.adapter
@@ -295,16 +289,11 @@ def _train_heads(model: nn.Module, ee: EarlyExit, config: EarlyExitConfig, ctx: 
         return torch.stack(losses).mean()
 
     seed_everything(ctx.seed)
-    hooks = [functools.partial(_on_model, hook, model) for hook in ctx.post_step_hooks]  # they see the whole model
     stats = train_loop(ee.heads, ctx.batches(config.steps, seed_offset=2), loss_fn, steps=config.steps,
                        lr=config.learning_rate(), progress=ctx.progress, what="early_exit",
-                       should_stop=ctx.cache.get("should_stop"), post_step=hooks)
+                       **ctx.training_callbacks(model))  # the hooks and the stopper see the whole model
     model.eval()
     return int(stats["steps"])
-
-
-def _on_model(hook: Callable[[nn.Module], None], model: nn.Module, _trained: nn.Module) -> None:
-    hook(model)
 
 
 def exit_losses(logits: list[torch.Tensor], labels: torch.Tensor, teacher_logits: torch.Tensor | None,
@@ -336,7 +325,7 @@ def _train_joint(model: nn.Module, ee: EarlyExit, config: EarlyExitConfig, ctx: 
     teacher = None
     if ctx.teacher is not None and config.alpha_distill > 0:
         ctx.teacher.eval()
-        teacher = TeacherOutputs(ctx.teacher, ctx.cache, ctx.seed + seed_offset, hidden=False, attn=False)
+        teacher = TeacherOutputs(ctx.teacher, ctx.teacher_outputs, ctx.seed + seed_offset, hidden=False, attn=False)
     calls = [0]
 
     def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -350,7 +339,7 @@ def _train_joint(model: nn.Module, ee: EarlyExit, config: EarlyExitConfig, ctx: 
     seed_everything(ctx.seed)
     stats = train_loop(model, ctx.batches(config.steps, seed_offset=seed_offset), loss_fn, steps=config.steps,
                        lr=config.learning_rate(), progress=ctx.progress, what="early_exit",
-                       should_stop=ctx.cache.get("should_stop"), post_step=ctx.post_step_hooks)
+                       **ctx.training_callbacks(model))
     model.eval()
     return int(stats["steps"])
 
@@ -369,7 +358,7 @@ def apply(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> nn.M
     model.forward = MethodType(_early_exit_forward, model)  # before training: an early stopper sees the exits
     model.autosqueeze_exit_stats = ee.stats
     model.autosqueeze_reset_exit_stats = ee.reset_stats
-    model.autosqueeze_needs_real_inputs = True
+    model.autosqueeze_needs_real_inputs = True  # what measure.latency.needs_real_inputs reads
     if not (ctx.probe or ctx.replay) and config.steps > 0:
         train = _train_joint if config.training == "joint" else _train_heads
         ctx.decisions["steps_done"] = train(model, ee, config, ctx)

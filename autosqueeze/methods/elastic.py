@@ -100,7 +100,7 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
         raise MethodError(f"elastic: {err}") from None
     ctx.decisions.update({"kept_layers": list(subnet.layers), "heads": list(subnet.heads),
                           "neurons": list(subnet.neurons)})
-    ctx.cache["kept_layers"] = list(subnet.layers)  # teacher layer of each student layer, for distillation
+    ctx.kept_layers = list(subnet.layers)  # teacher layer of each student layer, for distillation
     return model
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..measure.latency import needs_real_inputs
 from .common import plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import MethodError, Stage, register
@@ -165,7 +166,7 @@ def calibrate(model: nn.Module, names: list[str], ctx: MethodContext, sentences:
 
 
 def apply(model: nn.Module, config: QuantizeStaticConfig, ctx: MethodContext) -> nn.Module:
-    if getattr(model, "autosqueeze_needs_real_inputs", False):
+    if needs_real_inputs(model):
         raise MethodError("quantize_static: an early-exit model deploys only with PyTorch and static int8 only with "
                           "ONNX Runtime; use quantize_dynamic after early_exit")
     targets = unquantized_part_weights(model, ctx.adapter, config.parts, "quantize_static")

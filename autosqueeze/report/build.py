@@ -97,8 +97,8 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
         tau = summary.get("kendall_tau")
         rows_html = "".join(
             f"<tr><td>{r.number}</td><td>{html.escape(r.recipe_summary)}</td>"
-            f"<td>{_num((r.attrs.get('search') or {}).get('metric'), 4)}</td><td>{_num(r.metric, 4)}</td>"
-            f"<td>{_num((r.attrs.get('search') or {}).get('latency_ms'), 2)}</td><td>{_num(r.latency_ms, 2)}</td>"
+            f"<td>{_num((r.search or {}).get('metric'), 4)}</td><td>{_num(r.metric, 4)}</td>"
+            f"<td>{_num((r.search or {}).get('latency_ms'), 2)}</td><td>{_num(r.latency_ms, 2)}</td>"
             f"<td>{_num(r.speedup, 2)}</td></tr>" for r in finals)
         head = ("<tr><th>trial</th><th>final recipe</th><th>search metric</th><th>final metric</th>"
                 "<th>search ms</th><th>final ms</th><th>final speedup</th></tr>")
@@ -117,9 +117,9 @@ def _num(value: Any, digits: int) -> str:
 
 def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str | None = None) -> ReportFiles:
     """Write the page and the tables for the study of ``config``; returns their paths."""
-    from ..search.study import open_study
+    from ..search.storage import open_study_for_reading
 
-    study = open_study(config, storage, create=False)
+    study = open_study_for_reading(storage or config.storage_url, config.name, config.path)
     records = trial_records(study)
     attrs = study.user_attrs
     metric_name = attrs.get("main_metric", "metric")

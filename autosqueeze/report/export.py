@@ -46,9 +46,9 @@ def export_recipe(config: StudyConfig, out: Path, *, latency_budget_ms: float | 
 
     Without a budget, a drop or a trial number, the most accurate trial of the front is exported.
     """
-    from ..search.study import open_study
+    from ..search.storage import open_study_for_reading
 
-    study = open_study(config, storage, create=False)
+    study = open_study_for_reading(storage or config.storage_url, config.name, config.path)
     records, fidelity = records_for_export(study)
     if max_drop is not None:
         if latency_budget_ms is not None or min_speedup is not None or trial_number is not None:

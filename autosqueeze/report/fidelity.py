@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from .pareto import TrialRecord, trial_records
+from ..search.trial_record import TrialRecord, trial_records
 
 FINAL_ATTR = "final"  # study user attribute: {trial number (str): final entry}
 
@@ -31,12 +31,10 @@ def final_records(study: optuna.Study) -> list[TrialRecord]:
         f = finals.get(r.number)
         if f is None:
             continue
-        out.append(TrialRecord(
-            number=r.number, state=r.state, status="complete", metric=f.get("metric"),
-            latency_ms=f.get("latency_ms"), speedup=f.get("speedup"), methods=tuple(f.get("methods", r.methods)),
-            feasible=r.feasible, recipe=f.get("recipe"),
-            attrs={**f, "fidelity": "final", "search": {"metric": r.metric, "latency_ms": r.latency_ms,
-                                                       "speedup": r.speedup}},
+        out.append(TrialRecord.from_attrs(
+            f, number=r.number, state=r.state, status="complete", feasible=r.feasible,
+            methods=tuple(f.get("methods", r.methods)), recipe=f.get("recipe"), fidelity="final",
+            search={"metric": r.metric, "latency_ms": r.latency_ms, "speedup": r.speedup},
         ))
     return out
 

@@ -1,66 +1,13 @@
-"""Trial records and the Pareto front of (metric ↑, latency ↓) — data only, no drawing."""
+"""The Pareto front of (metric ↑, latency ↓) over trial records — data only, no drawing.
+
+The records are :class:`autosqueeze.search.trial_record.TrialRecord` (re-exported here).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import optuna
-
 from ..errors import UserError
-from ..recipe import Recipe
+from ..search.trial_record import TrialRecord, trial_records
 
-
-@dataclass(frozen=True)
-class TrialRecord:
-    number: int
-    state: str
-    status: str  # complete | over_budget | failed | running
-    metric: float | None
-    latency_ms: float | None
-    speedup: float | None
-    methods: tuple[str, ...]
-    feasible: bool
-    recipe: dict[str, Any] | None
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return " + ".join(self.methods) or "teacher (no compression)"
-
-    @property
-    def recipe_summary(self) -> str:
-        """Steps with their parameters in one line, e.g. ``drop_layers(keep=3) + quantize_dynamic()``."""
-        steps = (self.recipe or {}).get("steps") or []
-        parts = []
-        for s in steps:
-            params = ", ".join(f"{k}={v}" for k, v in (s.get("params") or {}).items())
-            parts.append(f"{s.get('method')}({params})")
-        return " + ".join(parts) or "(no compression)"
-
-    def to_recipe(self) -> Recipe:
-        if self.recipe is None:
-            raise ValueError(f"trial {self.number} has no recipe")
-        return Recipe.from_dict(self.recipe, f"trial {self.number}")
-
-
-def trial_records(study: optuna.Study) -> list[TrialRecord]:
-    """One record per trial, including failed and over-budget ones."""
-    out = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        constraints = [v for k, v in t.system_attrs.items() if k.startswith("constraints")]
-        flat = [c for v in constraints for c in (v if isinstance(v, (list, tuple)) else [v])]
-        complete = t.state == optuna.trial.TrialState.COMPLETE
-        status = ua.get("status", "failed" if t.state == optuna.trial.TrialState.FAIL else t.state.name.lower())
-        out.append(TrialRecord(
-            number=t.number, state=t.state.name, status=status,
-            metric=ua.get("metric") if complete else None,
-            latency_ms=ua.get("latency_ms"), speedup=ua.get("speedup"),
-            methods=tuple(ua.get("methods", ())),
-            feasible=complete and status == "complete" and all(c <= 0 for c in flat),
-            recipe=ua.get("recipe"), attrs=dict(ua),
-        ))
-    return out
+__all__ = ["NoTrialWithinBudget", "TrialRecord", "pareto_front", "select", "trial_records"]
 
 
 def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:

@@ -19,9 +19,9 @@ def _hover(r: TrialRecord, metric_name: str) -> str:
     steps = (r.recipe or {}).get("steps", [])
     recipe = "<br>".join(html.escape(f"{s['method']} {s.get('params') or ''}") for s in steps) or "(no compression)"
     metric = "-" if r.metric is None else f"{r.metric:.4f}"
-    metric += _other_metrics(r.attrs.get("metrics") or {}, metric_name)
+    metric += _other_metrics(r.metrics or {}, metric_name)
     lat = "-" if r.latency_ms is None else f"{r.latency_ms:.2f} ms ({(r.speedup or 0):.2f}x)"
-    pct = r.attrs.get("size_pct") or {}
+    pct = r.size_pct or {}
     size = f"<br>size: {pct['total']:.1f}% of the teacher" if "total" in pct else ""
     return (f"<b>trial {r.number}</b> ({html.escape(r.status)})<br>{metric_name}: {metric}<br>latency: {lat}{size}"
             f"{_runtime_line(r)}<br>{recipe}")
@@ -35,7 +35,7 @@ def _other_metrics(metrics: dict[str, float], metric_name: str) -> str:
 
 def _runtime_line(r: TrialRecord) -> str:
     """The runtime the trial deploys with (timed and evaluated in it), when the study recorded one."""
-    runtime = r.attrs.get("runtime") or ((r.recipe or {}).get("profile") or {}).get("runtime")
+    runtime = r.deployed_runtime
     return f"<br>runtime: {html.escape(str(runtime))}" if runtime else ""
 
 
@@ -185,7 +185,7 @@ def fidelity_figure(finals: list[TrialRecord], metric_name: str) -> go.Figure:
     """Each finalized candidate as an arrow: search-time point (open) -> final point (filled)."""
     fig = go.Figure()
     for i, r in enumerate(finals):
-        search = r.attrs.get("search") or {}
+        search = r.search or {}
         if search.get("latency_ms") is None or search.get("metric") is None or r.metric is None:
             continue
         fig.add_trace(go.Scatter(

@@ -49,9 +49,10 @@ def add_provenance(recipe: Recipe, record: TrialRecord, study_attrs: dict[str, A
                                   "source": "the machine that exported the recipe (the study recorded none)"}
     recipe.profile = profile
     measured = dict(recipe.measured)
+    stored = record.to_attrs()
     for key in MEASURED_KEYS:
-        if key not in measured and key in record.attrs:
-            measured[key] = record.attrs[key]
+        if key not in measured and key in stored:
+            measured[key] = stored[key]
     measured.update({"trial": record.number, "study": study_name})
     recipe.measured = measured
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -34,18 +34,18 @@ def _pct(metrics: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
 
 
 def _row(r: TrialRecord, role: str, teacher_metric: float | None, other_metrics: Sequence[str] = ()) -> dict[str, Any]:
-    pct = r.attrs.get("size_pct") or {}
+    pct = r.size_pct or {}
     delta = NAN if teacher_metric is None or r.metric is None else 100 * (r.metric - teacher_metric)
     return {"trial": r.number, "role": role, "methods": r.label, "size_%": _r(pct.get("total"), 1),
             "size_no_emb_%": _r(pct.get("non_embedding"), 1), "speedup": _r(r.speedup, 2),
             "latency_ms": _r(r.latency_ms, 2), "metric": _r(None if r.metric is None else 100 * r.metric, 2),
-            "delta_pts": _r(delta, 2), **_pct(r.attrs.get("metrics") or {}, other_metrics),
+            "delta_pts": _r(delta, 2), **_pct(r.metrics or {}, other_metrics),
             "recipe": r.recipe_summary + _runtime_note(r)}
 
 
 def _runtime_note(r: TrialRecord) -> str:
     """`` [onnxruntime]`` for a trial deployed with ONNX Runtime (torch, the default, is not noted)."""
-    runtime = r.attrs.get("runtime") or ((r.recipe or {}).get("profile") or {}).get("runtime")
+    runtime = r.deployed_runtime
     return f" [{runtime}]" if runtime and runtime != "torch" else ""
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..measure.latency import needs_real_inputs
 
 log = logging.getLogger(__name__)
 EXPORTERS = ("dynamo", "torchscript")
@@ -68,7 +69,7 @@ def one_line(text: Any, limit: int = 300) -> str:
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why no ONNX Runtime graph can run ``model`` as it runs in PyTorch (None: try exporting)."""
-    if getattr(model, "autosqueeze_needs_real_inputs", False):
+    if needs_real_inputs(model):
         return ("its cost is decided per batch at run time (early exit): an ONNX graph would freeze one path; "
                 "deploy it with PyTorch")
     bf16 = any(t.dtype == torch.bfloat16 for m in model.modules() if not isinstance(m, nn.Embedding)

@@ -81,14 +81,15 @@ class TrialStoppedEarly(Exception):
 
 
 class EarlyStopper:
-    """Hooked into one trial's training: ``hook`` (post-step) sees the model being trained,
-    ``should_stop(step)`` (polled by ``train_loop``) evaluates it at the checkpoints and
-    raises :class:`TrialStoppedEarly` when the rule says so.
+    """Hooked into one trial's training as ``ctx.should_stop`` (:meth:`step`, polled by
+    ``train_loop`` after every optimiser step with the whole model): at the checkpoints it
+    evaluates the model and raises :class:`TrialStoppedEarly` when the rule says so.
+    (:meth:`step` is :meth:`hook` — which model — then :meth:`should_stop` — which step.)
 
     ``reference(latency_ms)`` gives ``ref(L)`` (None: nothing to compare with);
     ``evaluate(model)`` gives the metric on the dev slice of ``n`` examples.
     Several training runs in one recipe (distill, then QAT) count as one progress scale of
-    ``total_steps``; a run that does not pass ``post_step`` hooks is not checked.
+    ``total_steps``; a step for which no model was given (``should_stop`` alone) is not checked.
     """
 
     def __init__(self, settings: EarlyStopSettings, total_steps: int, latency_ms: float,
@@ -103,6 +104,11 @@ class EarlyStopper:
 
     def hook(self, model: nn.Module) -> None:
         self.model, self.fresh = model, True
+
+    def step(self, model: nn.Module, done: int) -> bool:
+        """``MethodContext.should_stop``: ``model`` has trained ``done`` steps of the current run."""
+        self.hook(model)
+        return self.should_stop(done)
 
     def should_stop(self, done: int) -> bool:
         if done < self.last:  # a new training run started

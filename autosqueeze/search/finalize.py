@@ -22,9 +22,10 @@ from typing import Any
 from ..methods import Stage, get_method
 from ..recipe import Recipe, Step
 from ..report.fidelity import FINAL_ATTR, kendall_tau
-from ..report.pareto import TrialRecord, pareto_front, trial_records
+from ..report.pareto import pareto_front
 from ..study_config import FinalizeSettings, StudyConfig
 from .objective import evaluate_recipe
+from .trial_record import TrialRecord, trial_records
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -110,8 +111,8 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
 
             save_compressed(keep["built"], recipe, sc.teacher.tokenizer, sc.teacher.model.config,
                             Path(save_dir) / f"trial-{record.number}", recipe.measured, check_plain=False)
-        finals[str(record.number)] = {**result, "recipe": recipe.to_dict(), "methods": [s.method for s in recipe.steps],
-                                      "settings": asdict(settings), "search_metric": record.metric,
+        final = TrialRecord(recipe=recipe.to_dict(), methods=tuple(s.method for s in recipe.steps)).with_result(result)
+        finals[str(record.number)] = {**final.to_attrs(), "settings": asdict(settings), "search_metric": record.metric,
                                       "search_latency_ms": record.latency_ms}
         study.set_user_attr(FINAL_ATTR, finals)  # stored as it comes: a kill loses one candidate at most
     done = [(r, finals[str(r.number)]) for r in candidates

@@ -10,8 +10,9 @@ recipe's training steps; while it trains, the early-stopping rule (early_stop.py
 it when it cannot reach the front at its latency. Latency is timed paired with the teacher
 (measure/paired.py), so machine-load changes do not move speedups; identical architectures
 reuse a cached timing; teacher outputs for distillation are cached across the trials of one
-process. Everything a report or export needs is stored on the trial as user attributes: the
-recipe, latency stats, speedup, size, all metrics, and
+process. Everything a report or export needs is stored on the trial as user attributes, one
+:class:`~autosqueeze.search.trial_record.TrialRecord` (trial_record.py): the recipe, latency
+stats, speedup, size, all metrics, and
 ``status`` — complete | over_budget | stopped_early | failed (with ``error``).
 """
 from __future__ import annotations
@@ -35,9 +36,9 @@ from ..deploy import build
 from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, model_size
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate, evaluate_deployed
-from ..measure.paired import Timing, timing_against_teacher
+from ..measure.paired import Timing, baseline_settings, needs_real_inputs, timing_against_teacher, timing_inputs
 from ..methods import MethodContext, get_method
-from ..methods.distill import CACHE_KEY as DISTILL_CACHE_KEY
+from ..methods.context import TeacherOutputCache
 from ..recipe import Recipe, Step
 from ..runtimes import OnnxUnavailable, deployed_latency
 from ..runtimes.predict import evaluate_in_runtime
@@ -45,11 +46,11 @@ from ..tasks import compute_metrics
 from ..teacher import Teacher
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
 from .space import suggest_runtime
+from .trial_record import TrialRecord
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
 INFEASIBLE_METRIC = 0.0  # objective value reported for trials stopped by the budget
-SHARED_CACHE_KEYS = (DISTILL_CACHE_KEY,)  # ctx.cache entries kept across trials (teacher outputs)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class SearchContext:
     teacher_size: SizeReport | None = None
     progress: Progress | None = None
     early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
-    shared_cache: dict[str, Any] = field(default_factory=dict)
+    teacher_outputs: TeacherOutputCache = field(default_factory=TeacherOutputCache)  # shared by every trial
     paired_baseline: bool = True  # time each new candidate alternately with the teacher (measure/paired.py)
     timing_cache: dict[str, Timing] = field(default_factory=dict)
     elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
@@ -88,14 +89,9 @@ class SearchContext:
             train_batches=self.data.train_batches, num_labels=self.data.task.num_labels,
             is_regression=self.data.task.is_regression, probe=probe, progress=None if probe else self.progress,
             device=self.profile.device, tokenizer=self.teacher.tokenizer, train_token_ids=self.data.train_token_ids,
+            teacher_outputs=self.teacher_outputs,  # the same object: what a trial adds, the next one finds
         )
-        ctx.cache.update(self.shared_cache)  # the same objects: what a trial adds, the next one finds
         return ctx
-
-    def keep_shared(self, ctx: MethodContext) -> None:
-        for key in SHARED_CACHE_KEYS:
-            if key in ctx.cache:
-                self.shared_cache[key] = ctx.cache[key]
 
     def timing(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
                recipe: Recipe | None = None) -> Timing:
@@ -105,16 +101,13 @@ class SearchContext:
         dev batches, and so is its paired teacher). In the recipe's runtime: an ONNX Runtime
         candidate is its exported graph, paired with the same PyTorch teacher.
         """
-        real = bool(getattr(model, "autosqueeze_needs_real_inputs", False))
+        real = needs_real_inputs(model)
         profile = self.profile_for(recipe)
         if key is not None and profile.runtime != "torch":
             key = f"{profile.runtime}:{key}"
         if not real and key is not None and key in self.timing_cache:
             return self.timing_cache[key]
-        inputs = None
-        if real:
-            inputs = [{k: v for k, v in b.items() if k != "labels"}
-                      for b in self.data.eval_batches(batch_size=self.profile.batch_size)][:200]
+        inputs = timing_inputs(model, self.data, self.profile.batch_size)
         assert self.baseline is not None, "call measure_baseline first"
         timing = timing_against_teacher(model, self.teacher.model, profile, self.latency_settings,
                                         self.baseline.median_ms, inputs, paired=self.paired_baseline,
@@ -161,9 +154,8 @@ def architecture_key(recipe: Recipe) -> str:
 def measure_baseline(sc: SearchContext) -> None:
     """Teacher latency (fp32 PyTorch, whatever runtime the trials deploy with) and size, measured
     in this process (speedups are ratios to it)."""
-    st = sc.latency_settings  # the baseline gets twice the repeats: every speedup divides by it
-    sc.baseline = deployed_latency(sc.teacher.model, dataclasses.replace(sc.profile, runtime="torch"), LatencySettings(
-        st.warmup, 2 * st.repeats, 2 * st.min_time_s, st.idle_wait_s))
+    sc.baseline = deployed_latency(sc.teacher.model, dataclasses.replace(sc.profile, runtime="torch"),
+                                   baseline_settings(sc.latency_settings))  # every speedup divides by it
     sc.teacher_size = model_size(sc.teacher.model)
 
 
@@ -208,7 +200,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     probe_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
     probe = probe_built.model
     lat = sc.timing(probe, architecture_key(recipe), probe_built.float_model, recipe)
-    data_dependent = bool(getattr(probe, "autosqueeze_needs_real_inputs", False))
+    data_dependent = needs_real_inputs(probe)
     reuse = probe_built if is_data_free(recipe) else None  # the probe already is the final model
     del probe, probe_built
     profile = sc.profile_for(recipe)
@@ -225,8 +217,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     if reference is not None and sc.early_stop.enabled and total > 0 and not data_dependent:
         n = min(sc.early_stop.dev_examples, len(sc.data.dev))
         stopper = EarlyStopper(sc.early_stop, total, lat.latency_ms, reference, sc.slice_metric, n)
-        ctx.cache["should_stop"] = stopper.should_stop
-        ctx.post_step_hooks.append(stopper.hook)
+        ctx.should_stop = stopper.step
     try:
         with fixed_threads(sc.train_threads):
             built = reuse or build(recipe, sc.teacher.model, ctx)
@@ -243,8 +234,6 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
         result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
                       stopped_at=stop.record, trial_s=time.perf_counter() - t0)
         return result
-    finally:
-        sc.keep_shared(ctx)
     if stopper is not None:
         result["early_stop"] = stopper.history
     if data_dependent:
@@ -276,14 +265,11 @@ def front_reference(study: optuna.Study) -> Callable[[float], float | None]:
     def reference(latency_ms: float) -> float | None:
         best = None
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            ua = t.user_attrs
-            if ua.get("status") != "complete" or ua.get("metric") is None or ua.get("latency_ms") is None:
+            r = TrialRecord.from_trial(t)
+            if not r.feasible or r.metric is None or r.latency_ms is None:
                 continue
-            if any(v > 0 for k, v in t.system_attrs.items() if k.startswith("constraints")
-                   for v in (v if isinstance(v, (list, tuple)) else [v])):
-                continue
-            if ua["latency_ms"] <= latency_ms and (best is None or ua["metric"] > best):
-                best = float(ua["metric"])
+            if r.latency_ms <= latency_ms and (best is None or r.metric > best):
+                best = float(r.metric)
         return best
 
     return reference
@@ -303,32 +289,33 @@ def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, dict[str, 
 
     A recipe is deterministic (seeded training on the same teacher and data), so a sampler that
     proposes it again gets the stored result at no cost instead of a second training run. The
-    values a trial stores are its user attributes minus who ran it and its own bookkeeping.
+    values a trial stores are its attributes (:class:`TrialRecord`) minus who ran it and its own bookkeeping.
     """
     key = steps_key(recipe.to_dict()["steps"])
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        ua = t.user_attrs
-        r = ua.get("recipe") or {}
-        if ua.get("status") == "complete" and r.get("seed") == recipe.seed and steps_key(r.get("steps", [])) == key \
+        record = TrialRecord.from_trial(t)
+        r = record.recipe or {}
+        if record.status == "complete" and r.get("seed") == recipe.seed and steps_key(r.get("steps", [])) == key \
                 and (r.get("profile") or {}).get("runtime") == (recipe.profile or {}).get("runtime"):
-            return t.number, {k: v for k, v in ua.items() if k not in ("worker", "recipe", "methods", "duplicate_of")}
+            return t.number, {k: v for k, v in record.to_attrs().items()
+                              if k not in ("worker", "recipe", "methods", "duplicate_of")}
     return None
 
 
 def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[float, float]]:
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        trial.set_user_attr("worker", worker_identity())
+        # the record is written as it grows (each write stores the attributes it holds): a trial
+        # that fails or is killed still says who ran it and what it was
+        TrialRecord(worker=worker_identity()).write(trial)
         recipe = with_provenance(bind_elastic(space.suggest(trial), sc.elastic_key), sc)
-        trial.set_user_attr("methods", [s.method for s in recipe.steps])
-        trial.set_user_attr("recipe", recipe.to_dict())
+        TrialRecord(methods=tuple(s.method for s in recipe.steps), recipe=recipe.to_dict()).write(trial)
         try:
             recipe.profile["runtime"] = suggest_runtime(trial, recipe, sc.runtimes or (sc.profile.runtime,))
-            trial.set_user_attr("runtime", recipe.profile["runtime"])
-            trial.set_user_attr("recipe", recipe.to_dict())
+            TrialRecord(runtime=recipe.profile["runtime"], recipe=recipe.to_dict()).write(trial)
             t0 = time.perf_counter()
             earlier = earlier_result(trial.study, recipe)
             if earlier is not None and (sc.budget_ms is None or earlier[1]["latency_ms"] <= sc.budget_ms):
-                trial.set_user_attr("duplicate_of", earlier[0])
+                TrialRecord(duplicate_of=earlier[0]).write(trial)
                 result = {**earlier[1], "trial_s": time.perf_counter() - t0}
             else:
                 result = evaluate_recipe(recipe, sc, front_reference(trial.study))
@@ -336,15 +323,12 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
             if metric != metric:  # NaN metric (e.g. degenerate correlation): a failure, with its reason
                 raise FloatingPointError("task metric is NaN")
         except Exception as err:
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            TrialRecord(status="failed", error=f"{type(err).__name__}: {err}"[:2000]).write(trial)
             raise
         over = 0.0 if sc.budget_ms is None else result["latency_ms"] - sc.budget_ms
         trial.set_constraint("latency_budget_ms", over)
         recipe.measured = {k: result[k] for k in ("metric", "metrics", "latency_ms", "speedup", "size") if k in result}
-        trial.set_user_attr("recipe", recipe.to_dict())
-        for key, value in result.items():
-            trial.set_user_attr(key, value)
+        TrialRecord(recipe=recipe.to_dict()).with_result(result).write(trial)
         return float(metric), float(result["latency_ms"])
 
     return objective

@@ -160,25 +160,52 @@ class SearchSpace:
     path: Path
     steps: tuple[StepSpace, ...]
     order: tuple[str, ...] = ()  # on/off decision order: step ids and "choice:<group>" nodes
+    skipped: tuple[tuple[str, str], ...] = ()  # (step id, why) left out for the model (see for_model)
 
-    def for_runtime(self, runtime: str) -> SearchSpace:
-        """This space less the steps whose method only deploys in another runtime (e.g.
-        ``quantize_static`` in a torch study); references to them are dropped too."""
-        gone = {s.id for s in self.steps if get_method(s.method).runtime not in (None, runtime)}
+    def without(self, gone: set[str]) -> SearchSpace:
+        """This space less the steps ``gone``, and less the steps that require only gone ones
+        (they could never be on); references to gone steps are dropped."""
+        gone = set(gone)
+        while True:
+            more = {s.id for s in self.steps if s.id not in gone and s.requires_any and set(s.requires_any) <= gone}
+            if not more:
+                break
+            gone |= more
         if not gone:
             return self
         steps = [dataclasses.replace(s, requires_any=tuple(r for r in s.requires_any if r not in gone),
                                      excludes=tuple(r for r in s.excludes if r not in gone))
                  for s in self.steps if s.id not in gone]
-        return SearchSpace(self.path, tuple(steps), _decision_order(str(self.path), steps))
+        return dataclasses.replace(self, steps=tuple(steps), order=_decision_order(str(self.path), steps))
+
+    def for_runtime(self, runtime: str) -> SearchSpace:
+        """This space less the steps whose method only deploys in another runtime (e.g.
+        ``quantize_static`` in a torch study); references to them are dropped too."""
+        return self.without({s.id for s in self.steps if get_method(s.method).runtime not in (None, runtime)})
 
     def resolve(self, sizes: dict[str, int]) -> SearchSpace:
         """Relative knobs (``of:``) in absolute units for a model of ``sizes`` (see :func:`model_sizes`)."""
         return dataclasses.replace(self, steps=tuple(s.resolve(sizes) for s in self.steps))
 
     def for_model(self, model: Any) -> SearchSpace:
-        """This space with its relative knobs resolved against ``model`` (the study's teacher)."""
-        return self.resolve(model_sizes(model))
+        """This space for ``model`` (the study's teacher): relative knobs (``of:``) resolved, and
+        the optional steps (or choice members) whose method the model's architecture refuses left
+        out, recorded in ``skipped``. A step every trial needs that the architecture refuses is a
+        one-line SpaceError (the space cannot serve this model)."""
+        from ..arch import get_adapter
+
+        adapter = get_adapter(model)
+        refused = {s.id: why for s in self.steps for why in [adapter.refusal(s.method, model)] if why}
+        for s in self.steps:
+            needed = not s.optional and (not s.choice or all(m.id in refused for m in self.groups()[s.choice]))
+            if s.id in refused and needed:
+                raise SpaceError(
+                    f"{self.path}: step {s.id!r} ({s.method}) cannot run on this {adapter.family} model: "
+                    f"{refused[s.id]}; use a space without it, or make the step optional to skip it on such models")
+        space = self.without(set(refused)).resolve(model_sizes(model))
+        return dataclasses.replace(space, skipped=self.skipped + tuple(
+            (sid, f"{self.step(sid).method} is not supported for {adapter.family} models: {why}")
+            for sid, why in refused.items()))
 
     def relative_knobs(self) -> list[str]:
         return [f"{s.id}.{k}" for s in self.steps for k, d in s.dists.items() if d.of is not None]

@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import ConfigError, StorageError
+from .trial_record import TrialRecord
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 30
@@ -146,6 +147,9 @@ def make_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
             raise StorageError(f"storage {url}: folder {path.parent} does not exist")
         if path is not None and path.exists():
             check_sqlite_file(path)
+            if not create and path.is_file() and path.stat().st_size == 0:  # opening it would write the tables
+                raise StorageError(f"storage {path} is an empty file, not a study database: run `autosqueeze "
+                                   f"search` on the study file first (or pass --storage)")
         elif path is not None and not create:
             raise StorageError(f"no study database {path}: run `autosqueeze search` on the study file first "
                                f"(or pass --storage)")
@@ -172,7 +176,28 @@ def make_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         except sqlalchemy.exc.DatabaseError as err:  # a file SQLite cannot read after all
             first = " ".join(str(err.orig or err).split())[:200]
             raise StorageError(f"storage {redact(url)} is not a usable study database ({first})") from None
+        except RuntimeError as err:  # Optuna refuses a schema it does not know (another Optuna wrote it)
+            if "schema" not in str(err):
+                raise
+            raise StorageError(f"storage {redact(url)} was written by an Optuna this one cannot read "
+                               f"({' '.join(str(err).split())[:200]}): use the Optuna that wrote it, or "
+                               f"another storage") from None
     raise AssertionError("unreachable")
+
+
+def open_study_for_reading(storage: str, name: str, study_file: str | Path | None = None) -> optuna.Study:
+    """The existing study ``name`` in ``storage``, opened to read its trials and attributes (report,
+    export, the command line's standing). No sampler of the study's is built: reading needs none.
+
+    Raises StorageError for a database that is absent or unusable, FileNotFoundError for a study
+    the storage does not hold (the message names ``study_file``, the one to search first).
+    """
+    rdb = make_storage(storage, create=False)
+    try:
+        return optuna.load_study(study_name=name, storage=rdb)
+    except KeyError:
+        raise FileNotFoundError(f"no study {name!r} in {redact(storage)}: run `autosqueeze search "
+                                f"{study_file if study_file is not None else '<study file>'}` first") from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -194,7 +219,7 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     host, me = socket.gethostname(), os.getpid()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker") or {}
+        worker = TrialRecord.from_trial(t).worker or {}
         pid = worker.get("pid")
         if worker.get("host") != host or not isinstance(pid, int) or pid == me or _pid_alive(pid):
             continue

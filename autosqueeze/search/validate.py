@@ -55,7 +55,10 @@ def _twin(model: nn.Module) -> nn.Module:
         cfg = copy.deepcopy(model.config)
         heads = int(getattr(cfg, adapter.config_heads))
         hidden_attr = "hidden_size" if hasattr(cfg, "hidden_size") else "dim"
-        setattr(cfg, hidden_attr, 2 * heads)
+        hidden = getattr(cfg, hidden_attr)
+        for attr in (hidden_attr, "pooler_hidden_size", "embedding_size"):  # DeBERTa's pooler, ELECTRA's tables
+            if getattr(cfg, attr, None) == hidden:  # sizes that follow the hidden size (when they did)
+                setattr(cfg, attr, 2 * heads)
         twin = type(model)(cfg).eval()
         same = [(adapter.num_heads(a), adapter.ffn(a)[0].out_features) for a in adapter.layers(model)] == \
                [(adapter.num_heads(b), adapter.ffn(b)[0].out_features) for b in adapter.layers(twin)]
@@ -94,13 +97,16 @@ def _check_decompose(space: SearchSpace, step: StepSpace, knob: str | None, para
 
 def validate_for_model(space: SearchSpace, model: nn.Module, make_context: Callable[[], MethodContext]) -> int:
     """Apply each structural step's extreme configs to a stand-in of ``model``; returns the
-    number of configs checked.
+    number of configs checked. Warns once per step that ``space.for_model`` left out because
+    the model's architecture refuses its method.
 
     ``make_context()`` gives a fresh :class:`MethodContext` (training batches for
     data-dependent choices); it is switched to probe mode here. Raises :class:`SpaceError`
     on the first config the model cannot take.
     """
     t0 = time.perf_counter()
+    for sid, why in space.skipped:  # left out by SearchSpace.for_model: the user should know
+        log.warning("search space %s: step %r is skipped for this model (%s)", space.path.name, sid, why)
     twin = _twin(model)
     checked = 0
     for step in space.steps:

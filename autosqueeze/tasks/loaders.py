@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import socket
 import sys
@@ -120,20 +121,27 @@ def _read_text(path: Path) -> str:
     """The file as text; bytes that are not UTF-8 are an error naming the line."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[:err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[err.start:err.start + 4]!r}); "
                         f"save the file as UTF-8") from None
+    if "\x00" in text:  # UTF-16 without a byte-order mark, or a binary file: never a sentence
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise DataError(f"{path}:{line}: a NUL byte (is it UTF-16 or a binary file?); save the file as UTF-8 text")
+    return text
 
 
 def _parse_label(spec: TaskSpec, raw: str, path: Path, line: int) -> int | float:
     raw = raw.strip()
     if spec.is_regression:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
             raise DataError(f"{path}:{line}: score {raw!r} is not a number") from None
+        if not math.isfinite(score):  # "nan", "inf": the loss would be nan from the first step
+            raise DataError(f"{path}:{line}: score {raw!r} is not a finite number")
+        return score
     try:
         return spec.label_names.index(raw)
     except ValueError:
