@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "Recipe": "recipe", "Step": "recipe", "load_recipe": "recipe",
     "MethodContext": "methods", "get_method": "methods", "method_names": "methods", "register": "methods",
     # recipe -> model, saved folder -> model
-    "Built": "deploy", "build": "deploy", "load_compressed": "deploy",
+    "Built": "builder", "build": "builder", "replay": "builder", "load_compressed": "artifact",
     # models, data and the teacher
     "load_classifier": "models", "load_tokenizer": "models", "weights_hash": "models",
     "base_model_hash": "models",
@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     # search, report, export, apply
     "SearchSummary": "search.study", "open_study": "search.study", "run_search": "search.study",
     "TrialRecord": "search.trial_record", "trial_records": "search.trial_record",
-    "open_study_for_reading": "search.storage", "pareto_front": "report.pareto",
+    "open_study_for_reading": "search.storage", "pareto_front": "search.pareto",
     "write_report": "report.build", "export_recipe": "report.export",
     "Rebuilt": "apply", "rebuild": "apply",
     # errors every module raises for bad input
@@ -60,15 +60,14 @@ __all__ = [  # the same names as _EXPORTS, plus load and __version__ (tests/test
     "builtin_space_names", "evaluate", "export_recipe", "get_method", "get_task", "get_teacher", "load_classifier",
     "load_compressed", "load_recipe", "load_space", "load_study_config", "load_task_data", "load_tokenizer",
     "measure_latency", "method_names", "model_size", "open_study", "open_study_for_reading", "paired_latency",
-    "pareto_front", "rebuild",
-    "register", "resolve_data_dir", "resolve_space", "run_search", "timing_against_teacher", "trial_records",
-    "weights_hash", "write_report",
+    "pareto_front", "rebuild", "register", "replay", "resolve_data_dir", "resolve_space", "run_search",
+    "timing_against_teacher", "trial_records", "weights_hash", "write_report",
 ]
 
 
 def load(path: Any) -> Any:
-    """Load a model saved by ``autosqueeze apply`` (see :mod:`autosqueeze.deploy`)."""
-    from .deploy import load_compressed
+    """Load a model saved by ``autosqueeze apply`` (see :mod:`autosqueeze.artifact`)."""
+    from .artifact import load_compressed
 
     return load_compressed(path)
 
@@ -88,9 +87,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first use
     from .apply import Rebuilt, rebuild
+    from .artifact import load_compressed
+    from .builder import Built, build, replay
     from .builtin_spaces import builtin_space_names, resolve_space
     from .data import TaskData
-    from .deploy import Built, build, load_compressed
     from .errors import ConfigError, UserError
     from .measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, measure_latency, model_size
     from .measure.metrics import evaluate
@@ -100,7 +100,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .recipe import Recipe, Step, load_recipe
     from .report.build import write_report
     from .report.export import export_recipe
-    from .report.pareto import pareto_front
+    from .search.pareto import pareto_front
     from .search.space import SearchSpace, load_space
     from .search.storage import open_study_for_reading
     from .search.study import SearchSummary, open_study, run_search

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from .arch import get_adapter
+from .artifact import CorruptModelError, read_manifest, save_compressed
 from .atomic import clean_leftovers, temp_beside
-from .deploy import CorruptModelError, build, read_manifest, save_compressed
+from .builder import build
 from .elastic.store import ensure_for_recipe
 from .errors import UserError
 from .measure import HardwareProfile, LatencySettings, model_size

@@ -180,14 +180,28 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report_folder(out: Path, flag: str, study_file: str, overwrite: bool) -> None:
+    """The report rewrites its three files, never anything else; without ``--overwrite`` it writes only
+    into an empty folder or over this same study's earlier report (its effectiveness.md names the study file),
+    the default report/ beside the study included (two study files in one folder share it)."""
+    from .errors import OutputError
+
+    check_output_folder(out, flag, overwrite=overwrite, ours="effectiveness.md")
+    earlier = out / "effectiveness.md"
+    if not overwrite and earlier.is_file() and f"study file {study_file}" not in earlier.read_text(errors="replace"):
+        raise OutputError(f"{flag} {out} holds the report of another study: pass --out with a new folder, or "
+                          f"--overwrite to replace it")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.build import write_report
     from .study_config import load_study_config
 
     config = load_study_config(args.study)
-    if args.out:
-        check_output_folder(args.out, "--out", ours="effectiveness.md")
-    files = write_report(config, Path(args.out) if args.out else None, args.storage)
+    out = Path(args.out) if args.out else config.report_dir
+    _check_report_folder(out, "--out" if args.out else "report folder (default --out)", str(config.path),
+                         args.overwrite)
+    files = write_report(config, out, args.storage)
     print(f"{files.n_trials} trials, {files.n_front} on the Pareto front")
     for note in files.notes:
         print(f"note: {note}")
@@ -234,7 +248,7 @@ def _apply_table(result: Any) -> list[str]:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from .apply import rebuild
-    from .deploy import MANIFEST
+    from .artifact import MANIFEST
 
     check_output_folder(args.output, "-o", ours=MANIFEST)
     progress = Progress()
@@ -264,14 +278,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .measure import HardwareProfile, LatencySettings
 
     profile = HardwareProfile(threads=args.threads, batch_size=args.batch_size, seq_len=args.seq_len)
-    rows = bench(args.models, profile, LatencySettings(repeats=args.repeats))
-    print(f"{'model':40s}{'runtime':>13s}{'median ms':>11s}{'p10-p90 ms':>16s}{'speedup':>9s}{'MB':>8s}"
-          f"{'MB no emb':>11s}")
+    rows = bench(args.models, profile, LatencySettings(repeats=args.repeats), teacher_dir=args.teacher)
+    print(f"{'model':40s}{'runtime':>13s}{'median ms':>11s}{'p10-p90 ms':>16s}{'speedup':>9s}{'p10-p90':>13s}"
+          f"{'MB':>8s}{'MB no emb':>11s}  reference")
     for r in rows:
         lat = r.latency
-        print(f"{r.name[-40:]:40s}{r.runtime:>13s}{lat.median_ms:11.2f}{f'{lat.p10_ms:.2f}-{lat.p90_ms:.2f}':>16s}{r.speedup:8.2f}x"
-              f"{r.size['total_bytes'] / 1e6:8.1f}{r.size['non_embedding_bytes'] / 1e6:11.1f}")
-    print(f"(batch {profile.batch_size}, seq {profile.seq_len}, {profile.threads} threads; speedup vs the first model)")
+        spread = f"{r.speedup_p10:.2f}-{r.speedup_p90:.2f}" if r.speedup_p10 is not None and \
+            r.speedup_p90 is not None else "-"
+        ref = r.reference if r.teacher_ms is None else f"{r.reference}, {r.teacher_ms:.2f} ms"
+        print(f"{r.name[-40:]:40s}{r.runtime:>13s}{lat.median_ms:11.2f}{f'{lat.p10_ms:.2f}-{lat.p90_ms:.2f}':>16s}"
+              f"{r.speedup:8.2f}x{spread:>13s}{r.size['total_bytes'] / 1e6:8.1f}"
+              f"{r.size['non_embedding_bytes'] / 1e6:11.1f}  {ref}")
+    print(f"(batch {profile.batch_size}, seq {profile.seq_len}, {profile.threads} threads; paired: timed call by call "
+          f"with the folder's fp32 PyTorch teacher, speedup = median of the per-pair ratios, p10-p90 their spread, "
+          f"as search and apply time it; unpaired: speedup vs the first model's median)")
     return 0
 
 
@@ -308,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write the HTML report and the effectiveness table")
     r.add_argument("study")
     r.add_argument("--out", help="folder (default: report/ next to the study file)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder that holds no earlier report (only report.html, "
+                        "effectiveness.md and effectiveness.csv are written there)")
     r.add_argument("--storage")
     r.set_defaults(func=cmd_report)
 
@@ -344,12 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX exporter (default: dynamo, falling back to TorchScript)")
     a.set_defaults(func=cmd_apply)
 
-    b = sub.add_parser("bench", help="time saved models on their own (the first is the baseline)")
+    b = sub.add_parser("bench", help="time saved models, each paired with its teacher (others: vs the first)")
     b.add_argument("models", nargs="+", help="folders written by apply, model folders, hub names or 'default'")
     b.add_argument("--threads", type=whole_number(1), default=2)
     b.add_argument("--batch-size", type=whole_number(1), default=1)
     b.add_argument("--seq-len", type=whole_number(1), default=128)
     b.add_argument("--repeats", type=whole_number(3), default=50)
+    b.add_argument("--teacher", help="teacher folder to pair saved folders with (default: the cached teacher of "
+                                     "each recipe, else the structure its manifest describes)")
     b.set_defaults(func=cmd_bench)
 
     for command in sub.choices.values():  # options every command takes, also after its name

@@ -162,7 +162,7 @@ def load_classifier(
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelFolderError(f"cannot read the model config of {source}: {_first_line(err)}") from None
-    get_adapter(config.model_type)  # fail early, naming what is supported
+    adapter = get_adapter(config.model_type)  # fail early, naming what is supported
     config.num_labels = num_labels
     if num_labels == 1:
         config.problem_type = "regression"
@@ -171,18 +171,56 @@ def load_classifier(
         kwargs["use_safetensors"] = True
     import transformers
 
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "newly initialized classifier" is expected
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()  # a new head is expected (logged once below), other mismatches refused
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars: the CLI owns the terminal
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(  # a head of another size is re-initialised
-            source, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True, **kwargs
+        model, info = AutoModelForSequenceClassification.from_pretrained(  # a head of another size: new
+            source, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
+            output_loading_info=True, **kwargs
         )
     except (OSError, ValueError, RuntimeError) as err:  # unreadable weights, a refused pickle, shape errors
         where = "the model folder" if local else "the model"
         raise ModelFolderError(f"cannot load the weights of {where} {source}: {_first_line(err)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
+    _check_loaded_weights(source, adapter.base_attr, info, num_labels)
     return model.eval()
+
+
+def _is_head_weight(key: str, base: str) -> bool:
+    """A weight of the task head: outside the encoder backbone, or its pooler (encoder-only
+    checkpoints, e.g. sentence-transformers models, often have none)."""
+    return not key.startswith(base + ".") or key.startswith(base + ".pooler.")
+
+
+def _check_loaded_weights(source: str, base: str, info: dict[str, Any], num_labels: int) -> None:
+    """A new (or resized) classification head is expected and logged once; an encoder weight that
+    is missing from the checkpoint or has another shape than the config says is a ModelFolderError
+    (transformers would re-initialise it at random and the study would train noise)."""
+    mismatched = [(str(m[0]), tuple(m[1]), tuple(m[2])) if isinstance(m, tuple) and len(m) == 3 else (str(m), (), ())
+                  for m in info.get("mismatched_keys") or ()]
+    missing = sorted(str(k) for k in info.get("missing_keys") or ())
+    bad_shape = sorted(m for m in mismatched if not _is_head_weight(m[0], base))
+    if bad_shape:
+        key, ckpt, want = bad_shape[0]
+        more = f" (and {len(bad_shape) - 1} more)" if len(bad_shape) > 1 else ""
+        raise ModelFolderError(
+            f"{source}: weight {key} has shape {list(ckpt)} in the checkpoint but the config asks for {list(want)}"
+            f"{more}; make config.json match the weights (e.g. vocab_size, hidden sizes) or re-save the model "
+            f"with save_pretrained")
+    absent = [k for k in missing if not _is_head_weight(k, base)]
+    if absent:
+        more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+        raise ModelFolderError(
+            f"{source}: encoder weight {absent[0]} is not in the checkpoint{more}; the weights do not belong to "
+            f"this config (model_type, number of layers): re-save the model with save_pretrained")
+    new_head = sorted({k for k in missing if _is_head_weight(k, base)} | {m[0] for m in mismatched})
+    if new_head:
+        log.info("%s: new classification head for %d label(s), initialised at random (%s)", source, num_labels,
+                 ", ".join(new_head))
 
 
 def weights_hash(model: nn.Module) -> str:

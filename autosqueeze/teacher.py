@@ -132,6 +132,18 @@ def _read_info(path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {"data": "unreadable"}
 
 
+def cached_teacher_path(weights_hash: str | None, root: Path | None = None) -> Path | None:
+    """The cached teacher folder whose recorded weights hash is ``weights_hash`` (None: none is
+    cached here). Needs no data and trains nothing: how ``bench`` finds a saved model's teacher."""
+    teachers = (root or cache_root()) / "teachers"
+    if not weights_hash or not teachers.is_dir():
+        return None
+    for info_file in sorted(teachers.glob("*/teacher.json")):
+        if _read_info(info_file.parent).get("weights_hash") == weights_hash:
+            return info_file.parent
+    return None
+
+
 def get_teacher(model_name: str, task: TaskSpec | str, data_dir: str | None, settings: TrainSettings,
                 progress: Progress | None = None, root: Path | None = None) -> Teacher:
     """The cached teacher for (model, task, settings), training it first if the cache has none."""

@@ -236,6 +236,32 @@ def test_report_out_onto_a_file_is_refused(tiny_model_dir, tmp_path, capsys):
     run_bad(capsys, tmp_path, ["report", str(study), "--out", str(_existing(tmp_path, "a file"))], "--out")
 
 
+@pytest.mark.parametrize("held", ["files of the user", "another study's report"])
+def test_report_never_overwrites_what_it_did_not_write(held, tiny_model_dir, tmp_path, capsys):
+    """Without --out the report goes to report/ beside the study: that folder too is refused when it holds
+    something else than this study's earlier report, and --overwrite replaces only the report's own files."""
+    from autosqueeze.cli import main
+    from tests.bad_inputs_helpers import snapshot
+
+    study = write_study(tmp_path, tiny_model_dir)
+    make_db(study)
+    folder = tmp_path / "report"
+    folder.mkdir()
+    if held == "files of the user":
+        (folder / "report.html").write_text("<p>my notes</p>")
+    else:  # a second study file in the same folder shares report/
+        (folder / "effectiveness.md").write_text("# autosqueeze study other\n\n- model m, study file /x/other.yaml\n")
+    (folder / "keep.txt").write_text("keep me")
+    run_bad(capsys, tmp_path, ["report", str(study)], str(folder), "--overwrite")
+    run_bad(capsys, tmp_path, ["report", str(study), "--out", str(folder)], str(folder), "--overwrite")
+    assert main(["report", str(study), "--overwrite"]) == 0
+    assert (folder / "keep.txt").read_text() == "keep me" and "study file" in (folder / "effectiveness.md").read_text()
+    before = snapshot(folder)
+    assert main(["report", str(study)]) == 0  # its own earlier report: rewritten without asking
+    assert snapshot(folder).keys() == before.keys() and (folder / "keep.txt").read_text() == "keep me"
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
 def test_a_bug_is_one_line_and_verbose_shows_its_traceback(tmp_path, capsys, monkeypatch):
     from autosqueeze import cli
 

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from autosqueeze.atomic import atomic_dir, clean_leftovers, write_text_atomic
 from autosqueeze.errors import ModelFolderError, UserError
@@ -92,6 +93,10 @@ def _broken_model(src: Path, dst: Path, how: str) -> Path:
     elif how == "config value of the wrong type":  # was: an internal error (transformers' strict dataclass)
         cfg = json.loads((dst / "config.json").read_text())
         (dst / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": "three"}))
+    elif how in ("config vocab_size mismatch", "config intermediate_size mismatch"):
+        cfg = json.loads((dst / "config.json").read_text())  # was: those weights silently re-initialised
+        key = how.split()[1]
+        (dst / "config.json").write_text(json.dumps({**cfg, key: cfg[key] + 16}))
     elif how == "pickle only":
         import torch
         from safetensors.torch import load_file
@@ -106,7 +111,9 @@ MODEL_CASES = [("no tokenizer", "tokenizer"), ("truncated weights", "truncated")
                ("config not JSON", "not valid JSON"), ("config unknown model_type", "bart-of-darkness"),
                ("config without model_type", "model_type"), ("no config", "config.json"),
                ("config value of the wrong type", "num_hidden_layers"),
-               ("pickle only", "--allow-pickle")]
+               ("pickle only", "--allow-pickle"),
+               ("config vocab_size mismatch", "word_embeddings.weight has shape"),
+               ("config intermediate_size mismatch", "intermediate.dense")]
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +153,37 @@ def test_the_library_refuses_a_folder_without_tokenizer_and_pickle_unless_allowe
     with pytest.raises(ModelFolderError, match="--allow-pickle"):
         check_model_folder(broken_models["pickle only"])
     check_model_folder(broken_models["pickle only"], allow_pickle=True)  # the flag says otherwise
+
+
+@pytest.mark.parametrize("arch", ["bert", "modernbert"])
+def test_a_new_head_is_expected_but_an_encoder_weight_that_does_not_fit_is_refused(arch, tiny_model_dir, tmp_path,
+                                                                                   caplog):
+    import logging
+
+    import transformers
+
+    from autosqueeze.models import load_classifier
+    from tests import tiny
+
+    folder = tiny.save_model_dir(arch, tiny_model_dir / "vocab.txt", tmp_path / arch, layers=1)
+    config = json.loads((folder / "config.json").read_text())
+    with caplog.at_level(logging.INFO, logger="autosqueeze"):  # a 2-label head, a 3-label task: a new head
+        model = load_classifier(str(folder), 3)
+    assert model.config.num_labels == 3
+    heads = [r.message for r in caplog.records if "new classification head" in r.message]
+    assert len(heads) == 1 and "for 3 label(s)" in heads[0] and "classifier.weight" in heads[0], caplog.text
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    backbone = tiny.adapter(model).base_attr
+    for name, tensor in reference.state_dict().items():  # the encoder is the checkpoint's
+        if name.startswith(backbone + ".") and ".pooler." not in name:
+            assert torch.equal(model.state_dict()[name], tensor), name
+    for key in ("vocab_size", "intermediate_size"):
+        (folder / "config.json").write_text(json.dumps({**config, key: config[key] + 8}))
+        with pytest.raises(ModelFolderError) as err:
+            load_classifier(str(folder), 2)
+        line = str(err.value)
+        assert "\n" not in line and str(folder) in line and "make config.json match the weights" in line, line
+        assert ("embeddings" if key == "vocab_size" else "mlp" if arch == "modernbert" else "intermediate") in line
 
 
 # --- study databases --------------------------------------------------------------------

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import autosqueeze
-from autosqueeze.deploy import build, load_compressed, save_compressed
+from autosqueeze.artifact import load_compressed, save_compressed
+from autosqueeze.builder import build
 from autosqueeze.measure import model_size
 from autosqueeze.methods import MethodContext, MethodError
 from autosqueeze.methods.prune_vocab import PrunedVocabEmbedding, decode_kept, encode_kept

@@ -83,7 +83,7 @@ def test_apply_reaches_into_neither_search_nor_report():
     assert (PACKAGE / "apply.py").is_file() and not (PACKAGE / "rebuild.py").exists()
     assert violations(modules("apply.py"), ("autosqueeze.search", "autosqueeze.report")) == []
     through = sorted(module_name(p) for p in reachable(PACKAGE / "apply.py"))  # not even through another module
-    assert "autosqueeze.deploy" in through
+    assert {"autosqueeze.builder", "autosqueeze.artifact"} <= set(through)
     assert [m for m in through if m.startswith(("autosqueeze.search", "autosqueeze.report"))] == []
 
 
@@ -101,17 +101,32 @@ def test_nothing_imports_the_cli():
 def test_search_reaches_methods_only_through_the_registry_and_the_context():
     """Teacher outputs, the layer map and the early stopper travel as typed MethodContext fields:
     search/ imports no method module's internals (distill's cache, ...)."""
-    # decompose_svd: search/validate.py still checks its ranks from the shapes (``gains``), left of issue 10
+    # decompose_svd's shape check reaches search/validate.py through the registry (MethodSpec.check_shapes)
     methods = sorted(p.stem for p in (PACKAGE / "methods").glob("*.py")
-                     if p.stem not in ("__init__", "context", "registry", "decompose_svd"))
-    assert "distill" in methods
+                     if p.stem not in ("__init__", "context", "registry"))
+    assert "distill" in methods and "decompose_svd" in methods
     assert violations(modules("search"), tuple(f"autosqueeze.methods.{m}" for m in methods)) == []
 
 
+def test_search_is_below_the_report_and_the_commands():
+    """The search picks its final candidates with search.pareto, not the report's."""
+    assert violations(modules("search"), ("autosqueeze.report", "autosqueeze.apply", "autosqueeze.bench",
+                                          "autosqueeze.cli")) == []
+
+
+def test_the_builder_and_everything_below_the_search_import_nothing_above():
+    """build, artifact, runtimes, methods, measure, models ... import neither search/, report/ nor a command."""
+    above = ("search", "report", "apply.py", "bench.py", "cli.py", "cli_args.py", "__init__.py", "__main__.py")
+    below = [p for p in PACKAGE.rglob("*.py") if str(p.relative_to(PACKAGE)).partition("/")[0] not in above]
+    assert {PACKAGE / "builder.py", PACKAGE / "artifact.py", PACKAGE / "runtimes" / "onnx_export.py"} <= set(below)
+    assert violations(below, ("autosqueeze.search", "autosqueeze.report", "autosqueeze.apply", "autosqueeze.bench",
+                              "autosqueeze.cli")) == []
+
+
 def test_report_reads_studies_through_storage_and_the_trial_record_only():
-    """The report opens a study with search.storage (no sampler) and reads trials as TrialRecord:
-    nothing of the search itself (study, objective, space)."""
-    allowed = ("autosqueeze.search.storage", "autosqueeze.search.trial_record")
+    """The report opens a study with search.storage (no sampler), reads trials as TrialRecord and
+    takes the front from search.pareto: nothing of the search itself (study, objective, space)."""
+    allowed = ("autosqueeze.search.storage", "autosqueeze.search.trial_record", "autosqueeze.search.pareto")
     used = sorted(f"{module_name(p)} imports {m}" for p in modules("report") for m in imported_modules(p)
                   if (m == "autosqueeze.search" or m.startswith("autosqueeze.search."))
                   and not any(m == a or m.startswith(a + ".") for a in allowed))

@@ -17,14 +17,18 @@ from tests.test_cli_e2e import FAST_LATENCY
 
 def _model_dir(arch: str, bert_dir: Path, out: Path) -> Path:
     """The fixture vocabulary (a word-level BERT tokenizer, without token type ids) and a tiny ``arch`` model."""
-    tok = transformers.BertTokenizerFast(vocab=str(bert_dir / "vocab.txt"), do_lower_case=True,
-                                         model_input_names=["input_ids", "attention_mask"])
-    tok.save_pretrained(out)
-    model = tiny.tiny_model(arch, layers=2, heads=4, hidden=32, ffn=64)
-    model.config.vocab_size = len(tok)
-    model.resize_token_embeddings(len(tok))
-    model.save_pretrained(out)
-    return out
+    return tiny.save_model_dir(arch, bert_dir / "vocab.txt", out, layers=2, heads=4, hidden=32, ffn=64)
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_a_tiny_model_folder_pads_with_its_tokenizers_pad_id(arch, tiny_model_dir, tmp_path):
+    """MPNet and RoBERTa pad with id 1 by default; with the fixture's BERT vocabulary that is [UNK],
+    whose embedding would be a frozen zero and whose position the padding one."""
+    folder = _model_dir(arch, tiny_model_dir, tmp_path / arch)
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.pad_token_id == tok.pad_token_id == model.get_input_embeddings().padding_idx
+    assert model.get_input_embeddings().weight[tok.unk_token_id].abs().sum() > 0
 
 
 @pytest.mark.parametrize("arch", ["mpnet", "modernbert"])

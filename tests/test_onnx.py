@@ -6,7 +6,7 @@ import builtins
 import pytest
 import torch
 
-from autosqueeze.deploy import build
+from autosqueeze.builder import build
 from autosqueeze.errors import USER_ERRORS
 from autosqueeze.measure import HardwareProfile, LatencySettings, LatencyStats
 from autosqueeze.recipe import Recipe, Step

@@ -1,6 +1,6 @@
 """Every registered method's cases (tests/cases) deployed through ONNX Runtime, on every architecture.
 
-Each case is built on its tiny model of each architecture in ``tiny.ARCHS`` (deploy.build),
+Each case is built on its tiny model of each architecture in ``tiny.ARCHS`` (builder.build),
 exported the way ``apply`` and an ``onnxruntime`` profile export it
 (:func:`export_for_deployment`, TorchScript exporter for speed; the dynamo exporter is covered
 in test_onnx.py), run in an ONNX Runtime session, and its logits compared with the PyTorch
@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from autosqueeze.arch import get_adapter
-from autosqueeze.deploy import build
+from autosqueeze.builder import build
 from autosqueeze.measure import HardwareProfile
 from autosqueeze.methods import method_names
 from autosqueeze.recipe import Recipe, Step

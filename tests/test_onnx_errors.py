@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from autosqueeze.deploy import build
+from autosqueeze.builder import build
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.runtimes import OnnxUnsupported, export_for_deployment, export_onnx, onnx_export
 from tests import tiny

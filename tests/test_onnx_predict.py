@@ -7,7 +7,7 @@ import pytest
 
 from autosqueeze.arch import get_adapter
 from autosqueeze.data import TaskData
-from autosqueeze.deploy import build
+from autosqueeze.builder import build
 from autosqueeze.measure import HardwareProfile
 from autosqueeze.measure.metrics import evaluate
 from autosqueeze.methods import MethodContext

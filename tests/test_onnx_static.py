@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autosqueeze.deploy import build, load_compressed, save_compressed
+from autosqueeze.artifact import load_compressed, save_compressed
+from autosqueeze.builder import build
 from autosqueeze.measure import HardwareProfile, LatencySettings
 from autosqueeze.methods.quantize_static import StaticInt8Linear
 from autosqueeze.recipe import Recipe, Step

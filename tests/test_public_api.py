@@ -31,7 +31,7 @@ def test_star_import_and_unknown_names():
 
 def test_names_are_the_defining_modules_objects():
     from autosqueeze.apply import rebuild
-    from autosqueeze.deploy import build
+    from autosqueeze.builder import build
     from autosqueeze.recipe import Recipe
 
     assert autosqueeze.Recipe is Recipe and autosqueeze.build is build and autosqueeze.rebuild is rebuild

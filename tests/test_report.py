@@ -289,3 +289,36 @@ def test_majority_reference_is_the_floor_of_a_constant_predictor():
     assert ref["metrics"] == {"accuracy": pytest.approx(2 / 3), "accuracy_mismatched": 0.25}
     ref = majority_reference(TaskData(TASKS["stsb"], None, [], [Example(("a", "b"), y) for y in (1.0, 2.0, 4.5)]))
     assert ref["predicts"].startswith("the mean score 2.5") and ref["metrics"] == {"pearson": 0.0, "spearmanr": 0.0}
+
+
+def test_tables_and_hover_show_the_speedup_spread(tmp_path):
+    """A point timed in pairs shows the p10–p90 of its per-pair ratios beside its speedup; one
+    without a stored spread (older studies) shows the speedup alone."""
+    from autosqueeze.report.plots import pareto_figure
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("main_metric", "accuracy")
+    study.set_user_attr("teacher", {"search_metric": 0.90, "latency_ms": TEACHER_MS})
+    study.set_user_attr("int8_baseline", {"metric": 0.89, "latency_ms": 10.0, "speedup": 2.0,
+                                          "speedup_spread": {"p10": 1.8, "p90": 2.2}})
+    spread = _trial(["quantize_dynamic"], 0.885, 6.25)  # speedup 3.2
+    spread.set_user_attr("speedup_spread", {"p10": 2.9, "p90": 3.4})
+    study.add_trials([spread, _trial(["drop_layers", "distill"], 0.80, 4.0)])
+    records = trial_records(study)
+    sections, rows = report_sections(study, records, "accuracy")
+    by_trial = {r["trial"]: r for r in rows if r["role"] != "reference"}
+    assert by_trial[0]["speedup"] == 3.2 and (by_trial[0]["speedup_p10"], by_trial[0]["speedup_p90"]) == (2.9, 3.4)
+    assert math.isnan(by_trial[1]["speedup_p10"])
+    md = table.to_markdown(rows, "accuracy")
+    assert "| 3.2 (2.90–3.40) |" in md and "| 5 |" in md  # trial 1 (no spread): the number alone
+    assert "| 2 (1.80–2.20) |" in md and "| 1 |" in md  # the int8 reference's spread; the teacher's 1
+    assert md.splitlines()[0].startswith("| trial | role | methods | size_% | size_no_emb_% | speedup | latency_ms |")
+    parsed = list(csv.DictReader(io.StringIO(table.to_csv(rows, "accuracy"))))
+    assert list(parsed[0])[5:8] == ["speedup", "speedup_p10", "speedup_p90"]
+    row0 = next(p for p in parsed if p["trial"] == "0")
+    assert (row0["speedup"], row0["speedup_p10"], row0["speedup_p90"]) == ("3.2", "2.9", "3.4")
+    assert next(p for p in parsed if p["trial"] == "1")["speedup_p10"] == ""
+    assert "<td>3.2 (2.90–3.40)</td>" in table.to_html(rows, "accuracy")
+    fig = pareto_figure(records, pareto_front(records), "accuracy")
+    hover = next(t for t in fig.data if t.name == "quantize_dynamic").text[0]
+    assert "3.20x, p10–p90 2.90–3.40x" in hover

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from autosqueeze.arch import get_adapter
-from autosqueeze.deploy import build
+from autosqueeze.builder import build
 from autosqueeze.measure import HardwareProfile, LatencySettings
 from autosqueeze.measure import paired as paired_mod
 from autosqueeze.methods import MethodContext

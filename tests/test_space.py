@@ -9,7 +9,7 @@ import pytest
 import yaml
 from optuna.trial import FixedTrial
 
-from autosqueeze.deploy import build
+from autosqueeze.builder import build
 from autosqueeze.measure.latency import fixed_threads
 from autosqueeze.methods import get_method, method_names
 from autosqueeze.search.space import SpaceError, load_space

@@ -216,15 +216,17 @@ def test_refuses_quantized_layers():
         pu.apply(quantized, get_method("prune_unstructured").make_config({}), tiny.context(t))
 
 
-def test_saved_and_loaded_through_deploy(tmp_path):
-    deploy = pytest.importorskip("autosqueeze.deploy")
+def test_saved_and_loaded_through_the_artifact(tmp_path):
+    from autosqueeze.artifact import load_compressed, save_compressed
+    from autosqueeze.builder import build
+
     t = tiny.tiny_bert()
     recipe = Recipe(steps=[Step("prune_unstructured", {"sparsity": 0.8, "kernel": "csr"}), Step("distill", {"steps": 2}),
                            Step("cast_precision", {"parts": ["embeddings"]}),
                            Step("quantize_weights", {"bits": 4, "group_size": 16, "parts": ["classifier"]})])
-    built = deploy.build(recipe, t, tiny.context(t))
-    deploy.save_compressed(built, recipe, None, t.config, tmp_path / "m")
-    loaded = deploy.load_compressed(tmp_path / "m")
+    built = build(recipe, t, tiny.context(t))
+    save_compressed(built, recipe, None, t.config, tmp_path / "m")
+    loaded = load_compressed(tmp_path / "m")
     b = tiny.batch()
     assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in built.model.modules()]
     assert torch.allclose(tiny.logits(loaded, b), tiny.logits(built.model, b), atol=1e-6)

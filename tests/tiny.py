@@ -18,10 +18,11 @@ from autosqueeze.methods import MethodContext
 
 VOCAB = 120
 ARCHS = ("bert", "distilbert", "electra", "roberta", "mpnet", "deberta-v2", "modernbert")
+PAD_ID = {"roberta": 1, "mpnet": 1}  # their convention (<s> 0, <pad> 1); MPNet's embeddings hard-code 1
 
 
 def _config(arch: str, layers: int, heads: int, hidden: int, ffn: int, num_labels: int):
-    common = dict(vocab_size=VOCAB, num_labels=num_labels, pad_token_id=0)
+    common = dict(vocab_size=VOCAB, num_labels=num_labels, pad_token_id=PAD_ID.get(arch, 0))
     if arch == "distilbert":
         return transformers.DistilBertConfig(n_layers=layers, n_heads=heads, dim=hidden, hidden_dim=ffn,
                                              max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
@@ -39,11 +40,11 @@ def _config(arch: str, layers: int, heads: int, hidden: int, ffn: int, num_label
                                             pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
                                             position_biased_input=False, type_vocab_size=0, **bert_like)
     if arch == "mpnet":
-        return transformers.MPNetConfig(relative_attention_num_buckets=32, **{**bert_like, "pad_token_id": 1})
+        return transformers.MPNetConfig(relative_attention_num_buckets=32, **bert_like)
     if arch == "electra":
         return transformers.ElectraConfig(embedding_size=hidden, **bert_like)
     if arch == "roberta":
-        return transformers.RobertaConfig(**{**bert_like, "pad_token_id": 1})
+        return transformers.RobertaConfig(**bert_like)
     if arch == "bert":
         return transformers.BertConfig(**bert_like)
     raise ValueError(f"no tiny config for {arch!r}; known: {ARCHS}")
@@ -66,7 +67,18 @@ def save_model_dir(arch: str, vocab_file: Path, out: Path, layers: int = 2, head
                    ffn: int = 64) -> Path:
     """A folder a study can name as its ``model``: a tiny random ``arch`` classifier whose embeddings
     cover a word-level BERT tokenizer built from ``vocab_file`` (saved beside it, without token
-    type ids, which most of the families have no table for)."""
+    type ids, which most of the families have no table for). The tokenizer's [PAD] has the id the
+    model pads with: for RoBERTa and MPNet (pad id 1) the vocabulary's first two entries are swapped,
+    else their [UNK] (1 in a BERT vocabulary) would get the padding's frozen zero embedding and
+    position, and real padding positions of their own."""
+    words = vocab_file.read_text().splitlines()
+    pad = PAD_ID.get(arch, 0)
+    if words.index("[PAD]") != pad:
+        words.remove("[PAD]")
+        words.insert(pad, "[PAD]")
+        out.mkdir(parents=True, exist_ok=True)
+        vocab_file = out / "vocab.txt"
+        vocab_file.write_text("\n".join(words) + "\n")
     tok = transformers.BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True,
                                          model_input_names=["input_ids", "attention_mask"])
     tok.save_pretrained(out)

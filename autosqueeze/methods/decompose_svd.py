@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import ArchAdapter
+from ..arch import ArchAdapter, get_adapter
 from .common import is_quantized_module
 from .context import MethodContext
 from .registry import MethodError, Stage, register
@@ -256,6 +256,29 @@ def apply(model: nn.Module, config: DecomposeSVDConfig, ctx: MethodContext) -> n
     return model
 
 
+def check_shapes(model: nn.Module, config: DecomposeSVDConfig) -> str | None:
+    """Whether ``config`` fits ``model``, from the matrix shapes alone (no SVD; search-space
+    validation runs this instead of applying): a rank must shrink some matrix, an
+    embedding rank must be below the embeddings' dimensions. Returns why not, or None."""
+    adapter = get_adapter(model)
+    shapes = []
+    for layer in adapter.layers(model):
+        parts = adapter.attention(layer)
+        up, down = adapter.ffn(layer)
+        mods = {"query": parts.query, "key": parts.key, "value": parts.value, "attn_out": parts.output,
+                "ffn_up": up, "ffn_down": down}
+        shapes += [(int(mods[p].in_features), int(mods[p].out_features)) for p in config.projections()]
+    if config.rank is not None and not config.allow_no_gain and shapes and not any(
+            gains(min(config.rank, i, o), i, o) for i, o in shapes):
+        return (f"would factorize no matrix of this model (matrices {sorted(set(shapes))}, where a "
+                f"rank-{config.rank} factorization is not smaller: choose lower ranks)")
+    if config.embedding_rank is not None:
+        emb = model.get_input_embeddings()  # a transformers model
+        if config.embedding_rank >= min(emb.num_embeddings, emb.embedding_dim):
+            return f"has an embedding_rank not below the embeddings' {emb.num_embeddings}x{emb.embedding_dim}"
+    return None
+
+
 SPEC = register(
     "decompose_svd",
     DecomposeSVDConfig,
@@ -263,4 +286,5 @@ SPEC = register(
     stage=Stage.DECOMPOSE,
     family="low-rank factorization",
     summary="truncated SVD of attention/FFN projections (and optionally word embeddings) into two thin Linears",
+    check_shapes=check_shapes,
 )

@@ -37,6 +37,8 @@ class MethodError(UserError, ValueError):
 
 
 ApplyFn = Callable[[nn.Module, Any, MethodContext], nn.Module]
+# (model, config) -> why the config cannot be applied to the model (None: it can), from its shapes alone
+ShapeCheck = Callable[[nn.Module, Any], str | None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class MethodSpec:
     runtime: str | None = None  # the only runtime that deploys it (None: any)
     family: str = ""  # survey family: quantization, pruning, distillation, ...
     summary: str = ""
+    # a cheap model-aware check that search-space validation runs instead of applying the method
+    # (None: validation applies it to a small stand-in of the model)
+    check_shapes: ShapeCheck | None = None
 
     def make_config(self, params: dict[str, Any] | None) -> Any:
         """Build and validate the method's Config from a plain dict (recipe or search)."""
@@ -85,12 +90,14 @@ def register(
     runtime: str | None = None,
     family: str = "",
     summary: str = "",
+    check_shapes: ShapeCheck | None = None,
 ) -> MethodSpec:
     if name in _REGISTRY:
         raise MethodError(f"method {name!r} is already registered")
     if not dataclasses.is_dataclass(config_cls):
         raise MethodError(f"method {name!r}: config must be a dataclass")
-    spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, runtime, family, summary)
+    spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, runtime, family, summary,
+                      check_shapes)
     _REGISTRY[name] = spec
     return spec
 

@@ -30,6 +30,7 @@ class Reference:
     speedup: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # every official metric measured
     recipe: str | None = None  # what the point is, for the table
+    speedup_spread: dict[str, float] | None = None  # p10 / p90 of its per-pair ratios (when timed in pairs)
 
 
 def teacher_metric(attrs: dict[str, Any], metric_name: str) -> float | None:
@@ -53,7 +54,7 @@ def references(attrs: dict[str, Any], metric_name: str) -> list[Reference]:
     if base.get("latency_ms"):
         out.append(Reference("int8 baseline (quantize_dynamic)", float(base["latency_ms"]),
                              None if base.get("metric") is None else float(base["metric"]), base.get("speedup"),
-                             dict(base.get("metrics") or {}), "quantize_dynamic()"))
+                             dict(base.get("metrics") or {}), "quantize_dynamic()", base.get("speedup_spread")))
     floor = attrs.get("majority_baseline") or {}
     if floor.get("metric") is not None:
         out.append(Reference(MAJORITY, None, float(floor["metric"]), None, dict(floor.get("metrics") or {}),
@@ -90,7 +91,8 @@ def runtime_references(attrs: dict[str, Any]) -> list[Reference]:
     if not base.get("latency_ms"):
         return []
     return [Reference("int8 baseline (ONNX Runtime dynamic int8)", float(base["latency_ms"]),
-                      None if base.get("metric") is None else float(base["metric"]), base.get("speedup"))]
+                      None if base.get("metric") is None else float(base["metric"]), base.get("speedup"),
+                      speedup_spread=base.get("speedup_spread"))]
 
 
 @dataclass(frozen=True)

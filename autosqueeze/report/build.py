@@ -99,9 +99,9 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
             f"<tr><td>{r.number}</td><td>{html.escape(r.recipe_summary)}</td>"
             f"<td>{_num((r.search or {}).get('metric'), 4)}</td><td>{_num(r.metric, 4)}</td>"
             f"<td>{_num((r.search or {}).get('latency_ms'), 2)}</td><td>{_num(r.latency_ms, 2)}</td>"
-            f"<td>{_num(r.speedup, 2)}</td></tr>" for r in finals)
+            f"<td>{html.escape(table.speedup_text(r.speedup, r.speedup_spread))}</td></tr>" for r in finals)
         head = ("<tr><th>trial</th><th>final recipe</th><th>search metric</th><th>final metric</th>"
-                "<th>search ms</th><th>final ms</th><th>final speedup</th></tr>")
+                "<th>search ms</th><th>final ms</th><th>final speedup (p10–p90)</th></tr>")
         sections.insert(1, Section(
             "Two fidelities: search-time -> final", fidelity_figure(finals, metric_name),
             (f"Kendall tau between search-time and final {metric_name} over {len(finals)} finalized candidates: "

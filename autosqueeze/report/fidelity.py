@@ -8,14 +8,14 @@ study has any, and the rank agreement between the two fidelities is computed (Ke
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import optuna
 
-from ..search.trial_record import TrialRecord, trial_records
+from ..search.pareto import kendall_tau
+from ..search.trial_record import FINAL_ATTR, TrialRecord, trial_records
 
-FINAL_ATTR = "final"  # study user attribute: {trial number (str): final entry}
+__all__ = ["FINAL_ATTR", "final_entries", "final_records", "kendall_tau", "records_for_export"]
 
 
 def final_entries(study: optuna.Study) -> dict[int, dict[str, Any]]:
@@ -43,26 +43,3 @@ def records_for_export(study: optuna.Study) -> tuple[list[TrialRecord], str]:
     """The final records when the study has been finalized, else the search-time ones; and which."""
     finals = final_records(study)
     return (finals, "final") if finals else (trial_records(study), "search")
-
-
-def kendall_tau(xs: list[float], ys: list[float]) -> float | None:
-    """Kendall's τ-b between two equally long lists (None with fewer than 2 pairs or no variation)."""
-    n = len(xs)
-    if n != len(ys) or n < 2:
-        return None
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = xs[i] - xs[j], ys[i] - ys[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denom = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return None if denom == 0 else (concordant - discordant) / denom

@@ -1,34 +1,16 @@
-"""The Pareto front of (metric ↑, latency ↓) over trial records — data only, no drawing.
+"""Choosing from the Pareto front of (metric ↑, latency ↓) — data only, no drawing.
 
-The records are :class:`autosqueeze.search.trial_record.TrialRecord` (re-exported here).
+The front itself is computed below the report (:func:`autosqueeze.search.pareto.pareto_front`,
+re-exported here with :class:`autosqueeze.search.trial_record.TrialRecord`).
 """
 from __future__ import annotations
 
 from ..errors import UserError
+from ..search.pareto import pareto_front
+from ..search.pareto import point as _point
 from ..search.trial_record import TrialRecord, trial_records
 
 __all__ = ["NoTrialWithinBudget", "TrialRecord", "pareto_front", "select", "trial_records"]
-
-
-def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Feasible trials not dominated in (metric higher, latency lower), by latency.
-
-    Trials with exactly the same metric and latency (e.g. one recipe sampled twice) appear
-    once, as the earliest of them.
-    """
-    cands = [(r, *_point(r)) for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
-    front = [(r, m, lat) for r, m, lat in cands if not any(
-        (om >= m and olat <= lat) and (om > m or olat < lat) for _, om, olat in cands)]
-    unique: dict[tuple[float, float], TrialRecord] = {}
-    for r, m, lat in sorted(front, key=lambda t: t[0].number):
-        unique.setdefault((m, lat), r)
-    return sorted(unique.values(), key=lambda r: (_point(r)[1], r.number))
-
-
-def _point(r: TrialRecord) -> tuple[float, float]:
-    """(metric, latency) of a record known to have both (a front member)."""
-    assert r.metric is not None and r.latency_ms is not None
-    return r.metric, r.latency_ms
 
 
 class NoTrialWithinBudget(UserError, LookupError):

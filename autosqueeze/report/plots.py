@@ -20,7 +20,9 @@ def _hover(r: TrialRecord, metric_name: str) -> str:
     recipe = "<br>".join(html.escape(f"{s['method']} {s.get('params') or ''}") for s in steps) or "(no compression)"
     metric = "-" if r.metric is None else f"{r.metric:.4f}"
     metric += _other_metrics(r.metrics or {}, metric_name)
-    lat = "-" if r.latency_ms is None else f"{r.latency_ms:.2f} ms ({(r.speedup or 0):.2f}x)"
+    spread = r.speedup_spread or {}
+    within = f", p10–p90 {spread['p10']:.2f}–{spread['p90']:.2f}x" if "p10" in spread and "p90" in spread else ""
+    lat = "-" if r.latency_ms is None else f"{r.latency_ms:.2f} ms ({(r.speedup or 0):.2f}x{within})"
     pct = r.size_pct or {}
     size = f"<br>size: {pct['total']:.1f}% of the teacher" if "total" in pct else ""
     return (f"<b>trial {r.number}</b> ({html.escape(r.status)})<br>{metric_name}: {metric}<br>latency: {lat}{size}"

@@ -283,7 +283,7 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     ``model``'s layers). Other quantization steps (half-precision casts, weight-only
     int8/int4, embedding int8) are exported as they run in PyTorch, when ONNX Runtime can.
     """
-    from ..deploy import quantize_start
+    from ..builder import quantize_start, replay
     from ..methods.common import is_quantized_module, part_weights
     from .onnx_int8 import quantize_onnx_dynamic, quantize_onnx_static
 
@@ -303,15 +303,11 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     if float_model is None or _has_packed_int8(float_model) or _static_ranges(float_model):
         raise OnnxUnsupported(f"a {int8[0].method} recipe is exported from its float model, and none was given")
     from ..arch import get_adapter
-    from ..methods import MethodContext
-    from ..recipe import Recipe, apply_recipe
 
     adapter = get_adapter(float_model)
     base = float_model
-    others = [s for s in steps if s.method not in GRAPH_INT8]
-    if others:  # e.g. bf16 embeddings + int8 encoder: cast first, then int8 in the graph
-        base, _ = apply_recipe(Recipe(steps=others), float_model, MethodContext(adapter=adapter, seed=recipe.seed,
-                                                                                replay=True))
+    if any(s.method not in GRAPH_INT8 for s in steps):  # e.g. bf16 embeddings + int8 encoder: cast first,
+        base = replay(recipe, float_model, part="quantize", skip=GRAPH_INT8)  # then int8 in the graph
     float_path = path.with_name(f".{path.stem}.float.onnx")
     try:
         info = export_onnx(base, float_path, exporter=exporter)

@@ -7,7 +7,8 @@ is computed from the ONNX Runtime session's logits, with the same metric code
 (:func:`autosqueeze.measure.metrics.evaluate`) — so a point on the front is the deployed
 artifact's accuracy, not an approximation of it by PyTorch kernels.
 
-The search objective, ``apply`` and the methods table call :func:`evaluate_in_runtime`; it
+The search objective and ``apply`` call :func:`evaluate_in_runtime` (given ``onnx_path``, the
+graph a trial was already timed on: :class:`autosqueeze.runtimes.deployed.OrtDeployment`); it
 returns the metrics and, for ONNX Runtime, the export's :class:`OnnxInfo` as a dict (which
 exporter, how many int8 nodes, the float graph's difference from PyTorch). A model ONNX
 Runtime cannot run raises :class:`OnnxUnsupported` with its one-line reason.

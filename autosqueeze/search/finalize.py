@@ -21,11 +21,10 @@ from typing import Any
 
 from ..methods import Stage, get_method
 from ..recipe import Recipe, Step
-from ..report.fidelity import FINAL_ATTR, kendall_tau
-from ..report.pareto import pareto_front
 from ..study_config import FinalizeSettings, StudyConfig
 from .objective import evaluate_recipe
-from .trial_record import TrialRecord, trial_records
+from .pareto import kendall_tau, pareto_front
+from .trial_record import FINAL_ATTR, TrialRecord, trial_records
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -78,7 +77,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
 
     With ``save_dir`` each final model is also saved, as ``apply`` would, to ``save_dir/trial-<n>``.
     """
-    from .study import open_study, prepare
+    from .study import open_study, prepare, use_study_reference
 
     settings = config.finalize
     if top_k is not None or steps is not None:
@@ -93,6 +92,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
                         f"`autosqueeze search {config.path}` first")
     budget = study.user_attrs.get("latency_budget_ms")
     sc = prepare(config, data_dir, budget, progress)
+    use_study_reference(study, sc)  # final latencies on the scale of the search's
     finals: dict[str, Any] = dict(study.user_attrs.get(FINAL_ATTR) or {})
     t0 = time.perf_counter()
     for k, record in enumerate(candidates):
@@ -107,7 +107,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
                            if key in result}
         recipe.measured["fidelity"] = "final"
         if save_dir is not None and "built" in keep:
-            from ..deploy import save_compressed
+            from ..artifact import save_compressed
 
             save_compressed(keep["built"], recipe, sc.teacher.tokenizer, sc.teacher.model.config,
                             Path(save_dir) / f"trial-{record.number}", recipe.measured, check_plain=False)

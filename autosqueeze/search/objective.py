@@ -17,6 +17,7 @@ stats, speedup, size, all metrics, and
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,8 +32,8 @@ import optuna
 from torch import nn
 
 from ..arch import get_adapter
+from ..builder import build
 from ..data import TaskData
-from ..deploy import build
 from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, model_size
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate, evaluate_deployed
@@ -41,6 +42,7 @@ from ..methods import MethodContext, get_method
 from ..methods.context import TeacherOutputCache
 from ..recipe import Recipe, Step
 from ..runtimes import OnnxUnavailable, deployed_latency
+from ..runtimes.deployed import OrtDeployment
 from ..runtimes.predict import evaluate_in_runtime
 from ..tasks import compute_metrics
 from ..teacher import Teacher
@@ -67,7 +69,8 @@ class SearchContext:
     train_threads: int = 1
     latency_settings: LatencySettings = field(default_factory=LatencySettings)
     eval_batch_size: int = 64
-    baseline: LatencyStats | None = None
+    baseline: LatencyStats | None = None  # the teacher timed in this process
+    reference_ms: float | None = None  # the study's one teacher reference, when it has one (study.use_study_reference)
     teacher_size: SizeReport | None = None
     progress: Progress | None = None
     early_stop: EarlyStopSettings = field(default_factory=EarlyStopSettings)
@@ -76,6 +79,15 @@ class SearchContext:
     timing_cache: dict[str, Timing] = field(default_factory=dict)
     elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
     runtimes: tuple[str, ...] = ()  # those a trial may deploy with (empty: profile.runtime alone)
+
+    @property
+    def baseline_ms(self) -> float:
+        """The teacher latency every speedup is applied to (``latency_ms = baseline_ms / speedup``): the
+        study's reference, recorded once, else this process's baseline."""
+        if self.reference_ms is not None:
+            return self.reference_ms
+        assert self.baseline is not None, "call measure_baseline first"
+        return self.baseline.median_ms
 
     def profile_for(self, recipe: Recipe | None) -> HardwareProfile:
         """The profile a recipe is timed and evaluated on: the study's, in the recipe's runtime."""
@@ -94,12 +106,13 @@ class SearchContext:
         return ctx
 
     def timing(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
-               recipe: Recipe | None = None) -> Timing:
+               recipe: Recipe | None = None, graph: OrtDeployment | None = None) -> Timing:
         """The candidate and the teacher timed alternately on the same inputs (measure/paired.py says why).
 
         Cached per architecture unless the cost depends on the data (early exit: timed on real
         dev batches, and so is its paired teacher). In the recipe's runtime: an ONNX Runtime
-        candidate is its exported graph, paired with the same PyTorch teacher.
+        candidate is its exported graph (``graph``'s when given, exported only if the timing is
+        not cached), paired with the same PyTorch teacher.
         """
         real = needs_real_inputs(model)
         profile = self.profile_for(recipe)
@@ -108,10 +121,10 @@ class SearchContext:
         if not real and key is not None and key in self.timing_cache:
             return self.timing_cache[key]
         inputs = timing_inputs(model, self.data, self.profile.batch_size)
-        assert self.baseline is not None, "call measure_baseline first"
+        onnx_path = graph.path if graph is not None and profile.runtime == "onnxruntime" else None
         timing = timing_against_teacher(model, self.teacher.model, profile, self.latency_settings,
-                                        self.baseline.median_ms, inputs, paired=self.paired_baseline,
-                                        float_model=float_model, recipe=recipe)
+                                        self.baseline_ms, inputs, paired=self.paired_baseline,
+                                        float_model=float_model, recipe=recipe, onnx_path=onnx_path)
         if not real and key is not None:
             self.timing_cache[key] = timing
         return timing
@@ -174,15 +187,17 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
                         profile={"runtime": runtime})
         try:
             built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
-            timing = sc.timing(built.model, architecture_key(recipe), built.float_model, recipe)
-            with fixed_threads(sc.train_threads):
-                metrics, _ = evaluate_in_runtime(built.model, sc.profile_for(recipe), sc.data, sc.extra_dev,
-                                                 sc.eval_batch_size, float_model=built.float_model, recipe=recipe)
+            with OrtDeployment(built.model, float_model=built.float_model, recipe=recipe) as graph:  # one export
+                timing = sc.timing(built.model, architecture_key(recipe), built.float_model, recipe, graph)
+                with fixed_threads(sc.train_threads):
+                    metrics, _ = evaluate_in_runtime(built.model, sc.profile_for(recipe), sc.data, sc.extra_dev,
+                                                     sc.eval_batch_size,
+                                                     onnx_path=graph.path if runtime == "onnxruntime" else None)
         except OnnxUnavailable as err:  # the onnx extra is optional: the study goes on without that point
             log.warning("no ONNX Runtime int8 reference: %s", err)
             continue
         out[name] = {"metric": metrics[sc.main_metric], "metrics": metrics, "runtime": runtime,
-                     **timing.to_result(sc.baseline.median_ms), "recipe": recipe.to_dict()["steps"],
+                     **timing.to_result(sc.baseline_ms), "recipe": recipe.to_dict()["steps"],
                      "dev_examples": len(sc.data.dev)}
     return out
 
@@ -195,16 +210,25 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     early stopping; without it every trial within budget trains to the end. With ``keep`` (a
     dict) the built model is left in ``keep["built"]`` (finalize saves it).
     """
+    with contextlib.ExitStack() as cleanup:  # removes the exported graph of an ONNX Runtime trial
+        return _evaluate_recipe(recipe, sc, cleanup, reference, keep)
+
+
+def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.ExitStack,
+                     reference: Callable[[float], float | None] | None, keep: dict[str, Any] | None) -> dict[str, Any]:
     assert sc.baseline is not None and sc.teacher_size is not None, "call measure_baseline first"
     t0 = time.perf_counter()
     probe_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
     probe = probe_built.model
-    lat = sc.timing(probe, architecture_key(recipe), probe_built.float_model, recipe)
-    data_dependent = needs_real_inputs(probe)
-    reuse = probe_built if is_data_free(recipe) else None  # the probe already is the final model
-    del probe, probe_built
     profile = sc.profile_for(recipe)
-    result: dict[str, Any] = {**lat.to_result(sc.baseline.median_ms), "probe_s": time.perf_counter() - t0,
+    reuse = probe_built if is_data_free(recipe) else None  # the probe already is the final model
+    graph = None  # an ONNX Runtime trial whose probe is final: one export, timed and evaluated
+    if reuse is not None and profile.runtime == "onnxruntime":
+        graph = cleanup.enter_context(OrtDeployment(probe, float_model=probe_built.float_model, recipe=recipe))
+    lat = sc.timing(probe, architecture_key(recipe), probe_built.float_model, recipe, graph)
+    data_dependent = needs_real_inputs(probe)
+    del probe, probe_built
+    result: dict[str, Any] = {**lat.to_result(sc.baseline_ms), "probe_s": time.perf_counter() - t0,
                               "runtime": profile.runtime}
     # a data-dependent cost (early exit) was probed at full depth, its worst case: judged on its real latency
     if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms and not data_dependent:
@@ -227,8 +251,8 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
             else:  # the dev metric of the runtime's own model (e.g. the ORT int8 graph's predictions)
                 metrics, onnx_info = evaluate_in_runtime(built.model, profile, sc.data, sc.extra_dev,
                                                          sc.eval_batch_size, float_model=built.float_model,
-                                                         recipe=recipe)
-                exit_stats, result["onnx"] = None, onnx_info
+                                                         recipe=recipe, onnx_path=None if graph is None else graph.path)
+                exit_stats, result["onnx"] = None, onnx_info if graph is None else graph.info_dict()
     except TrialStoppedEarly as stop:
         assert stopper is not None  # only the stopper raises TrialStoppedEarly
         result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
@@ -237,7 +261,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
     if stopper is not None:
         result["early_stop"] = stopper.history
     if data_dependent:
-        result.update(sc.timing(built.model, None, built.float_model, recipe).to_result(sc.baseline.median_ms))
+        result.update(sc.timing(built.model, None, built.float_model, recipe).to_result(sc.baseline_ms))
     if exit_stats is not None:
         result["exit_stats"] = exit_stats
     if keep is not None:

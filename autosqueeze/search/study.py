@@ -16,6 +16,7 @@ import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 import optuna
 from optuna.trial import TrialState
@@ -41,6 +42,7 @@ from .storage import (
     redact,
     storage_exists,
 )
+from .trial_record import TrialRecord
 from .validate import validate_for_model
 
 log = logging.getLogger(__name__)
@@ -173,8 +175,25 @@ def _check_teacher(study: optuna.Study, sc: SearchContext, url: str) -> None:
             f"folder into this machine's cache ($AUTOSQUEEZE_CACHE/teachers), or give the study a new 'name'")
 
 
+def use_study_reference(study: optuna.Study, sc: SearchContext) -> None:
+    """One teacher reference latency per study: the first process's baseline is the study's
+    ``teacher.latency_ms`` for good, and every later process (a resume, another worker, finalize)
+    applies its paired speedups to it (``sc.reference_ms``), so all trials share one scale. Each
+    process's own baseline is appended to ``teacher_latency_runs`` (how the teacher moved between runs)."""
+    assert sc.baseline is not None, "call measure_baseline first"
+    attrs = study.user_attrs
+    first = (attrs.get("teacher") or {}).get("latency_ms")
+    runs = list(attrs.get("teacher_latency_runs") or ([{"latency_ms": first}] if first else []))
+    b = sc.baseline
+    runs.append({"latency_ms": b.median_ms, "p10_ms": b.p10_ms, "p90_ms": b.p90_ms,
+                 "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "host": socket.gethostname(), "pid": os.getpid()})
+    study.set_user_attr("teacher_latency_runs", runs)
+    sc.reference_ms = float(first) if first else None
+
+
 def _failure_reason(trial: optuna.trial.FrozenTrial) -> str:
-    reason = trial.user_attrs.get("error") or (trial.system_attrs.get("fail_reason") or "unknown").strip()
+    reason = TrialRecord.from_trial(trial).error or (trial.system_attrs.get("fail_reason") or "unknown").strip()
     return " ".join(str(reason).split())[:300]
 
 
@@ -218,6 +237,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     study.set_user_attr("early_stop", sc.early_stop.to_dict())
     if "fingerprint" not in attrs:  # the machine that measures the latencies, once per study
         study.set_user_attr("fingerprint", hardware_fingerprint(sc.profile.threads, sc.profile.runtime))
+    use_study_reference(study, sc)  # before any timing of this process: the study's teacher latency
     known = attrs.get("teacher") or {}
     if "majority_baseline" not in attrs:  # the floor: always the most frequent dev label (the mean for regression)
         study.set_user_attr("majority_baseline", majority_reference(sc.data, sc.extra_dev))
@@ -230,7 +250,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
                  "dev_examples": refs["teacher"]["dev_examples"]}
     assert sc.baseline is not None and sc.teacher_size is not None  # measured by the SearchContext above
     study.set_user_attr("teacher", {
-        "metrics": sc.teacher.metrics, "latency_ms": sc.baseline.median_ms, "size": sc.teacher_size.to_dict(),
+        "metrics": sc.teacher.metrics, "latency_ms": sc.baseline_ms, "size": sc.teacher_size.to_dict(),
         "path": str(sc.teacher.path), "weights_hash": sc.teacher.info.get("weights_hash"),
         **{k: known.get(k) for k in ("search_metric", "search_metrics", "dev_examples")}})
     objective = make_objective(space.for_model(sc.teacher.model), sc)

@@ -26,9 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 if TYPE_CHECKING:
     from ..recipe import Recipe
 
-__all__ = ["STATUSES", "TrialRecord", "constraint_values", "is_feasible", "trial_records"]
+__all__ = ["FINAL_ATTR", "STATUSES", "TrialRecord", "constraint_values", "is_feasible", "trial_records"]
 STATUSES = ("complete", "over_budget", "stopped_early", "failed")  # what the objective writes as ``status``
 _WHERE = ("number", "state", "feasible", "extra")  # fields that are not stored attributes
+FINAL_ATTR = "final"  # study user attribute of a finalized study: {trial number (str): final record's attributes}
 
 
 @dataclass(frozen=True)

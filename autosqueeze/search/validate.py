@@ -9,8 +9,8 @@ their ranges and once per other extreme of each knob (probe mode: training steps
 skipped, data-dependent choices use one batch), and turns the first refusal into a
 :class:`SpaceError` naming the file, the key, the value and the fix. To keep this to
 seconds, the copy is a *twin*: the same depth, head count and FFN size with 2-wide heads;
-``decompose_svd`` is checked from the real matrix shapes instead (its limits are the
-dimensions, and an SVD per matrix would cost minutes).
+a method with a ``check_shapes`` hook in the registry (``decompose_svd``: its limits are the
+dimensions, and an SVD per matrix would cost minutes) is checked by it on the real model instead.
 """
 from __future__ import annotations
 
@@ -68,33 +68,6 @@ def _twin(model: nn.Module) -> nn.Module:
         return model
 
 
-def _check_decompose(space: SearchSpace, step: StepSpace, knob: str | None, params: dict[str, Any],
-                     model: nn.Module) -> None:
-    """decompose_svd from the matrix shapes alone (no SVD): a rank must shrink some matrix."""
-    from ..methods.decompose_svd import gains
-
-    config = get_method(step.method).make_config(params)
-    adapter = get_adapter(model)
-    shapes = []
-    for layer in adapter.layers(model):
-        parts = adapter.attention(layer)
-        up, down = adapter.ffn(layer)
-        mods = {"query": parts.query, "key": parts.key, "value": parts.value, "attn_out": parts.output,
-                "ffn_up": up, "ffn_down": down}
-        shapes += [(int(mods[p].in_features), int(mods[p].out_features))  # type: ignore[arg-type]
-                   for p in config.projections()]
-    if config.rank is not None and not config.allow_no_gain and shapes and not any(
-            gains(min(config.rank, i, o), i, o) for i, o in shapes):
-        raise SpaceError(f"{space.path}: {_describe(step, knob, params)} would factorize no matrix of this model "
-                         f"(matrices {sorted(set(shapes))}: a rank-{config.rank} factorization is not smaller); "
-                         f"{_fix(step, knob)} to lower ranks")
-    if config.embedding_rank is not None:
-        emb = model.get_input_embeddings()  # type: ignore[operator]  # a transformers model
-        if config.embedding_rank >= min(emb.num_embeddings, emb.embedding_dim):
-            raise SpaceError(f"{space.path}: {_describe(step, knob, params)}: embedding_rank is not below the "
-                             f"embeddings' {emb.num_embeddings}x{emb.embedding_dim}; {_fix(step, knob)}")
-
-
 def validate_for_model(space: SearchSpace, model: nn.Module, make_context: Callable[[], MethodContext]) -> int:
     """Apply each structural step's extreme configs to a stand-in of ``model``; returns the
     number of configs checked. Warns once per step that ``space.for_model`` left out because
@@ -119,8 +92,10 @@ def validate_for_model(space: SearchSpace, model: nn.Module, make_context: Calla
                 continue
             seen.append(params)
             checked += 1
-            if step.method == "decompose_svd":
-                _check_decompose(space, step, knob, params, model)
+            if spec.check_shapes is not None:  # the method checks its config from the real shapes
+                refusal = spec.check_shapes(model, spec.make_config(params))
+                if refusal:
+                    raise SpaceError(f"{space.path}: {_describe(step, knob, params)} {refusal}; {_fix(step, knob)}")
                 continue
             ctx = make_context()
             ctx.adapter, ctx.probe, ctx.decisions = get_adapter(twin), True, {}

@@ -65,7 +65,7 @@ def stage_finalize(config: Any, data_dir: str, work: Path) -> None:
 
 # --- references ------------------------------------------------------------------------------
 def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dict[str, Any]:
-    from autosqueeze.deploy import load_compressed
+    from autosqueeze.artifact import load_compressed
     from autosqueeze.measure.references import time_references
     from autosqueeze.teacher import get_teacher
 
@@ -92,11 +92,10 @@ def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
     calls) keyed ``trial-N@onnxruntime``, and its dev metric computed by that session."""
     import dataclasses
 
-    from autosqueeze.deploy import load_compressed, read_manifest
+    from autosqueeze.artifact import load_compressed, read_manifest
     from autosqueeze.measure.latency import fixed_threads
-    from autosqueeze.measure.metrics import evaluate
-    from autosqueeze.runtimes.onnx_export import OnnxUnsupported, export_for_deployment
-    from autosqueeze.runtimes.ort import OrtClassifier, make_session
+    from autosqueeze.runtimes.deployed import OrtDeployment
+    from autosqueeze.runtimes.onnx_export import OnnxUnsupported
     from autosqueeze.tasks import get_task
 
     profile = dataclasses.replace(config.hardware, runtime="onnxruntime")
@@ -105,17 +104,17 @@ def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
     metrics: dict[str, dict[str, Any]] = {}
     for folder in folders:
         recipe = read_manifest(folder)["recipe"]
+        graph = OrtDeployment(load_compressed(folder), float_model=load_compressed(folder, quantized=False),
+                              recipe=recipe, path=tmp / f"{folder.name}.onnx")  # kept in tmp while it is timed
         try:
-            info = export_for_deployment(load_compressed(folder), tmp / f"{folder.name}.onnx",
-                                         float_model=load_compressed(folder, quantized=False), recipe=recipe)
+            quantized_nodes = graph.info.quantized_nodes
         except OnnxUnsupported as err:
             log.warning("%s does not deploy in ONNX Runtime: %s", folder.name, err)
             continue
-        model = OrtClassifier(make_session(info.path, profile, spinning=False), None)
         with fixed_threads(profile.threads):
-            m = evaluate(model, data, extra, config.eval.batch_size)
-        models[f"{folder.name}@onnxruntime"] = model
-        metrics[folder.name] = {"metric": m[task.main_metric], "metrics": m, "quantized_nodes": info.quantized_nodes}
+            m = graph.evaluate(profile, data, extra, config.eval.batch_size)
+        models[f"{folder.name}@onnxruntime"] = graph.classifier(profile)  # spinning off: timed interleaved
+        metrics[folder.name] = {"metric": m[task.main_metric], "metrics": m, "quantized_nodes": quantized_nodes}
     return models, metrics
 
 

@@ -43,32 +43,27 @@ def row_recipe(row: dict):
 
 
 def ort_column(recipe, built, sc) -> dict:
-    """The trained model of a PyTorch row deployed in ONNX Runtime: exported once (int8 steps
-    redone by ONNX Runtime), timed paired with the PyTorch teacher, dev metric from the session."""
+    """The trained model of a PyTorch row deployed in ONNX Runtime (``OrtDeployment``): exported once
+    (int8 steps redone by ONNX Runtime), timed paired with the PyTorch teacher, dev metric from the session."""
     import dataclasses
-    import tempfile
 
     from autosqueeze.measure.latency import fixed_threads
-    from autosqueeze.measure.paired import timing_against_teacher
-    from autosqueeze.runtimes import OnnxUnavailable
-    from autosqueeze.runtimes.onnx_export import OnnxUnsupported, export_for_deployment
-    from autosqueeze.runtimes.predict import evaluate_in_runtime
+    from autosqueeze.runtimes import OnnxUnavailable, OnnxUnsupported
+    from autosqueeze.runtimes.deployed import OrtDeployment
 
     ort_recipe = dataclasses.replace(recipe, profile={**(recipe.profile or {}), "runtime": "onnxruntime"})
     profile = sc.profile_for(ort_recipe)
     try:
-        with tempfile.TemporaryDirectory(prefix="methods-ort-") as tmp:
-            info = export_for_deployment(built.model, Path(tmp) / "model.onnx", float_model=built.float_model,
-                                         recipe=ort_recipe)
-            timing = timing_against_teacher(built.model, sc.teacher.model, profile, sc.latency_settings,
-                                            sc.baseline.median_ms, paired=sc.paired_baseline, onnx_path=info.path)
+        with OrtDeployment(built.model, float_model=built.float_model, recipe=ort_recipe) as graph:
+            timing = graph.timing(sc.teacher.model, profile, sc.latency_settings, sc.baseline_ms,
+                                  paired=sc.paired_baseline)
             with fixed_threads(sc.train_threads):
-                metrics, _ = evaluate_in_runtime(built.model, profile, sc.data, sc.extra_dev, sc.eval_batch_size,
-                                                 onnx_path=info.path)
+                metrics = graph.evaluate(profile, sc.data, sc.extra_dev, sc.eval_batch_size)
+            quantized_nodes = graph.info.quantized_nodes
     except (OnnxUnsupported, OnnxUnavailable) as err:
         return {"ort_note": f"PyTorch only: {err}".splitlines()[0]}
-    return {"ort": {**timing.to_result(sc.baseline.median_ms), "metric": metrics[sc.main_metric],
-                    "quantized_nodes": info.quantized_nodes}}
+    return {"ort": {**timing.to_result(sc.baseline_ms), "metric": metrics[sc.main_metric],
+                    "quantized_nodes": quantized_nodes}}
 
 
 def main() -> int:

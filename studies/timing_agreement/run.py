@@ -96,7 +96,7 @@ def worker(model_name: str | None, profile: Any, settings: Any, model: Any = Non
     import torch
 
     from autosqueeze.arch import get_adapter
-    from autosqueeze.deploy import build
+    from autosqueeze.builder import build
     from autosqueeze.measure.latency import measure_latency
     from autosqueeze.measure.paired import baseline_settings, timing_against_teacher
     from autosqueeze.methods import MethodContext

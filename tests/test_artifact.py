@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import autosqueeze
-from autosqueeze.deploy import MANIFEST, WEIGHTS, CorruptModelError, build, read_manifest, save_compressed
+from autosqueeze.artifact import MANIFEST, WEIGHTS, CorruptModelError, read_manifest, save_compressed
+from autosqueeze.builder import build
 from autosqueeze.recipe import Recipe, Step
 from tests.tiny import batch, context, logits, tiny_bert
 

@@ -1,4 +1,4 @@
-"""Build a recipe's model for deployment, save it, and load it back.
+"""The saved model folder: write it, read its manifest, load the model back.
 
 A saved folder holds ``config.json`` (the compressed model's config), the tokenizer,
 ``model.safetensors`` (float weights after every step except the final quantization
@@ -8,8 +8,8 @@ steps), ``model.onnx`` when the model could be exported (always when the recipe'
 recipe, each step's recorded decisions, the teacher's config, the measured values, the
 weights' SHA-256, and whether a plain ``from_pretrained`` gives the same model).
 :func:`load_compressed` rebuilds the structure from the teacher's config by replaying the
-decisions (no data, no training), loads the weights, and re-applies the quantization steps,
-which are deterministic.
+decisions (:func:`autosqueeze.builder.replay`: no data, no training), loads the weights, and
+re-applies the quantization steps, which are deterministic.
 """
 from __future__ import annotations
 
@@ -17,19 +17,17 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .arch import get_adapter
 from .atomic import atomic_dir
+from .builder import Built, quantize_start, replay, replay_context
 from .errors import UserError
 from .measure.latency import needs_real_inputs
-from .methods import MethodContext, Stage, get_method
-from .recipe import Recipe, RecipeError, apply_recipe
+from .recipe import Recipe, RecipeError
 
 log = logging.getLogger(__name__)
 MANIFEST = "autosqueeze.json"
@@ -39,33 +37,6 @@ ONNX = "model.onnx"
 
 class CorruptModelError(UserError, RuntimeError):
     """A saved model folder is incomplete or does not match its manifest."""
-
-
-def quantize_start(recipe: Recipe) -> int:
-    """Index of the first quantization step (len(steps) when there is none)."""
-    for i, step in enumerate(recipe.steps):
-        if get_method(step.method).stage >= Stage.QUANTIZE:
-            return i
-    return len(recipe.steps)
-
-
-@dataclass
-class Built:
-    model: nn.Module  # the deployed model
-    float_model: nn.Module  # before the quantization steps (what is saved)
-    decisions: list[dict[str, Any]]
-
-
-def build(recipe: Recipe, teacher: nn.Module, ctx: MethodContext) -> Built:
-    """Apply every step of ``recipe`` to a copy of ``teacher``."""
-    q = quantize_start(recipe)
-    float_model, dec = apply_recipe(recipe, teacher, ctx, upto=q)
-    model = float_model
-    if q < len(recipe.steps):
-        rest = Recipe(steps=recipe.steps[q:])
-        model, dec_q = apply_recipe(rest, float_model, ctx)
-        dec = dec + dec_q
-    return Built(model, float_model, dec)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -198,13 +169,11 @@ def load_compressed(path: str | Path, quantized: bool = True) -> nn.Module:
     recipe: Recipe = manifest["recipe"]
     tc = dict(manifest["teacher_config"])
     decisions = manifest["decisions"]
-    q = quantize_start(recipe)
     try:
         config = AutoConfig.for_model(tc.pop("model_type"), **tc)
         base = AutoModelForSequenceClassification.from_config(config).eval()
-        ctx = MethodContext(adapter=get_adapter(base), seed=recipe.seed, replay=True,
-                            num_labels=config.num_labels)  # type: ignore[arg-type]
-        model, _ = apply_recipe(recipe, base, ctx, decisions, upto=q, copy_model=False)
+        ctx = replay_context(recipe, base)
+        model = replay(recipe, base, decisions, ctx, part="float", copy_model=False)
     except (ValueError, KeyError, TypeError, IndexError) as err:  # MethodError is a ValueError
         raise CorruptModelError(f"{path / MANIFEST}: its recipe cannot be replayed on its teacher config: "
                                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -213,6 +182,6 @@ def load_compressed(path: str | Path, quantized: bool = True) -> nn.Module:
     except (SafetensorError, RuntimeError, OSError) as err:
         detail = " ".join(str(err).split())[:300]
         raise CorruptModelError(f"{path / WEIGHTS} does not match the recipe's structure: {detail}") from None
-    if quantized and q < len(recipe.steps):
-        model, _ = apply_recipe(Recipe(steps=recipe.steps[q:]), model, ctx, decisions[q:], copy_model=False)
+    if quantized and quantize_start(recipe) < len(recipe.steps):
+        model = replay(recipe, model, decisions, ctx, part="quantize", copy_model=False)
     return model.eval()
