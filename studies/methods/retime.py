@@ -30,8 +30,9 @@ def main() -> int:
     p.add_argument("--only", action="append", help="row names (default: every row without early exit)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--study", default=str(HERE / "study.yaml"), help="the study whose teacher and profile to use")
     args = p.parse_args()
-    config = load_study_config(HERE / "study.yaml")
+    config = load_study_config(args.study)
     rows = [r for r in yaml.safe_load((HERE / "rows.yaml").read_text())["rows"]
             if (not args.only or r["name"] in args.only) and all(s["method"] != "early_exit" for s in r["steps"])]
     sc = prepare(config, resolve_data_dir(args.data_dir or config.data_dir), None)
