@@ -156,22 +156,30 @@ def read_manifest(path: str | Path, verify_weights: bool = False) -> dict[str, A
     return {**manifest, "recipe": recipe}
 
 
+def teacher_structure(teacher_config: dict[str, Any]) -> nn.Module:
+    """The fp32 classifier a manifest's ``teacher_config`` describes, untrained (eval mode): the
+    structure a saved folder's recipe replays on, and what ``bench`` pairs with when no trained
+    teacher is at hand. Raises ValueError / KeyError / TypeError for a config transformers refuses."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    tc = dict(teacher_config)
+    config = AutoConfig.for_model(tc.pop("model_type"), **tc)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
 def load_compressed(path: str | Path, quantized: bool = True) -> nn.Module:
     """Rebuild and load a model saved by :func:`save_compressed` (eval mode, CPU); with
     ``quantized=False`` the float model before the recipe's quantization steps (what is saved,
     and what an ONNX export redoes int8 on)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = Path(path)
     manifest = read_manifest(path, verify_weights=True)
     recipe: Recipe = manifest["recipe"]
-    tc = dict(manifest["teacher_config"])
     decisions = manifest["decisions"]
     try:
-        config = AutoConfig.for_model(tc.pop("model_type"), **tc)
-        base = AutoModelForSequenceClassification.from_config(config).eval()
+        base = teacher_structure(manifest["teacher_config"])
         ctx = replay_context(recipe, base)
         model = replay(recipe, base, decisions, ctx, part="float", copy_model=False)
     except (ValueError, KeyError, TypeError, IndexError) as err:  # MethodError is a ValueError

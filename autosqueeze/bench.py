@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from .artifact import MANIFEST, ONNX, load_compressed, read_manifest
+from .artifact import MANIFEST, ONNX, load_compressed, read_manifest, teacher_structure
 from .measure import HardwareProfile, LatencySettings, LatencyStats, measure_latency, model_size
 from .measure.paired import baseline_settings, timing_against_teacher
 
@@ -116,13 +116,10 @@ def find_reference(path: str, teacher_dir: str | None = None) -> tuple[str, Refe
     cached = cached_teacher_path(manifest["recipe"].teacher.get("weights_hash"))
     if cached is not None:
         return str(cached), Reference(load_teacher(cached).model.eval(), "teacher (cache)")
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    tc = dict(manifest["teacher_config"])
+    tc = manifest["teacher_config"]
     key = json.dumps(tc, sort_keys=True, default=str)
     try:
-        config = AutoConfig.for_model(tc.pop("model_type"), **tc)
-        model = AutoModelForSequenceClassification.from_config(config).eval()
+        model = teacher_structure(tc)
     except (ValueError, KeyError, TypeError) as err:
         log.warning("%s: no teacher to pair with (%s); timing it alone", path, err)
         return None
