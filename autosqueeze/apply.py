@@ -31,7 +31,7 @@ from .measure.latency import fixed_threads
 from .measure.metrics import evaluate, evaluate_deployed
 from .measure.paired import baseline_settings, timing_against_teacher, timing_inputs
 from .methods import MethodContext
-from .models import base_model_hash, load_classifier, load_tokenizer, weights_hash
+from .models import base_model_hash, load_classifier, load_tokenizer, quiet_transformers, weights_hash
 from .recipe import Recipe, RecipeError, load_recipe
 from .tasks import TaskSpec, get_task
 from .teacher import Teacher, get_teacher, load_task_data, load_teacher
@@ -108,19 +108,13 @@ def check_recipe_fits(recipe: Recipe, task: TaskSpec, where: str | Path) -> None
     is trained from the teacher) or whose base model cannot be loaded here (the teacher step says why)."""
     if any(s.method == "elastic" for s in recipe.steps):
         return
-    import transformers
-
-    bars = transformers.logging.is_progress_bar_enabled()
-    transformers.logging.disable_progress_bar()  # a refusal after loading stays one line
     try:
-        model = load_classifier(recipe.base_model, task.num_labels)
-        tokenizer = load_tokenizer(recipe.base_model)
+        with quiet_transformers():  # a refusal after loading stays one line
+            model = load_classifier(recipe.base_model, task.num_labels)
+            tokenizer = load_tokenizer(recipe.base_model)
     except (UserError, OSError) as err:
         log.debug("recipe not checked against its base model before the teacher: %s", err)
         return
-    finally:
-        if bars:
-            transformers.logging.enable_progress_bar()
     vocab = int(getattr(model.config, "vocab_size", 0)) or len(tokenizer)
 
     def random_batches(n: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -27,6 +27,7 @@ from .atomic import atomic_dir
 from .builder import Built, quantize_start, replay, replay_context
 from .errors import UserError
 from .measure.latency import needs_real_inputs
+from .models import quiet_transformers
 from .recipe import Recipe, RecipeError
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,11 @@ def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str,
                                        "quantization; load with autosqueeze.load"}
     if needs_real_inputs(built.model):
         return {"ok": False, "reason": "early exit replaces forward(); from_pretrained would run the full depth"}
-    import transformers
     from transformers import AutoModelForSequenceClassification
 
-    verbosity = transformers.logging.get_verbosity()
-    bars = transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
     try:
-        plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        with quiet_transformers():
+            plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         cfg: Any = built.model.config
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(min(5, cfg.vocab_size - 1), cfg.vocab_size, (2, 12), generator=g)
@@ -76,10 +73,6 @@ def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str,
     except Exception as err:  # size mismatches, custom modules: the reason is what matters
         line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         return {"ok": False, "reason": f"from_pretrained fails: {type(err).__name__}: {line}"}
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:
-            transformers.logging.enable_progress_bar()
     if diff > 1e-6 + 1e-5 * float(ref.abs().max()):  # the same model gives the same logits
         return {"ok": False, "reason": f"from_pretrained loads but predicts differently (max |logit diff| "
                                        f"{diff:.3g}): a step changed the model beyond what config.json describes"}

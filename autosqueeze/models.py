@@ -1,12 +1,14 @@
 """Load a model and tokenizer: the packaged MiniLM-L6 default, a local folder, or a hub name."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import json
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,23 @@ def load_tokenizer(name: str | None, *, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Transformers' warnings and "Loading weights" progress bars off inside the block (the CLI owns
+    the terminal: a one-line error must not follow two bars), restored as they were after it."""
+    import transformers
+
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
+
+
 def load_classifier(
     name: str | None,
     num_labels: int,
@@ -169,23 +188,15 @@ def load_classifier(
     kwargs: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if not pickle_allowed(allow_pickle):
         kwargs["use_safetensors"] = True
-    import transformers
-
-    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()  # a new head is expected (logged once below), other mismatches refused
-    transformers.logging.disable_progress_bar()  # "Loading weights" bars: the CLI owns the terminal
-    try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(  # a head of another size: new
-            source, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
-            output_loading_info=True, **kwargs
-        )
+    try:  # a new head is expected (logged once below), other mismatches refused
+        with quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(  # a head of another size: new
+                source, config=config, trust_remote_code=trust_remote_code, ignore_mismatched_sizes=True,
+                output_loading_info=True, **kwargs
+            )
     except (OSError, ValueError, RuntimeError) as err:  # unreadable weights, a refused pickle, shape errors
         where = "the model folder" if local else "the model"
         raise ModelFolderError(f"cannot load the weights of {where} {source}: {_first_line(err)}") from None
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:
-            transformers.logging.enable_progress_bar()
     _check_loaded_weights(source, adapter.base_attr, info, num_labels)
     return model.eval()
 
