@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from torch import nn
 
+from . import safe_yaml
 from .atomic import write_text_atomic
 from .errors import OutputError, UserError
 from .methods import MethodContext, MethodError, get_method
@@ -141,7 +142,9 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_yaml.load_file(path)
+    except safe_yaml.YamlTooLarge as err:
+        raise RecipeError(f"{path}: refused: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from . import safe_yaml
 from .builtin_spaces import resolve_space
 from .elastic.train import ElasticSettings
 from .errors import ConfigError
@@ -149,7 +150,9 @@ def load_study_config(path: str | Path) -> StudyConfig:
         raise ConfigError(f"study file {path} {what}")
     src = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_yaml.load_file(path)
+    except safe_yaml.YamlTooLarge as err:
+        raise ConfigError(f"{src}: refused: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{src}: not valid YAML: {yaml_error_line(err)}") from None
     except UnicodeDecodeError as err:

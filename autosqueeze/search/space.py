@@ -57,6 +57,7 @@ from typing import Any
 import optuna
 import yaml
 
+from .. import safe_yaml
 from ..errors import UserError
 from ..methods import MethodError, get_method
 from ..recipe import Recipe, RecipeError, Step
@@ -361,7 +362,9 @@ def load_space(path: str | Path) -> SearchSpace:
     if not path.is_file():
         raise SpaceError(f"search space {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_yaml.load_file(path)
+    except safe_yaml.YamlTooLarge as err:
+        raise SpaceError(f"{src}: refused: {err}") from None
     except yaml.YAMLError as err:
         raise SpaceError(f"{src}: not valid YAML: {str(err).splitlines()[0]}") from None
     except UnicodeDecodeError as err:
