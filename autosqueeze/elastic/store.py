@@ -24,7 +24,7 @@ from torch import nn
 from ..atomic import atomic_dir
 from ..data import TaskData
 from ..teacher import cache_root
-from .train import ElasticSettings, train_elastic
+from .train import ElasticSettings, resolve_steps, train_elastic
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
@@ -38,7 +38,7 @@ class ElasticStudentMissing(LookupError):
 
 
 def elastic_key(teacher_hash: str, task: str, data: dict[str, Any], settings: ElasticSettings) -> str:
-    ident = {"teacher": teacher_hash, "task": task, "data": data, "settings": settings.to_dict()}
+    ident = {"teacher": teacher_hash, "task": task, "data": data, "settings": settings.key_dict()}
     return f"{task}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
@@ -71,7 +71,8 @@ def get_elastic_student(teacher: nn.Module, teacher_hash: str, data: TaskData, s
     if (path / INFO).is_file() and (path / WEIGHTS).is_file():
         log.info("using cached elastic student %s", path)
         return ElasticStudent(key, path, json.loads((path / INFO).read_text()))
-    log.info("no cached elastic student %s: training it (%d sandwich steps)", key, settings.steps)
+    log.info("no cached elastic student %s: training it (%d sandwich steps)", key,
+             resolve_steps(settings, len(data.train), data.batch_size))
     student, info = train_elastic(teacher, data, settings, progress)
     info = {"key": key, "teacher_weights_hash": teacher_hash, "task": data.task.name,
             "data": data_settings(data, train_subset), "settings": settings.to_dict(), **info}

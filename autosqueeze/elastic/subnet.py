@@ -51,6 +51,18 @@ def even_layers(depth: int, keep: int) -> list[int]:
     return sorted({round(i * depth / keep) for i in range(keep)})
 
 
+LAYER_SETS = ("even", "first")
+
+
+def pick_layers(depth: int, keep: int, how: str = "even") -> list[int]:
+    """``keep`` of ``depth`` layers: ``even`` (spread, :func:`even_layers`) or ``first`` (the bottom ``keep``)."""
+    if how not in LAYER_SETS:
+        raise ValueError(f"layer_set must be one of {list(LAYER_SETS)}, got {how!r}")
+    if how == "first" and 1 <= keep <= depth:
+        return list(range(keep))
+    return even_layers(depth, keep)
+
+
 def resolve_count(name: str, value: int | float, total: int) -> int:
     """A count (int) or a fraction of ``total`` (float in (0, 1]) as a count in [1, total]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -5,15 +5,38 @@ one, and ``random_subnets`` random ones from the teacher (soft logits at ``tempe
 hidden-state MSE of each kept layer against the teacher layer it came from), accumulating
 the gradients of all of them into the shared weights before one optimiser step — the
 sandwich rule of slimmable networks / DynaBERT / once-for-all.
+
+Options (study file ``elastic:``, all part of the student's cache key; the defaults are the
+training above):
+
+- ``inplace_distill`` / ``inplace_weight`` / ``inplace_hidden``: in-place distillation
+  (once-for-all, Length-Adaptive Transformer): the largest sub-network runs first and its
+  *detached* logits (and, with ``inplace_hidden``, hidden states) teach the smaller ones,
+  mixed with the teacher's as ``(1 - w) * teacher + w * largest``. The largest learns from the
+  teacher alone.
+- ``schedule: progressive`` with ``width_phase``: progressive shrinking (DynaBERT): for the
+  first ``width_phase`` of the steps every sampled sub-network keeps the full depth (only
+  widths shrink); then width x depth as the sandwich rule samples it.
+- ``layer_choice``: which layers a shallow sub-network keeps: ``even`` (spread evenly, as
+  ``drop_layers`` does), ``first`` (the bottom ``k``), or ``mixed`` (each sampled sub-network
+  one of the two at random, so a search may choose per trial with the elastic step's
+  ``layer_set``).
+- ``epochs``: the budget in passes over the training data instead of ``steps`` (not both),
+  turned into steps from the training-set size and batch size (:func:`resolve_steps`).
+
+The teacher runs once per step under ``torch.no_grad()``; its soft targets (probabilities,
+masked hidden states) are computed once per step and shared by every sub-network.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,16 +49,27 @@ from ..data import Batch, TaskData
 from ..methods.context import MethodContext
 from ..train import _lr_lambda, seed_everything
 from .reorder import importance_scores, reorder
-from .subnet import Subnet, SubnetSpace, activate, elastic_mode, full_subnet, resolve_count
+from .subnet import Subnet, SubnetSpace, activate, elastic_mode, full_subnet, pick_layers, resolve_count
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
+Timer = Callable[[str], contextlib.AbstractContextManager[Any]]
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = 600  # when neither ``steps`` nor ``epochs`` is given
+SCHEDULES = ("sandwich", "progressive")
+LAYER_CHOICES = ("even", "first", "mixed")
+# settings added after the first students were cached: left out of the cache key at their default
+# so a student trained before they existed keeps its key (and is reused, not retrained)
+_KEY_OPTIONAL = {"epochs": None, "inplace_distill": False, "inplace_weight": 0.5, "inplace_hidden": False,
+                 "schedule": "sandwich", "width_phase": 0.5, "layer_choice": "even"}
 
 
 @dataclass(frozen=True)
 class ElasticSettings:
     """How the elastic student is trained (part of its cache key)."""
 
-    steps: int = 600
+    steps: int | None = None  # sandwich steps (600 when neither steps nor epochs is given)
+    epochs: float | None = None  # or: passes over the training data, turned into steps (not with steps)
     lr: float = 5e-5
     random_subnets: int = 2  # per step, besides the largest and the smallest
     min_layers: int | float = 0.34  # count, or fraction of the depth
@@ -47,10 +81,20 @@ class ElasticSettings:
     importance_batches: int = 8  # batches for the Taylor importance that orders heads and neurons
     bf16: bool = False  # bf16 autocast for the forward passes (faster on CPUs with bf16 units)
     seed: int = 0
+    inplace_distill: bool = False  # the largest sub-network's detached outputs also teach the smaller ones
+    inplace_weight: float = 0.5  # their weight in the mix with the teacher's (1.0: the largest alone)
+    inplace_hidden: bool = False  # hidden states too (else the smaller ones match the teacher's hidden states)
+    schedule: str = "sandwich"  # or "progressive": full depth only for the first width_phase of the steps
+    width_phase: float = 0.5  # fraction of the steps that shrink width only (schedule: progressive)
+    layer_choice: str = "even"  # layers a shallow sub-network keeps: even | first | mixed
 
     def __post_init__(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"elastic: give steps ({self.steps}) or epochs ({self.epochs}), not both")
         for name in ("steps", "random_subnets", "importance_batches", "seed"):
             value = getattr(self, name)
+            if name == "steps" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"elastic.{name} must be an integer >= 0, got {value!r}")
         for name in ("min_layers", "min_heads", "min_ffn", "ffn_step"):
@@ -62,14 +106,55 @@ class ElasticSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"elastic.{name} must be a number > 0, got {value!r}")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float))
+                                        or not math.isfinite(self.epochs) or not self.epochs > 0):
+            raise ValueError(f"elastic.epochs must be a number > 0, got {self.epochs!r}")
         if isinstance(self.alpha_hidden, bool) or not isinstance(self.alpha_hidden, (int, float)) or \
                 self.alpha_hidden < 0:
             raise ValueError(f"elastic.alpha_hidden must be a number >= 0, got {self.alpha_hidden!r}")
-        if not isinstance(self.bf16, bool):
-            raise ValueError(f"elastic.bf16 must be true or false, got {self.bf16!r}")
+        for name in ("inplace_weight", "width_phase"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ValueError(f"elastic.{name} must be a number in [0, 1], got {value!r}")
+        for name in ("bf16", "inplace_distill", "inplace_hidden"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"elastic.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"elastic.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.layer_choice not in LAYER_CHOICES:
+            raise ValueError(f"elastic.layer_choice must be one of {list(LAYER_CHOICES)}, got {self.layer_choice!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """What the cache key hashes: every setting, except the later-added ones left at their default
+        (so students cached before they existed keep their keys) or without effect (``inplace_weight``
+        without ``inplace_distill``, ...); ``steps`` as 600 when neither ``steps`` nor ``epochs`` is
+        given (the old default, same student)."""
+        d = self.to_dict()
+        if not self.inplace_distill:  # no effect without in-place distillation / the progressive schedule
+            d.pop("inplace_weight"), d.pop("inplace_hidden")
+        if self.schedule != "progressive":
+            d.pop("width_phase")
+        if d["steps"] is None and d["epochs"] is None:
+            d["steps"] = DEFAULT_STEPS
+        if d["steps"] is None:
+            del d["steps"]
+        return {k: v for k, v in d.items() if not (k in _KEY_OPTIONAL and v == _KEY_OPTIONAL[k]
+                                                     and type(v) is type(_KEY_OPTIONAL[k]))}
+
+
+def steps_per_epoch(train_examples: int, batch_size: int) -> int:
+    """Training batches in one pass over the data (``TaskData.train_batches`` reshuffles on the remainder)."""
+    return max(1, train_examples // max(1, batch_size))
+
+
+def resolve_steps(settings: ElasticSettings, train_examples: int, batch_size: int) -> int:
+    """The number of sandwich steps: ``steps``, or ``epochs`` passes of ``train_examples`` at ``batch_size``."""
+    if settings.epochs is not None:
+        return max(1, round(settings.epochs * steps_per_epoch(train_examples, batch_size)))
+    return DEFAULT_STEPS if settings.steps is None else settings.steps
 
 
 def subnet_space(model: nn.Module, settings: ElasticSettings) -> SubnetSpace:
@@ -82,31 +167,108 @@ def subnet_space(model: nn.Module, settings: ElasticSettings) -> SubnetSpace:
                        neuron_step=resolve_count("elastic.ffn_step", settings.ffn_step, neurons))
 
 
-def subnet_loss(student: nn.Module, subnet: Subnet, inputs: Batch, t_logits: torch.Tensor,
-                t_hidden: tuple[torch.Tensor, ...] | None, settings: ElasticSettings) -> torch.Tensor:
-    """Distillation loss of one sub-network (model already activated as ``subnet``)."""
-    want_hidden = t_hidden is not None
-    out = student(**inputs, output_hidden_states=want_hidden)
+@dataclass(frozen=True)
+class Targets:
+    """One batch's distillation targets (the teacher's, or the largest sub-network's, detached),
+    computed once per step and shared by every sub-network."""
+
+    logits: torch.Tensor  # float32
+    probs: torch.Tensor | None  # softmax(logits / T); None for regression
+    hidden: tuple[torch.Tensor, ...] | None  # hidden states (embeddings first), masked, float32
+    mask: torch.Tensor  # attention mask as (batch, seq, 1) floats
+
+
+def make_targets(logits: torch.Tensor, hidden: tuple[torch.Tensor, ...] | None, inputs: Batch,
+                 settings: ElasticSettings) -> Targets:
+    logits = logits.detach().float()
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    probs = None if logits.shape[-1] == 1 else F.softmax(logits / settings.temperature, -1)
+    masked = tuple(h.detach().float() * mask for h in hidden) if hidden is not None else None
+    return Targets(logits, probs, masked, mask)
+
+
+def logits_loss(logits: torch.Tensor, targets: Targets, settings: ElasticSettings) -> torch.Tensor:
+    if targets.probs is None:  # regression: match the target's value
+        return F.mse_loss(logits, targets.logits)
+    T = settings.temperature
+    return F.kl_div(F.log_softmax(logits / T, -1), targets.probs, reduction="batchmean") * T * T
+
+
+def hidden_loss(hidden: tuple[torch.Tensor, ...], subnet: Subnet, targets: Targets) -> torch.Tensor:
+    """Mean MSE of the embeddings and each kept layer's output against the full-depth layer it came from."""
+    assert targets.hidden is not None
+    pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(subnet.layers)]
+    total = sum(F.mse_loss(hidden[s].float() * targets.mask, targets.hidden[t]) for s, t in pairs)
+    return total / len(pairs)  # type: ignore[return-value]
+
+
+def distill_loss(out: Any, subnet: Subnet, teacher: Targets, settings: ElasticSettings,
+                 largest: Targets | None = None) -> torch.Tensor:
+    """A sub-network's loss from its outputs: soft logits (+ ``alpha_hidden`` x hidden MSE) against the
+    teacher, mixed ``(1 - inplace_weight) : inplace_weight`` with the largest sub-network's detached
+    outputs when ``largest`` is given (in-place distillation; hidden states only with ``inplace_hidden``)."""
     logits = out.logits.float()
-    if t_logits.shape[-1] == 1:  # regression: match the teacher's value
-        loss = F.mse_loss(logits, t_logits)
-    else:
-        T = settings.temperature
-        loss = F.kl_div(F.log_softmax(logits / T, -1), F.softmax(t_logits / T, -1), reduction="batchmean") * T * T
-    if want_hidden:
-        assert t_hidden is not None
-        mask = inputs["attention_mask"].unsqueeze(-1).float()
-        pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(subnet.layers)]
-        hidden = sum(F.mse_loss(out.hidden_states[s].float() * mask, t_hidden[t] * mask) for s, t in pairs)
-        loss = loss + settings.alpha_hidden * hidden / len(pairs)
+    w = settings.inplace_weight if largest is not None else 0.0
+    loss = logits_loss(logits, teacher, settings) if w < 1 else logits.new_zeros(())
+    if largest is not None and w > 0:
+        loss = (1 - w) * loss + w * logits_loss(logits, largest, settings)
+    if teacher.hidden is not None and settings.alpha_hidden > 0:
+        if largest is not None and settings.inplace_hidden and largest.hidden is not None:
+            h = hidden_loss(out.hidden_states, subnet, teacher) if w < 1 else logits.new_zeros(())
+            h = (1 - w) * h + w * hidden_loss(out.hidden_states, subnet, largest) if w > 0 else h
+        else:
+            h = hidden_loss(out.hidden_states, subnet, teacher)
+        loss = loss + settings.alpha_hidden * h
     return loss
 
 
+def subnet_loss(student: nn.Module, subnet: Subnet, inputs: Batch, t_logits: torch.Tensor,
+                t_hidden: tuple[torch.Tensor, ...] | None, settings: ElasticSettings) -> torch.Tensor:
+    """Distillation loss of one sub-network from the teacher (model already activated as ``subnet``)."""
+    out = student(**inputs, output_hidden_states=t_hidden is not None)
+    return distill_loss(out, subnet, make_targets(t_logits, t_hidden, inputs, settings), settings)
+
+
+def with_layers(subnet: Subnet, depth: int, how: str) -> Subnet:
+    """``subnet`` with its number of layers chosen by ``how`` (``even``: as sampled; ``first``: the bottom ones)."""
+    if how == "even":
+        return subnet
+    return Subnet(tuple(pick_layers(depth, len(subnet.layers), how)), subnet.heads, subnet.neurons)
+
+
+def step_subnets(space: SubnetSpace, settings: ElasticSettings, rng: random.Random, step: int,
+                 total: int) -> list[Subnet]:
+    """The sub-networks one step trains: largest, smallest, ``random_subnets`` random ones. With the
+    progressive schedule, all of them full depth during the width phase; ``layer_choice`` picks the
+    layers a shallow one keeps (``mixed``: even or first at random, per sub-network)."""
+    if settings.schedule == "progressive" and step < round(settings.width_phase * total):
+        space = dataclasses.replace(space, min_depth=space.depth)
+    subnets = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(settings.random_subnets)]
+    if settings.layer_choice == "even":
+        return subnets
+    return [s if len(s.layers) == space.depth else
+            with_layers(s, space.depth, settings.layer_choice if settings.layer_choice != "mixed"
+                        else rng.choice(("even", "first"))) for s in subnets]
+
+
+def _no_timer(name: str) -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
 def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
-                  progress: Progress | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The elastic student of ``teacher``: reordered by importance, then sandwich-distilled."""
+                  progress: Progress | None = None, timer: Timer | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The elastic student of ``teacher``: reordered by importance, then sandwich-distilled.
+
+    ``timer(name)`` (optional, for profiling) wraps each phase of a step in a context manager:
+    ``data``, ``teacher``, ``forward.<sub-network>``, ``backward.<sub-network>`` (``largest``,
+    ``smallest``, ``random1``, ...), ``optimizer``."""
     t0 = time.perf_counter()
     seed_everything(settings.seed)
+    timer = timer or _no_timer
+    total = resolve_steps(settings, len(data.train), data.batch_size)
+    if settings.epochs is not None:
+        log.info("elastic: %g epoch(s) of %d training examples at batch %d = %d steps", settings.epochs,
+                 len(data.train), data.batch_size, total)
     teacher.eval()
     student = copy.deepcopy(teacher)
     adapter = get_adapter(student)
@@ -119,35 +281,45 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=settings.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(settings.steps, int(0.06 * settings.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(0.06 * total)))
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if settings.bf16 else contextlib.nullcontext
     want_hidden = settings.alpha_hidden > 0
+    names = ["largest", "smallest"] + [f"random{i + 1}" for i in range(settings.random_subnets)]
     ema = {"largest": math.nan, "smallest": math.nan}
     student.train()
+    batches: Iterator[Batch] = iter(data.train_batches(total, settings.seed + 7))
     with elastic_mode(student, adapter):
-        for step, batch in enumerate(data.train_batches(settings.steps, settings.seed + 7)):
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            with torch.no_grad(), autocast():
+        for step in range(total):
+            with timer("data"):
+                batch = next(batches)
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+            with timer("teacher"), torch.no_grad(), autocast():  # once per step, shared by every sub-network
                 t_out = teacher(**inputs, output_hidden_states=want_hidden)
-            t_logits = t_out.logits.float()
-            t_hidden = tuple(h.float() for h in t_out.hidden_states) if want_hidden else None
-            subnets = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(settings.random_subnets)]
+                t_targets = make_targets(t_out.logits, t_out.hidden_states if want_hidden else None, inputs, settings)
+            subnets = step_subnets(space, settings, rng, step, total)
             opt.zero_grad(set_to_none=True)
+            largest: Targets | None = None
             for i, subnet in enumerate(subnets):
-                with activate(student, adapter, subnet), autocast():
-                    loss = subnet_loss(student, subnet, inputs, t_logits, t_hidden, settings)
+                with timer(f"forward.{names[i]}"), activate(student, adapter, subnet), autocast():
+                    out = student(**inputs, output_hidden_states=want_hidden)
+                    loss = distill_loss(out, subnet, t_targets, settings, largest)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"elastic training: loss became {loss.item()} at step {step}")
-                (loss / len(subnets)).backward()
+                with timer(f"backward.{names[i]}"):
+                    (loss / len(subnets)).backward()
+                if i == 0 and settings.inplace_distill:  # the largest teaches the others: detached, no gradient back
+                    largest = make_targets(out.logits, out.hidden_states if want_hidden and settings.inplace_hidden
+                                           else None, inputs, settings)
                 if i < 2:
-                    name = ("largest", "smallest")[i]
+                    name = names[i]
                     ema[name] = loss.item() if math.isnan(ema[name]) else 0.9 * ema[name] + 0.1 * loss.item()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+            with timer("optimizer"):
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
             if progress:
-                progress("elastic", step + 1, settings.steps, dict(ema))
+                progress("elastic", step + 1, total, dict(ema))
     student.eval()
     info = {"orders": orders, "space": asdict(space), "loss": ema, "train_s": time.perf_counter() - t0,
-            "steps": settings.steps}
+            "steps": total, "epochs": total * data.batch_size / max(1, len(data.train))}
     return student, info

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from ..elastic.subnet import Subnet, even_layers, per_layer, resolve_count, slice_subnet
+from ..elastic.subnet import LAYER_SETS, Subnet, per_layer, pick_layers, resolve_count, slice_subnet
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -42,8 +42,11 @@ class ElasticConfig:
     layers: Any = 1.0  # int count | float fraction of the depth
     heads_keep: Any = 1.0  # int | float | per-kept-layer list
     ffn_keep: Any = 1.0  # int | float | per-kept-layer list
+    layer_set: str = "even"  # which layers a shallow sub-network keeps: even (spread) | first (the bottom ones)
 
     def __post_init__(self) -> None:
+        if self.layer_set not in LAYER_SETS:
+            raise ValueError(f"layer_set must be one of {list(LAYER_SETS)}, got {self.layer_set!r}")
         if not isinstance(self.student, str):
             raise ValueError(f"student must be an elastic student key (a string), got {self.student!r}")
         if isinstance(self.layers, (list, tuple)):
@@ -58,7 +61,7 @@ def choose_subnet(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -
     adapter = ctx.adapter
     layers = list(adapter.layers(model))
     try:
-        kept = even_layers(len(layers), resolve_count("layers", config.layers, len(layers)))
+        kept = pick_layers(len(layers), resolve_count("layers", config.layers, len(layers)), config.layer_set)
         heads = per_layer("heads_keep", config.heads_keep, [adapter.num_heads(layers[i]) for i in kept])
         neurons = per_layer("ffn_keep", config.ffn_keep, [adapter.ffn(layers[i])[1].in_features for i in kept])
     except ValueError as err:
