@@ -16,6 +16,7 @@ from typing import Any
 
 from .cli_args import (
     OneLineParser,
+    check_not_owned,
     check_output_file,
     check_output_folder,
     positive_number,
@@ -61,14 +62,37 @@ def _data_dir(args: argparse.Namespace, config_dir: str | None = None) -> str | 
     return resolve_data_dir(getattr(args, "data_dir", None) or config_dir)
 
 
+def _teacher_cache() -> Path:
+    from .teacher import cache_root
+
+    return cache_root() / "teachers"
+
+
+def _owned_by_study(config: Any, args: argparse.Namespace) -> dict[str, str | Path | None]:
+    """What a study reads and keeps: no output of report, export ... may land on, in or around these."""
+    from .search.storage import sqlite_file
+
+    db = sqlite_file(getattr(args, "storage", None) or config.storage_url)
+    owned: dict[str, str | Path | None] = {
+        "the study file": config.path, "the study's search space": config.search_space, "the study database": db,
+        "the teacher cache": _teacher_cache(), "the study's data folder": _data_dir(args, config.data_dir),
+        "the study's model folder": config.model if Path(config.model).is_dir() else None}
+    if db is not None:  # SQLite's journal files beside it
+        owned.update({f"the study database's {end} file": db.with_name(f"{db.name}-{end}")
+                      for end in ("journal", "wal", "shm")})
+    return owned
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .models import check_model_folder, resolve_model
     from .tasks.loaders import split_path
     from .teacher import train_teacher
     from .train import TrainSettings
 
-    check_output_folder(args.out, "--out", overwrite=args.overwrite)
     source = Path(resolve_model(args.model))
+    check_not_owned(args.out, "--out", {"the model folder": source if source.is_dir() else None,
+                                        "the data folder": _data_dir(args), "the teacher cache": _teacher_cache()})
+    check_output_folder(args.out, "--out", overwrite=args.overwrite)
     if source.is_dir():
         check_model_folder(source)
     data_dir = _data_dir(args)
@@ -199,6 +223,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     config = load_study_config(args.study)
     out = Path(args.out) if args.out else config.report_dir
+    check_not_owned(out, "--out", _owned_by_study(config, args))
     _check_report_folder(out, "--out" if args.out else "report folder (default --out)", str(config.path),
                          args.overwrite)
     files = write_report(config, out, args.storage)
@@ -214,7 +239,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .study_config import load_study_config
 
     config = load_study_config(args.study)
-    check_output_file(args.output, "-o")
+    check_not_owned(args.output, "-o", _owned_by_study(config, args))
+    check_output_file(args.output, "-o", overwrite=args.overwrite)
     path, record = export_recipe(config, Path(args.output), latency_budget_ms=args.latency_budget,
                                  min_speedup=args.min_speedup, trial_number=args.trial, max_drop=args.max_drop,
                                  storage=args.storage)
@@ -250,6 +276,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .apply import rebuild
     from .artifact import MANIFEST
 
+    check_not_owned(args.output, "-o", {"the recipe": args.recipe, "the teacher folder": args.teacher,
+                                        "the data folder": _data_dir(args), "the teacher cache": _teacher_cache()})
     check_output_folder(args.output, "-o", ours=MANIFEST)
     progress = Progress()
     result = rebuild(args.recipe, args.output, _data_dir(args), teacher_dir=args.teacher, force=args.force,
@@ -336,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write the best recipe within a budget")
     e.add_argument("study")
-    e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
+    e.add_argument("-o", "--output", required=True, help="recipe YAML to write (a new file)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing -o file (atomically)")
     e.add_argument("--latency-budget", type=positive_number,
                    help="maximum latency in ms (default: the most accurate trial)")
     e.add_argument("--min-speedup", type=positive_number, help="minimum speedup over the teacher")

@@ -119,12 +119,68 @@ def check_output_folder(out: str | Path, flag: str, *, overwrite: bool | None = 
     return out
 
 
-def check_output_file(out: str | Path, flag: str) -> Path:
-    """A file the command will write (replacing a file of that name, never a folder)."""
+def check_output_file(out: str | Path, flag: str, *, overwrite: bool | None = None) -> Path:
+    """A file the command will write, never a folder; an existing file only with ``--overwrite``
+    (``overwrite`` None: the command has no such option and replaces it)."""
     out = Path(out).expanduser()
     if out.is_dir():
         raise OutputError(f"{flag} {out} is a folder: give a file name, e.g. {out / 'recipe.yaml'}")
     if str(out).endswith(os.sep) or out.name in ("", ".", ".."):
         raise OutputError(f"{flag} {out}: give a file name, e.g. recipe.yaml")
+    if overwrite is False and (out.exists() or out.is_symlink()):
+        raise OutputError(f"{flag} {out} exists: choose a new file name, or pass --overwrite to replace it")
     _check_writable_parent(out, flag)
     return out
+
+
+SCAN_LIMIT = 2000  # entries looked at for a study database inside an output folder
+
+
+def _is_sqlite(path: Path) -> bool:
+    from .search.storage import SQLITE_MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # a hard link or a link to it
+    except OSError:
+        return False
+
+
+def check_not_owned(out: str | Path, flag: str, owned: dict[str, str | Path | None]) -> None:
+    """Refuse an output path that is, holds or lies inside one of the files and folders the work
+    reads (``owned``: what, e.g. "the study database" -> its path; None entries are skipped),
+    links and ``..`` resolved; and, whatever ``owned`` says, a folder that holds a study database
+    (a SQLite file): nothing the user keeps is replaced, ``--overwrite`` or not."""
+    out = Path(out).expanduser()
+    target = out.resolve()
+    for what, path in owned.items():
+        if path is None or str(path) == "":
+            continue
+        path = Path(path).expanduser()
+        mine = path.resolve()
+        if target == mine or _same_file(out, path):
+            how = "is"
+        elif target in mine.parents:
+            how = "holds"
+        elif mine in target.parents and path.is_dir():
+            how = "is inside"
+        else:
+            continue
+        raise OutputError(f"{flag} {out} {how} {what} ({path}): outputs never replace what the work reads; "
+                          f"choose another {flag}")
+    if out.is_dir() and not out.is_symlink():
+        entries = 0
+        for folder in (out, *(p for p in out.iterdir() if p.is_dir() and not p.is_symlink())):
+            for f in folder.iterdir():
+                entries += 1
+                if entries > SCAN_LIMIT:
+                    return
+                if f.is_file() and f.suffix in (".db", ".sqlite", ".sqlite3") and _is_sqlite(f):
+                    raise OutputError(f"{flag} {out} holds a study database ({f}): choose another {flag}")

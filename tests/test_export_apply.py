@@ -37,7 +37,7 @@ def searched(tiny_model_dir, tmp_path_factory):
 
 def _export(searched, name: str, *args: str) -> Path:
     out = searched.root / name
-    assert main(["export", str(searched.study), "-o", str(out), *args]) == 0
+    assert main(["export", str(searched.study), "-o", str(out), "--overwrite", *args]) == 0
     return out
 
 
