@@ -190,9 +190,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     from .search.finalize import run_finalize
-    from .study_config import load_study_config
+    from .study_config import check_machine, load_study_config
 
     config = load_study_config(args.study)
+    check_machine(config)
     progress = Progress()
     summary = run_finalize(config, _data_dir(args, config.data_dir), storage=args.storage, top_k=args.top_k,
                            steps=args.steps, progress=progress)
@@ -451,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(err, OSError) and err.errno in USER_ERRNOS:  # disk full, read-only file system ...
             print(f"autosqueeze {args.command}: error: {one_line(err)}", file=sys.stderr)
+            return EXIT_ERROR
+        from .search.storage import write_failure
+
+        failure = write_failure(err)  # the study database could not be written (SQLite says so in words)
+        if failure is not None:
+            print(f"autosqueeze {args.command}: error: {one_line(failure)}", file=sys.stderr)
             return EXIT_ERROR
         log.debug("internal error", exc_info=True)
         print(f"autosqueeze {args.command}: internal error (a bug; please report it with the output of "

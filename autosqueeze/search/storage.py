@@ -81,6 +81,40 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def check_persistent(url: str) -> None:
+    """Refuse a storage that keeps nothing once the process ends (an in-memory SQLite database):
+    every trial would be lost, and other processes could not see the study."""
+    if not isinstance(url, str) or not url.strip():
+        raise StorageError("the storage URL is empty: give sqlite:///FILE.db or postgresql://...")
+    if is_sqlite(url) and (sqlite_file(url) is None or "mode=memory" in url or ":memory:" in url):
+        raise StorageError(f"storage {redact(url)} is in memory and keeps nothing once the process ends: give a "
+                           f"file, e.g. --storage sqlite:///study.db (or leave --storage out: NAME.db beside the "
+                           f"study file)")
+
+
+WRITE_FAILURES = ("database or disk is full", "readonly database", "disk i/o error", "no space left on device",
+                  "read-only file system")
+
+
+def write_failure(err: BaseException) -> StorageError | None:
+    """A write to the study database that failed (disk full, read-only file system), as one line;
+    None when ``err`` (or an error it was raised during, as Optuna's "Should not reach" after a
+    failed trial update) is not one. SQLite rolls back the failed transaction: the study keeps
+    every trial it had."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).lower()
+        for what in WRITE_FAILURES:
+            if what in text:
+                return StorageError(f"a write to the study database failed ({what}): the study keeps the trials "
+                                    f"stored before it (the one in flight is not recorded); free disk space or "
+                                    f"make it writable, then run the same command to continue")
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def storage_exists(url: str) -> bool:
     """False only for a SQLite file that is not there yet (a server storage is assumed to exist)."""
     path = sqlite_file(url)
@@ -125,6 +159,7 @@ def check_sqlite_file(path: Path) -> None:
 def check_writable(url: str) -> None:
     """Refuse, before any work, a SQLite study database the search could not write: the file,
     or its folder (SQLite writes its journal beside the database), read-only."""
+    check_persistent(url)
     path = sqlite_file(url)
     if path is None:
         return
@@ -139,6 +174,7 @@ def check_writable(url: str) -> None:
 def make_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats; clear one-line errors for a missing driver or server, and
     for a SQLite file that is absent (unless ``create``), not a database, or damaged."""
+    check_persistent(url)
     if url.startswith(("postgresql", "postgres")):
         url = _postgres_driver(url)
     if is_sqlite(url):
