@@ -18,7 +18,7 @@ from autosqueeze.search.trial_record import TrialRecord, trial_records
 STORED = {"worker", "methods", "recipe", "runtime", "duplicate_of", "status", "error", "metric", "metrics",
           "latency_ms", "speedup", "speedup_spread", "latency", "latency_measured", "latency_measured_ms",
           "teacher_paired_ms", "baseline_ms", "probe_s", "trial_s", "onnx", "early_stop", "stopped_at", "exit_stats",
-          "size", "size_pct"}
+          "size", "size_pct", "dominated_by", "below_floor"}
 RECIPE = {"format": 1, "steps": [{"method": "drop_layers", "params": {"keep": 2}}], "seed": 0}
 
 

@@ -92,7 +92,8 @@ def runtime_references(attrs: dict[str, Any]) -> list[Reference]:
         return []
     return [Reference("int8 baseline (ONNX Runtime dynamic int8)", float(base["latency_ms"]),
                       None if base.get("metric") is None else float(base["metric"]), base.get("speedup"),
-                      speedup_spread=base.get("speedup_spread"))]
+                      dict(base.get("metrics") or {}), "quantize_dynamic() [onnxruntime]",
+                      base.get("speedup_spread"))]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .analysis import (
     trivial_teacher_note,
 )
 from .fidelity import final_records
-from .pareto import TrialRecord, pareto_front, trial_records
+from .pareto import Baselines, TrialRecord, pareto_front, trial_records
 from .plots import (
     Section,
     fidelity_figure,
@@ -61,16 +61,21 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
                     metric_name: str) -> tuple[list[Section], list[dict]]:
     """The page's sections and the effectiveness rows, from a study and its records."""
     attrs = study.user_attrs
-    front = pareto_front(records)
+    baselines = Baselines.from_attrs(attrs)
+    front = pareto_front(records, baselines)
     refs = references(attrs, metric_name) + runtime_references(attrs)
     t_metric = teacher_metric(attrs, metric_name)
     budget = attrs.get("latency_budget_ms")
-    rows = table.effectiveness_rows(front, records, t_metric, refs, official_metrics(attrs, metric_name))
+    rows = table.effectiveness_rows(front, records, t_metric, refs, official_metrics(attrs, metric_name), baselines)
     counts = status_counts(records)
     trivial = trivial_teacher_note(refs, metric_name)
     notes = [trivial] if trivial else []
     if not front:
-        notes.append("no feasible completed trial yet: the front is empty (run `autosqueeze search`)")
+        notes.append("no feasible completed trial yet: the front is empty (run `autosqueeze search`)"
+                     if not any(r.feasible for r in records) else
+                     "no trial is on the front: every feasible trial is dominated by a reference or scores at or "
+                     "below the majority-class floor (deploy a reference instead; see the table)")
+    notes += baseline_notes(records, baselines)
     if counts.get("over_budget"):
         notes.append(f"{counts['over_budget']} trial(s) over the latency budget are not drawn: they stop after their "
                      f"latency probe, untrained, so they have no metric")
@@ -80,7 +85,9 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
     imp_notes = tuple(f"for {i.target}: {i.note}" for i in imps if i.note)
     freq = method_frequency(front, records)
     sections = [
-        Section("Pareto front: metric vs latency", pareto_figure(records, front, metric_name, budget, refs),
+        Section("Pareto front: metric vs latency",
+                pareto_figure(records, front, metric_name, budget, refs,
+                              flagged=[r for r in records if r.feasible and baselines.below_floor(r)]),
                 tuple(notes)),
         Section("Effectiveness (survey style)", None, (), table.to_html(rows, metric_name)
                 + "<p class='meta'>size: % of the teacher's bytes as deployed, with and without embeddings; "
@@ -109,6 +116,31 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
             f"<table>{head}{rows_html}</table><p class='meta'>export chooses among the final points when the study "
             f"has any.</p>"))
     return sections, rows
+
+
+def baseline_notes(records: list[TrialRecord], baselines: Baselines) -> list[str]:
+    """One note each for the feasible trials at or below the majority-class floor and for those a reference
+    dominates (neither kind is on the front nor exported)."""
+    done = [r for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
+    notes = []
+    low = [r.number for r in done if baselines.below_floor(r)]
+    if low and baselines.floor is not None:
+        notes.append(f"{len(low)} trial(s) score at or below the majority-class floor ({100 * baselines.floor:.2f}): "
+                     f"flagged below_floor, never on the front nor exported (trials {_numbers(low)})")
+    by: dict[str, list[int]] = {}
+    for r in done:
+        ref = baselines.dominating(r)
+        if ref is not None and not baselines.below_floor(r):
+            by.setdefault(ref.name, []).append(r.number)
+    for name, numbers in by.items():
+        notes.append(f"{len(numbers)} trial(s) dominated by {name} (at least as accurate and as fast): not on the "
+                     f"front, never exported (trials {_numbers(numbers)})")
+    return notes
+
+
+def _numbers(numbers: list[int], most: int = 12) -> str:
+    head = ", ".join(str(n) for n in numbers[:most])
+    return head + (f" and {len(numbers) - most} more" if len(numbers) > most else "")
 
 
 def _num(value: Any, digits: int) -> str:
@@ -142,7 +174,8 @@ def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str 
     csv_path = out_dir / "effectiveness.csv"
     _write_atomic(csv_path, table.to_csv(rows, metric_name))
     notes = [n for s in sections for n in s.notes]
-    return ReportFiles(html_path, md, csv_path, len(records), len(pareto_front(records)), notes)
+    return ReportFiles(html_path, md, csv_path, len(records), len(pareto_front(records, Baselines.from_attrs(attrs))),
+                       notes)
 
 
 def _write_atomic(path: Path, text: str) -> None:

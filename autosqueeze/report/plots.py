@@ -42,9 +42,11 @@ def _runtime_line(r: TrialRecord) -> str:
 
 
 def pareto_figure(records: list[TrialRecord], front: list[TrialRecord], metric_name: str,
-                  budget_ms: float | None = None, refs: list[Reference] | None = None) -> go.Figure:
+                  budget_ms: float | None = None, refs: list[Reference] | None = None,
+                  flagged: list[TrialRecord] | None = None) -> go.Figure:
     """Metric vs latency (log x): feasible trials coloured by the methods they use, the front as a
-    staircase, stopped-early trials in grey, reference points as stars, the budget as a dashed line."""
+    staircase, stopped-early trials in grey, reference points as stars, the budget as a dashed line;
+    ``flagged`` trials (at or below the majority-class floor) crossed out in red."""
     fig = go.Figure()
     done = [r for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
     groups: dict[str, list[TrialRecord]] = {}
@@ -60,6 +62,11 @@ def pareto_figure(records: list[TrialRecord], front: list[TrialRecord], metric_n
                                  name="stopped early (metric on a dev slice)", hoverinfo="text",
                                  marker={"size": 8, "color": "lightgrey", "symbol": "circle-open"},
                                  text=[_hover(r, metric_name) for r in partial]))
+    if flagged:
+        fig.add_trace(go.Scatter(x=[r.latency_ms for r in flagged], y=[r.metric for r in flagged], mode="markers",
+                                 name="at or below the majority-class floor (never exported)", hoverinfo="text",
+                                 marker={"size": 14, "color": "red", "symbol": "x-thin-open", "line": {"width": 2}},
+                                 text=[_hover(r, metric_name) for r in flagged]))
     if front:
         fig.add_trace(go.Scatter(x=[r.latency_ms for r in front], y=[r.metric for r in front], mode="lines+markers",
                                  name="Pareto front", line={"shape": "hv", "color": "black", "width": 1.5},

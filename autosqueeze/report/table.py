@@ -7,7 +7,10 @@ spread of its per-pair ratios where the timing has one: ``2.1 (1.9–2.3)`` in t
 HTML tables, ``speedup_p10`` / ``speedup_p90`` columns in the CSV), latency, the
 metric (×100, as GLUE tables print it) and its change against the teacher in points, then the
 task's other official metrics (MRPC's accuracy beside its F1). The majority-class reference
-(a constant predictor) shows the floor: it has a metric and no latency.
+(a constant predictor) shows the floor: it has a metric and no latency. The last two columns
+flag a trial: ``below_floor`` (``yes``: it scores at or below the floor; such a trial is never on
+the front nor exported, and each one that would otherwise be on the front gets a row, role
+``below the floor``) and ``dominated_by`` (the reference that is at least as accurate and as fast).
 """
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from .analysis import Reference, best_single_method
-from .pareto import TrialRecord
+from .pareto import Baselines, TrialRecord, pareto_front
 
 COLUMNS = ("trial", "role", "methods", "size_%", "size_no_emb_%", "speedup", "latency_ms", "metric", "delta_pts",
-           "recipe")
+           "recipe", "below_floor", "dominated_by")
 SPREAD = ("speedup_p10", "speedup_p90")  # CSV columns after ``speedup``; printed inside its cell elsewhere
 NAN = float("nan")
 
@@ -52,15 +55,19 @@ def _pct(metrics: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
     return {n: _r(None if metrics.get(n) is None else 100 * metrics[n], 2) for n in names}
 
 
-def _row(r: TrialRecord, role: str, teacher_metric: float | None, other_metrics: Sequence[str] = ()) -> dict[str, Any]:
+def _row(r: TrialRecord, role: str, teacher_metric: float | None, other_metrics: Sequence[str] = (),
+         baselines: Baselines | None = None) -> dict[str, Any]:
     pct = r.size_pct or {}
+    ref = None if baselines is None else baselines.dominating(r)
     delta = NAN if teacher_metric is None or r.metric is None else 100 * (r.metric - teacher_metric)
     return {"trial": r.number, "role": role, "methods": r.label, "size_%": _r(pct.get("total"), 1),
             "size_no_emb_%": _r(pct.get("non_embedding"), 1), "speedup": _r(r.speedup, 2),
             **_spread(r.speedup_spread), "latency_ms": _r(r.latency_ms, 2),
             "metric": _r(None if r.metric is None else 100 * r.metric, 2),
             "delta_pts": _r(delta, 2), **_pct(r.metrics or {}, other_metrics),
-            "recipe": r.recipe_summary + _runtime_note(r)}
+            "recipe": r.recipe_summary + _runtime_note(r),
+            "below_floor": "yes" if baselines is not None and baselines.below_floor(r) else "",
+            "dominated_by": "" if ref is None else ref.name}
 
 
 def _runtime_note(r: TrialRecord) -> str:
@@ -72,8 +79,10 @@ def _runtime_note(r: TrialRecord) -> str:
 def effectiveness_rows(front: list[TrialRecord], records: list[TrialRecord] | None = None,
                        teacher_metric: float | None = None,
                        refs: list[Reference] | None = None,
-                       other_metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Rows: references first, then the front (most accurate first), then best single-method trials.
+                       other_metrics: Sequence[str] = (), baselines: Baselines | None = None) -> list[dict[str, Any]]:
+    """Rows: references first, then the front (most accurate first), then best single-method trials,
+    then (with the study's ``baselines``) the trials at or below the majority-class floor that only the
+    floor keeps off the front.
 
     ``other_metrics`` (see ``analysis.official_metrics``) add a column each, after the metric.
     A trial that is both on the front and the best of its method appears once, with both roles.
@@ -87,16 +96,23 @@ def effectiveness_rows(front: list[TrialRecord], records: list[TrialRecord] | No
                      "speedup": _r(ref.speedup, 2), **_spread(ref.speedup_spread),
                      "latency_ms": _r(ref.latency_ms, 2),
                      "metric": _r(None if ref.metric is None else 100 * ref.metric, 2), "delta_pts": _r(delta, 2),
-                     **_pct(ref.metrics, other_metrics), "recipe": ref.recipe or ref.name})
+                     **_pct(ref.metrics, other_metrics), "recipe": ref.recipe or ref.name,
+                     "below_floor": "", "dominated_by": ""})
     singles = best_single_method(records or [])
     best_of = {r.number: m for m, r in singles.items()}
     on_front = {r.number for r in front}
     for r in sorted(front, key=lambda r: (-(r.metric or 0), r.latency_ms or 0)):
         role = "pareto" + (f", best {best_of[r.number]} alone" if r.number in best_of else "")
-        rows.append(_row(r, role, teacher_metric, other_metrics))
+        rows.append(_row(r, role, teacher_metric, other_metrics, baselines))
     for method, r in singles.items():
         if r.number not in on_front:
-            rows.append(_row(r, f"best {method} alone", teacher_metric, other_metrics))
+            rows.append(_row(r, f"best {method} alone", teacher_metric, other_metrics, baselines))
+    if baselines is not None and baselines.floor is not None:  # the points only the floor keeps off the front
+        shown = on_front | set(best_of)
+        floor_only = Baselines(baselines.refs)
+        for r in pareto_front(records or [], floor_only):
+            if baselines.below_floor(r) and r.number not in shown:
+                rows.append(_row(r, "below the floor", teacher_metric, other_metrics, baselines))
     return rows
 
 

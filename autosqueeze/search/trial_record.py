@@ -64,6 +64,8 @@ class TrialRecord:
     exit_stats: dict[str, Any] | None = None  # early exit: layers run on dev
     size: dict[str, Any] | None = None  # SizeReport.to_dict()
     size_pct: dict[str, float] | None = None  # total / non_embedding, % of the teacher
+    dominated_by: str | None = None  # the study reference that dominates it (teacher, int8_baseline, ...; pareto.py)
+    below_floor: bool | None = None  # its metric is at or below the majority-class floor (never exported)
     # --- final records of a finalized study only
     fidelity: str | None = None  # "final"
     search: dict[str, Any] | None = None  # the trial's search-time metric, latency_ms, speedup
