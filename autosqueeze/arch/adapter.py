@@ -63,6 +63,10 @@ class ArchAdapter:
     shared_head_bias: bool = False  # a per-head position bias computed once for all layers (MPNet)
     runner: str = "bert"  # how the encoder runs layer by layer (early exit): see runners.py
     refused: tuple[tuple[str, str], ...] = ()  # (method, why) pairs this family cannot do
+    # On the task model: Linears outside the encoder that read the hidden state (the classifier head's
+    # first projection); ``<base_attr>.pooler.dense`` is added where present. Empty: the hidden width
+    # (d_model) is not sliceable for this family.
+    hidden_readers: tuple[str, ...] = ()
 
     # --- locating -----------------------------------------------------------
     def backbone(self, model: nn.Module) -> nn.Module:
@@ -175,6 +179,87 @@ class ArchAdapter:
             return up.weight
         n = down.in_features
         return torch.cat([up.weight[:n], up.weight[n: 2 * n]], dim=1)
+
+    # --- the hidden width (d_model): embeddings, every LayerNorm, every projection ----
+    def hidden_refusal(self, model: nn.Module) -> str | None:
+        """Why this model's hidden width cannot be sliced (None: it can)."""
+        if not self.hidden_readers or self.qkv_fused or self.ffn_gated or self.head_rows_extra:
+            return f"slicing the hidden width is not supported for {self.family} models"
+        if getattr(self.backbone(model), "embeddings_project", None) is not None:
+            return (f"slicing the hidden width is not supported for {self.family} models whose embeddings are "
+                    f"projected to the hidden size (embedding_size != hidden_size)")
+        width = self.hidden_size(model)
+        odd = [type(m).__name__ for m in self.hidden_norms(model) if tuple(m.normalized_shape) != (width,)]
+        if odd:
+            return f"slicing the hidden width: a {self.family} LayerNorm is not {width} wide"
+        return None
+
+    def hidden_size(self, model: nn.Module) -> int:
+        """The width of the residual stream: the embedding LayerNorm's (or the first embedding table's)."""
+        emb = self.embeddings(model)
+        norms = [m for m in emb.modules() if isinstance(m, nn.LayerNorm)]
+        if norms:
+            return int(norms[0].normalized_shape[-1])
+        return int(self.attention(self.layers(model)[0]).output.out_features)
+
+    def hidden_tables(self, model: nn.Module) -> list[nn.Embedding]:
+        """Embedding tables whose columns are the hidden dimensions (word, position, token type)."""
+        width = self.hidden_size(model)
+        return [m for m in self.embeddings(model).modules() if isinstance(m, nn.Embedding) and m.embedding_dim == width]
+
+    def hidden_norms(self, model: nn.Module) -> list[nn.LayerNorm]:
+        """Every LayerNorm over the hidden state: the embeddings' and each encoder layer's."""
+        found = [m for m in self.embeddings(model).modules() if isinstance(m, nn.LayerNorm)]
+        for layer in self.layers(model):
+            found += [m for m in layer.modules() if isinstance(m, nn.LayerNorm)]
+        return found
+
+    def hidden_reader_paths(self, model: nn.Module) -> list[str]:
+        """Paths (on the task model) of the Linears outside the encoder that read the hidden state."""
+        paths = [f"{self.base_attr}.pooler.dense", *self.hidden_readers]
+        return [p for p in dict.fromkeys(paths) if isinstance(_find(model, p), nn.Linear)]
+
+    def hidden_projections(self, layer: nn.Module) -> tuple[list[nn.Linear], list[nn.Linear]]:
+        """One layer's Linears (that read the hidden state: Q, K, V, FFN up), (that write it: attention
+        output, FFN down)."""
+        parts = self.attention(layer)
+        up, down = self.ffn(layer)
+        return [parts.query, parts.key, parts.value, up], [parts.output, down]  # type: ignore[list-item]
+
+    def keep_hidden(self, model: nn.Module, keep: list[int]) -> None:
+        """Keep hidden dimensions ``keep`` (in that order) everywhere the residual stream is: embedding
+        table columns, every LayerNorm's weight and bias, the input columns of Q, K, V, the FFN up
+        projection and the pooler / classifier head, the output rows of the attention output and FFN
+        down projections. A permutation of all dimensions leaves the outputs unchanged (importance
+        reordering); a prefix is a narrower model. ``model.config.hidden_size`` follows."""
+        why = self.hidden_refusal(model)
+        if why is not None:
+            raise UnsupportedArchitectureError(why)
+        width = self.hidden_size(model)
+        if not keep or len(set(keep)) != len(keep) or not all(0 <= int(i) < width for i in keep):
+            raise ValueError(f"hidden dimensions to keep must be distinct indices below {width}")
+        readers = self.hidden_reader_paths(model)
+        index = torch.as_tensor(keep, dtype=torch.long)
+        with torch.no_grad():
+            for table in self.hidden_tables(model):
+                table.weight = nn.Parameter(table.weight.detach().index_select(1, index.to(table.weight.device)),
+                                            requires_grad=table.weight.requires_grad)
+                table.embedding_dim = len(keep)
+            for norm in self.hidden_norms(model):
+                for name in ("weight", "bias"):
+                    p = getattr(norm, name)
+                    if p is not None:
+                        setattr(norm, name, nn.Parameter(p.detach().index_select(0, index.to(p.device)),
+                                                         requires_grad=p.requires_grad))
+                norm.normalized_shape = (len(keep),)
+        for layer in self.layers(model):
+            for path in (self.q, self.k, self.v, self.ffn_up):
+                self.set_module(layer, path, slice_linear(_get(layer, path), keep, 1))  # type: ignore[arg-type]
+            for path in (self.attn_out, self.ffn_down):
+                self.set_module(layer, path, slice_linear(_get(layer, path), keep, 0))  # type: ignore[arg-type]
+        for path in readers:
+            self.set_module(model, path, slice_linear(_get(model, path), keep, 1))  # type: ignore[arg-type]
+        model.config.hidden_size = len(keep)
 
     # --- running layer by layer (early exit) ------------------------------------
     def embed(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:

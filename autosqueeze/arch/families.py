@@ -27,10 +27,12 @@ _MODERNBERT_WHY_EXIT = ("its classifier reads a final norm and a normed head ove
                         "which the exit heads (dense, activation, output on CLS) do not reproduce")
 
 ADAPTERS: tuple[ArchAdapter, ...] = (
-    ArchAdapter(family="bert", model_types=("bert",), base_attr="bert", **_BERT_LIKE),
-    ArchAdapter(family="roberta", model_types=("roberta", "xlm-roberta", "camembert"), base_attr="roberta",
+    ArchAdapter(family="bert", model_types=("bert",), base_attr="bert", hidden_readers=("bert.pooler.dense",),
                 **_BERT_LIKE),
-    ArchAdapter(family="electra", model_types=("electra",), base_attr="electra", **_BERT_LIKE),
+    ArchAdapter(family="roberta", model_types=("roberta", "xlm-roberta", "camembert"), base_attr="roberta",
+                hidden_readers=("classifier.dense",), **_BERT_LIKE),
+    ArchAdapter(family="electra", model_types=("electra",), base_attr="electra", hidden_readers=("classifier.dense",),
+                **_BERT_LIKE),
     ArchAdapter(
         family="distilbert",
         model_types=("distilbert",),
@@ -50,6 +52,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
         config_layers="n_layers",
         config_heads="n_heads",
         config_ffn="hidden_dim",
+        hidden_readers=("pre_classifier",),
     ),
     # MPNet: BERT-shaped layers; one relative position bias per head, computed once in the encoder
     # and shared by all layers, so a layer with pruned heads reads its own heads' columns of it.
@@ -61,6 +64,7 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
            "attn_out": "attention.attn.o", "attn_module": "attention.attn"},
         shared_head_bias=True,
         runner="mpnet",
+        hidden_readers=("classifier.dense",),
     ),
     # DeBERTa-v2 and v3: disentangled attention; the relative embeddings are shared by all layers
     # and projected by each layer's own Q/K (share_att_key) or position projections (sliced with

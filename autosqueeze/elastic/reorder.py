@@ -4,6 +4,15 @@ A permutation of heads (rows of Q, K, V and the matching columns of the attentio
 or of FFN neurons (rows of the up projection, columns of the down projection) does not change
 what the model computes; afterwards "keep the first k" is the importance-based sub-network
 (DynaBERT's network rewiring). Scores are the Taylor importance ``prune_structured`` uses.
+
+The hidden width (d_model) is reordered the same way (:func:`reorder_hidden`): one permutation
+of the residual stream's dimensions applied to every place it lives (embedding columns, every
+LayerNorm's weight and bias, the input columns of every projection reading it, the output rows
+of every projection writing it, the pooler / classifier head's input), exact because LayerNorm
+statistics and every dot product are invariant under a consistent permutation. Its score is the
+Taylor importance of a gate of ones multiplying every hidden LayerNorm's output (CoFi's hidden
+mask; one gate shared by the embeddings and all layers), or without data the summed |gamma| of
+those LayerNorms.
 """
 from __future__ import annotations
 
@@ -12,7 +21,14 @@ from torch import nn
 
 from ..arch import ArchAdapter
 from ..methods.context import MethodContext
-from ..methods.prune_structured import gradient_importance, magnitude_importance, prune_heads, prune_neurons
+from ..methods.prune_structured import (
+    _importance_loss,
+    gradient_importance,
+    magnitude_importance,
+    prune_heads,
+    prune_neurons,
+)
+from .subnet import HIDDEN_ORDER_ATTR
 
 
 def descending(scores: torch.Tensor) -> list[int]:
@@ -40,3 +56,65 @@ def importance_scores(model: nn.Module, ctx: MethodContext, batches: int) -> tup
         return gradient_importance(model, ctx.adapter, ctx, batches, True, True, "auto")
     mags = [magnitude_importance(ctx.adapter, layer) for layer in ctx.adapter.layers(model)]
     return [m[0] for m in mags], [m[1] for m in mags]
+
+
+def reorder_hidden(model: nn.Module, adapter: ArchAdapter, scores: torch.Tensor) -> list[int]:
+    """Permute the hidden dimensions by descending score, in place (outputs unchanged); returns the
+    order (the original index of each new dimension), also kept on the model for :func:`subnet.align_hidden`.
+    Reordering an already reordered model composes the orders."""
+    order = descending(scores)
+    adapter.keep_hidden(model, order)
+    before = getattr(model, HIDDEN_ORDER_ATTR, None)
+    composed = torch.as_tensor(order, dtype=torch.long)
+    if before is not None:
+        composed = before[composed]
+    setattr(model, HIDDEN_ORDER_ATTR, composed)
+    return [int(i) for i in composed]
+
+
+def hidden_importance(model: nn.Module, ctx: MethodContext, batches: int) -> torch.Tensor:
+    """One score per hidden dimension: Taylor importance of a gate on every hidden LayerNorm's output
+    over ``batches`` training batches, or the summed |LayerNorm weight| without data."""
+    adapter = ctx.adapter
+    why = adapter.hidden_refusal(model)
+    if why is not None:
+        raise ValueError(why)
+    norms = adapter.hidden_norms(model)
+    width = adapter.hidden_size(model)
+    if batches <= 0 or ctx.train_batches is None:
+        with torch.no_grad():
+            return sum((n.weight.detach().abs().float() for n in norms if n.weight is not None),
+                       torch.zeros(width))
+    device = next(model.parameters()).device
+    gate = torch.ones(width, device=device, requires_grad=True)
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out * gate.to(out.dtype)
+
+    handles = [n.register_forward_hook(hook) for n in norms]
+    total = torch.zeros(width, device=device)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    mode = "teacher" if ctx.teacher is not None else "labels"
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        done = 0
+        for batch in ctx.batches(batches, seed_offset=0):
+            if done >= batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            out = model(**inputs)
+            (grad,) = torch.autograd.grad(_importance_loss(out.logits, batch, inputs, mode, ctx), [gate])
+            total += grad.detach().abs()
+            done += 1
+            ctx.report("elastic hidden importance", done, batches)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return total.cpu()

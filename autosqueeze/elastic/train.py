@@ -48,8 +48,18 @@ from ..arch import get_adapter
 from ..data import Batch, TaskData
 from ..methods.context import MethodContext
 from ..train import _lr_lambda, seed_everything
-from .reorder import importance_scores, reorder
-from .subnet import Subnet, SubnetSpace, activate, elastic_mode, full_subnet, pick_layers, resolve_count
+from .reorder import hidden_importance, importance_scores, reorder, reorder_hidden
+from .subnet import (
+    Subnet,
+    SubnetSpace,
+    activate,
+    elastic_mode,
+    full_subnet,
+    hidden_width,
+    in_student_order,
+    pick_layers,
+    resolve_count,
+)
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
 Timer = Callable[[str], contextlib.AbstractContextManager[Any]]
@@ -61,7 +71,7 @@ LAYER_CHOICES = ("even", "first", "mixed")
 # settings added after the first students were cached: left out of the cache key at their default
 # so a student trained before they existed keeps its key (and is reused, not retrained)
 _KEY_OPTIONAL = {"epochs": None, "inplace_distill": False, "inplace_weight": 0.5, "inplace_hidden": False,
-                 "schedule": "sandwich", "width_phase": 0.5, "layer_choice": "even"}
+                 "schedule": "sandwich", "width_phase": 0.5, "layer_choice": "even", "min_hidden": 1.0}
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class ElasticSettings:
     min_heads: int | float = 0.25  # count, or fraction of a layer's heads
     min_ffn: int | float = 0.125  # count, or fraction of a layer's FFN neurons
     ffn_step: int | float = 0.0625  # granularity of sampled FFN widths
+    min_hidden: int | float = 0.5  # count, or fraction of the hidden width (1.0: the hidden width is not elastic)
+    hidden_step: int | float = 0.0625  # granularity of sampled hidden widths
     temperature: float = 1.0
     alpha_hidden: float = 1.0  # weight of the hidden-state MSE (0: logits only)
     importance_batches: int = 8  # batches for the Taylor importance that orders heads and neurons
@@ -97,7 +109,7 @@ class ElasticSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"elastic.{name} must be an integer >= 0, got {value!r}")
-        for name in ("min_layers", "min_heads", "min_ffn", "ffn_step"):
+        for name in ("min_layers", "min_heads", "min_ffn", "ffn_step", "min_hidden", "hidden_step"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
                     isinstance(value, float) and value > 1):
@@ -137,6 +149,8 @@ class ElasticSettings:
             d.pop("inplace_weight"), d.pop("inplace_hidden")
         if self.schedule != "progressive":
             d.pop("width_phase")
+        if self.min_hidden == 1.0:  # hidden width not elastic: no hidden reordering, the student of before
+            d.pop("hidden_step")
         if d["steps"] is None and d["epochs"] is None:
             d["steps"] = DEFAULT_STEPS
         if d["steps"] is None:
@@ -164,7 +178,17 @@ def subnet_space(model: nn.Module, settings: ElasticSettings) -> SubnetSpace:
                        min_depth=resolve_count("elastic.min_layers", settings.min_layers, depth),
                        min_heads=resolve_count("elastic.min_heads", settings.min_heads, heads),
                        min_neurons=resolve_count("elastic.min_ffn", settings.min_ffn, neurons),
-                       neuron_step=resolve_count("elastic.ffn_step", settings.ffn_step, neurons))
+                       neuron_step=resolve_count("elastic.ffn_step", settings.ffn_step, neurons),
+                       **hidden_space(model, settings))
+
+
+def hidden_space(model: nn.Module, settings: ElasticSettings) -> dict[str, Any]:
+    """The hidden-width fields of the sampled space (none where the family's hidden width is not elastic)."""
+    hidden = hidden_width(model, get_adapter(model))
+    if hidden is None:
+        return {}
+    return {"hidden": hidden, "min_hidden": resolve_count("elastic.min_hidden", settings.min_hidden, hidden),
+            "hidden_step": resolve_count("elastic.hidden_step", settings.hidden_step, hidden)}
 
 
 @dataclass(frozen=True)
@@ -198,7 +222,8 @@ def hidden_loss(hidden: tuple[torch.Tensor, ...], subnet: Subnet, targets: Targe
     """Mean MSE of the embeddings and each kept layer's output against the full-depth layer it came from."""
     assert targets.hidden is not None
     pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(subnet.layers)]
-    total = sum(F.mse_loss(hidden[s].float() * targets.mask, targets.hidden[t]) for s, t in pairs)
+    total = sum(F.mse_loss(hidden[s].float() * targets.mask, targets.hidden[t][..., :hidden[s].shape[-1]])
+                for s, t in pairs)  # a narrower hidden width: the first dims (targets in the student's order)
     return total / len(pairs)  # type: ignore[return-value]
 
 
@@ -226,14 +251,15 @@ def subnet_loss(student: nn.Module, subnet: Subnet, inputs: Batch, t_logits: tor
                 t_hidden: tuple[torch.Tensor, ...] | None, settings: ElasticSettings) -> torch.Tensor:
     """Distillation loss of one sub-network from the teacher (model already activated as ``subnet``)."""
     out = student(**inputs, output_hidden_states=t_hidden is not None)
-    return distill_loss(out, subnet, make_targets(t_logits, t_hidden, inputs, settings), settings)
+    return distill_loss(out, subnet, make_targets(t_logits, in_student_order(student, t_hidden), inputs, settings),
+                        settings)
 
 
 def with_layers(subnet: Subnet, depth: int, how: str) -> Subnet:
     """``subnet`` with its number of layers chosen by ``how`` (``even``: as sampled; ``first``: the bottom ones)."""
     if how == "even":
         return subnet
-    return Subnet(tuple(pick_layers(depth, len(subnet.layers), how)), subnet.heads, subnet.neurons)
+    return Subnet(tuple(pick_layers(depth, len(subnet.layers), how)), subnet.heads, subnet.neurons, subnet.hidden)
 
 
 def step_subnets(space: SubnetSpace, settings: ElasticSettings, rng: random.Random, step: int,
@@ -277,6 +303,9 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
     head_scores, neuron_scores = importance_scores(student, ctx, settings.importance_batches)
     orders = reorder(student, adapter, head_scores, neuron_scores)
     space = subnet_space(student, settings)
+    if space.elastic_hidden:  # the hidden dimensions too, most important first (outputs unchanged)
+        orders["hidden"] = [reorder_hidden(student, adapter, hidden_importance(student, ctx,
+                                                                               settings.importance_batches))]
     rng = random.Random(settings.seed)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
@@ -295,7 +324,8 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
             with timer("teacher"), torch.no_grad(), autocast():  # once per step, shared by every sub-network
                 t_out = teacher(**inputs, output_hidden_states=want_hidden)
-                t_targets = make_targets(t_out.logits, t_out.hidden_states if want_hidden else None, inputs, settings)
+                t_targets = make_targets(t_out.logits, in_student_order(student, t_out.hidden_states)
+                                         if want_hidden else None, inputs, settings)
             subnets = step_subnets(space, settings, rng, step, total)
             opt.zero_grad(set_to_none=True)
             largest: Targets | None = None
