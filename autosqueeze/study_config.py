@@ -139,6 +139,44 @@ def _hardware(raw: dict[str, Any], src: str) -> tuple[HardwareProfile, tuple[str
     return profile, tuple(value)
 
 
+# beside ``teacher.path`` (a fine-tuned model used as it is) only the data settings: the length its dev
+# metric is measured at, and the defaults of ``recovery``; the training settings would train it
+OWN_TEACHER_KEYS = ("path", "max_seq_len", "batch_size", "seed")
+
+
+def _teacher(raw: dict[str, Any], study: Path, src: str) -> tuple[TrainSettings, str]:
+    """The ``teacher`` section and the model: ``model`` + training settings (a base model fine-tuned
+    here), or ``teacher.path``, a classifier already fine-tuned on the task, used as it is: the
+    model is that folder (relative to the study file) and the teacher's ``steps`` are 0."""
+    section = raw.get("teacher")
+    if not isinstance(section, dict) or "path" not in section:
+        return _section(raw, "teacher", TrainSettings, src), str(raw.get("model", "default"))
+    folder = section["path"]
+    if not isinstance(folder, str) or not folder.strip():
+        raise ConfigError(f"{src}: 'teacher.path' must be the path of a fine-tuned model folder, got {folder!r}")
+    if "model" in raw:
+        raise ConfigError(f"{src}: 'model' and 'teacher.path' both name the model; keep 'teacher.path' alone (a "
+                          f"model already fine-tuned on the task, used as it is) or 'model' alone with "
+                          f"'teacher: {{steps: N, ...}}' (a base model fine-tuned here)")
+    training = sorted(k for k in set(section) - set(OWN_TEACHER_KEYS) if k in {f.name for f in fields(TrainSettings)})
+    if training:
+        raise ConfigError(f"{src}: 'teacher.path' uses your fine-tuned model as it is, nothing is trained, so "
+                          f"'teacher' cannot also set {training}; drop them, or fine-tune a base model here with "
+                          f"'model: NAME' and 'teacher: {{steps: N}}' instead of 'teacher.path'")
+    unknown = sorted(set(section) - set(OWN_TEACHER_KEYS))
+    if unknown:
+        raise ConfigError(f"{src}: unknown key(s) {unknown} in 'teacher'; beside 'path' allowed: "
+                          f"{list(OWN_TEACHER_KEYS[1:])}")
+    where = Path(folder).expanduser()
+    where = where if where.is_absolute() else study.parent / where
+    if not (where / "config.json").is_file():
+        what = "does not exist" if not where.exists() else "is not a model folder (no config.json)"
+        raise ConfigError(f"{src}: 'teacher.path': {where} {what}; name the folder your fine-tuned model was "
+                          f"saved to (save_pretrained)")
+    rest = {k: v for k, v in section.items() if k != "path"}
+    return _section({"teacher": rest}, "teacher", TrainSettings, src, {"steps": 0}), str(where.resolve())
+
+
 TOP_KEYS = {"elastic", "finalize", "name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval",
             "latency", "trials", "sampler", "seed", "latency_budget_ms", "storage", "data_dir"}
 
@@ -173,14 +211,14 @@ def load_study_config(path: str | Path) -> StudyConfig:
         space = resolve_space(str(raw["search_space"]), path.parent)
     except FileNotFoundError as err:
         raise ConfigError(f"{src}: {err}") from None
-    teacher = _section(raw, "teacher", TrainSettings, src)
+    teacher, model = _teacher(raw, path, src)
     recovery = _section(raw, "recovery", TrainSettings, src,
                         {"steps": 0, "batch_size": teacher.batch_size, "max_seq_len": teacher.max_seq_len,
                          "seed": teacher.seed, "train_subset": teacher.train_subset})
     hardware, runtimes = _hardware(raw, src)
     cfg = StudyConfig(
         path=path.resolve(), name=str(raw.get("name") or path.parent.name), task=task, search_space=space.resolve(),
-        model=str(raw.get("model", "default")), teacher=teacher, recovery=recovery,
+        model=model, teacher=teacher, recovery=recovery,
         hardware=hardware, runtimes=runtimes, eval=_section(raw, "eval", EvalSettings, src),
         latency=_section(raw, "latency", LatencySettings, src),
         elastic=_section(raw, "elastic", ElasticSettings, src),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["TaskSpec", "Example", "TASKS", "get_task"]
+__all__ = ["TaskSpec", "Example", "TASKS", "CLASS_NAMES", "get_task", "head_label_problem"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,48 @@ _SPECS = (
 )
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
+
+# What a fine-tuned head may call each class, in class-index order (the first is the name shown):
+# the names of the hub's ``glue/<task>`` features, common spellings, and the raw TSV label.
+CLASS_NAMES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "cola": (("unacceptable", "not_acceptable", "0"), ("acceptable", "1")),
+    "sst2": (("negative", "neg", "0"), ("positive", "pos", "1")),
+    "mrpc": (("not_equivalent", "0"), ("equivalent", "1")),
+    "qqp": (("not_duplicate", "0"), ("duplicate", "1")),
+    "mnli": (("entailment",), ("neutral",), ("contradiction",)),
+    "qnli": (("entailment",), ("not_entailment",)),
+    "rte": (("entailment",), ("not_entailment",)),
+    "wnli": (("not_entailment", "0"), ("entailment", "1")),
+}
+
+
+def _label_key(name: object) -> str:
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def head_label_problem(spec: TaskSpec, id2label: dict[int, str]) -> str | None:
+    """Why a classification head's label names (``config.id2label``, class index -> name) do not
+    fit ``spec``, or None when they do. Each class must be called ``LABEL_<i>`` (transformers'
+    generic name) or one of :data:`CLASS_NAMES` for that same index (case, spaces, ``_`` and
+    ``-`` ignored). The label *count* is checked by the caller; a regression task has no names."""
+    if spec.is_regression or spec.name not in CLASS_NAMES:
+        return None
+    names = CLASS_NAMES[spec.name]
+    theirs = [id2label.get(i, f"LABEL_{i}") for i in range(len(names))]
+    fits = [_label_key(n) == f"label{i}" or _label_key(n) in {_label_key(a) for a in names[i]}
+            for i, n in enumerate(theirs)]
+    if all(fits):
+        return None
+    wanted = ", ".join(f"{i}: {n[0]}" for i, n in enumerate(names))
+    shown = ", ".join(f"{i}: {n}" for i, n in enumerate(theirs))
+    index_of = {_label_key(a): i for i, aliases in enumerate(names) for a in aliases}
+    if sorted(index_of.get(_label_key(n), -1) for n in theirs) == list(range(len(names))):
+        return (f"its labels ({shown}) are {spec.name}'s in another order ({wanted}), so its outputs would be "
+                f"scored against the wrong classes; re-order the classifier's output rows (and id2label) to "
+                f"{spec.name}'s order, or fine-tune a base model here instead (model: + teacher: {{steps: N}})")
+    return (f"its labels ({shown}) are not {spec.name}'s ({wanted}); if its outputs already follow that "
+            f"order, set id2label (and label2id) in its config.json to those names or to LABEL_0, LABEL_1, ...; "
+            f"otherwise fine-tune a base model here instead (model: + teacher: {{steps: N}})")
 
 
 def _normalise(name: str) -> str:
