@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 
 import autosqueeze
 from autosqueeze import artifact
-from autosqueeze.artifact import MANIFEST, WEIGHTS, CorruptModelError, file_sha256, load_compressed, save_compressed
+from autosqueeze.artifact import (
+    MANIFEST,
+    WEIGHTS,
+    CorruptModelError,
+    file_sha256,
+    load_compressed,
+    read_manifest,
+    save_compressed,
+)
 from autosqueeze.builder import build
 from autosqueeze.measure import model_size
 from autosqueeze.methods.common import is_quantized_module
@@ -149,3 +158,70 @@ def test_a_folder_of_an_unknown_format_or_with_missing_tensors_is_corrupt(tmp_pa
     (out / MANIFEST).write_text(json.dumps({**manifest, "quantized_modules": [entry]}))
     with pytest.raises(CorruptModelError, match="does not match"):
         autosqueeze.load(out)
+
+
+# --- through `autosqueeze apply` --------------------------------------------------------------
+@pytest.fixture()
+def applied(tiny_model_dir, glue_dir, tmp_path, isolated_cache, monkeypatch):
+    """``apply`` (rebuild) of an int8 recipe on a hidden-256, 2-layer BERT teacher; returns
+    (rebuilt, the model apply measured, out) for a runtime."""
+    import yaml
+
+    from autosqueeze import apply as apply_mod
+    from tests.test_cli_e2e import FAST_LATENCY
+    from tests.tiny import save_model_dir
+
+    teacher = save_model_dir("bert", tiny_model_dir / "vocab.txt", tmp_path / "teacher", layers=2, heads=4,
+                             hidden=256, ffn=1024)
+    (teacher / "metrics.json").write_text("{}")
+    (teacher / "teacher.json").write_text("{}")
+    monkeypatch.setenv("AUTOSQUEEZE_ONNX_EXPORTER", "torchscript")  # seconds
+    seen = {}
+    real = apply_mod.save_compressed
+
+    def save(built, *args, **kw):
+        seen["model"] = built.model
+        return real(built, *args, **kw)
+
+    monkeypatch.setattr(apply_mod, "save_compressed", save)
+
+    def run(runtime: str):
+        recipe = Recipe(base_model=str(teacher), task="sst2", steps=[Step("quantize_dynamic", {})],
+                        data={"dev_subset": 16, "eval_batch_size": 8, "latency": FAST_LATENCY},
+                        profile={"seq_len": 16, "threads": 1, "runtime": runtime})
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
+        out = tmp_path / f"model-{runtime}"
+        rebuilt = apply_mod.rebuild(tmp_path / "r.yaml", out, str(glue_dir), teacher_dir=str(teacher),
+                                    onnx=runtime == "onnxruntime")
+        return rebuilt, seen["model"], out
+
+    return run
+
+
+def test_applied_int8_folder_weighs_what_apply_reports_and_loads_the_measured_model(applied, monkeypatch):
+    rebuilt, measured, out = applied("torch")
+    reported = rebuilt.reproduced["size"]["total_bytes"]
+    on_disk = (out / WEIGHTS).stat().st_size
+    assert abs(on_disk - reported) / reported < 0.03, (on_disk, reported)
+    storage = read_manifest(out)["storage"]
+    assert storage["deploys"] == WEIGHTS and storage["files"] == {WEIGHTS: on_disk}
+    assert storage["measured_bytes"] == reported
+    _no_requantization(monkeypatch)
+    loaded = autosqueeze.load(out)
+    b = batch(seq=16)
+    assert torch.equal(logits(loaded, b), logits(measured, b))
+
+
+def test_applied_onnx_runtime_folder_deploys_the_int8_graph(applied):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    rebuilt, _, out = applied("onnxruntime")
+    storage = read_manifest(out)["storage"]
+    assert storage["deploys"] == "model.onnx" and rebuilt.onnx["quantized_nodes"] > 0
+    graph = onnx.load(str(out / "model.onnx"))
+    int8 = sum(int(np.prod(t.dims)) for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8)
+    encoder_weights = 2 * (4 * 256 * 256 + 2 * 256 * 1024)
+    assert int8 >= encoder_weights  # the encoder's Linears are int8 in the graph
+    reported = rebuilt.reproduced["size"]["total_bytes"]
+    assert storage["files"]["model.onnx"] < 1.15 * reported, (storage["files"], reported)
