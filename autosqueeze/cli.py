@@ -109,25 +109,24 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _study_counts(study: Any) -> dict[str, Any]:
-    """Where a study stands: trials by status and the best metric within the budget."""
-    from .report.pareto import trial_records
+    """Where a study stands: trials by status and its front (report.pareto.front_summary)."""
+    from .report.pareto import front_summary, trial_records
 
     records = trial_records(study)
     feasible = [r for r in records if r.feasible]
     counts = {s: sum(r.status == s for r in records) for s in ("over_budget", "stopped_early", "failed", "running")}
     counts["pruned"] = sum(r.state == "PRUNED" for r in records)
-    best = max(feasible, key=lambda r: r.metric, default=None)  # type: ignore[arg-type,return-value]
-    return {"done": len(records) - counts["running"], "feasible": len(feasible), "best": best, **counts}
+    counts["repeats"] = sum(r.duplicate_of is not None for r in records)
+    return {"done": len(records) - counts["running"], "feasible": len(feasible),
+            "front": front_summary(records, study.user_attrs), **counts}
 
 
 def _standing(c: dict[str, Any]) -> str:
-    best = c["best"]
-    best_text = "none yet" if best is None else (
-        f"{best.metric:.4f} (trial {best.number}, {best.latency_ms:.2f} ms, {best.speedup:.2f}x)")
     running = f", running {c['running']}" if c["running"] else ""
+    repeats = f", repeats {c['repeats']} (not counted)" if c["repeats"] else ""
     return (f"done {c['done']}: feasible {c['feasible']}, over budget {c['over_budget']}, "
-            f"pruned/stopped {c['pruned'] + c['stopped_early']}, failed {c['failed']}{running} | "
-            f"best within budget {best_text}")
+            f"pruned/stopped {c['pruned'] + c['stopped_early']}, failed {c['failed']}{repeats}{running} | "
+            f"{c['front']}")
 
 
 def _trial_line(study: Any, trial: Any) -> None:
@@ -146,6 +145,8 @@ def _trial_line(study: Any, trial: Any) -> None:
                 f"dev slice, cannot reach {at.get('reference', float('nan')):.4f} at {r.latency_ms:.2f} ms")
     else:
         what = f"metric {metric:.4f}, {r.latency_ms or 0:.2f} ms ({r.speedup or 0:.2f}x)"
+        if r.duplicate_of is not None:
+            what += f", a repeat of trial {r.duplicate_of} (not counted)"
     secs = f" {r.trial_s:.0f}s" if isinstance(r.trial_s, (int, float)) else ""
     print(f"trial {trial.number:3d} [{r.label if r.methods else 'teacher'}] {what}{secs} | "
           f"{_standing(_study_counts(study))}", flush=True)

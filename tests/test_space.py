@@ -52,7 +52,12 @@ def test_choice_group_requires_and_excludes(tmp_path):
     assert methods(r) == ["cast_precision"]
     assert r.steps[0].params["parts"] == ["embeddings", "attention"]  # list choices come back as lists
     r.validate()
-    assert space.suggest(FixedTrial({"drop_layers.on": False, "choice.quantize": "none"})).steps == []
+    # every step off would be the teacher itself (a study reference): choice.only_step switches one on
+    off = {"drop_layers.on": False, "choice.quantize": "none"}
+    assert methods(space.suggest(FixedTrial({**off, "choice.only_step": "quantize_dynamic", "qat.on": False}))) \
+        == ["quantize_dynamic"]
+    assert methods(space.suggest(FixedTrial({**off, "choice.only_step": "drop_layers", "drop_layers.keep": 1}))) \
+        == ["drop_layers", "distill"]  # what requires the forced step is decided as usual
 
 
 def test_sampled_recipes_only_hold_knobs_of_steps_that_are_on(tmp_path):

@@ -36,6 +36,15 @@ def cpu_info() -> dict[str, Any]:
             "features": [f for f in FEATURES if f in flags], "logical_cores": os.cpu_count() or 1}
 
 
+def cpu_has_bf16(features: list[str] | tuple[str, ...] | None = None) -> bool | None:
+    """Whether the CPU has bf16 matmul units (x86 ``avx512_bf16`` / ``amx_bf16``); None when its
+    features are unknown (no /proc/cpuinfo flags). ``features`` defaults to :func:`cpu_info`'s."""
+    feats = cpu_info()["features"] if features is None else list(features)
+    if not feats:
+        return None
+    return any(f in feats for f in ("avx512_bf16", "amx_bf16"))
+
+
 def library_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in packages:

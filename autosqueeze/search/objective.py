@@ -47,6 +47,7 @@ from ..runtimes.predict import evaluate_in_runtime
 from ..tasks import compute_metrics
 from ..teacher import Teacher
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
+from .pareto import Baselines
 from .space import suggest_runtime
 from .trial_record import TrialRecord
 
@@ -321,8 +322,8 @@ def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, dict[str, 
         r = record.recipe or {}
         if record.status == "complete" and r.get("seed") == recipe.seed and steps_key(r.get("steps", [])) == key \
                 and (r.get("profile") or {}).get("runtime") == (recipe.profile or {}).get("runtime"):
-            return t.number, {k: v for k, v in record.to_attrs().items()
-                              if k not in ("worker", "recipe", "methods", "duplicate_of")}
+            own = ("worker", "recipe", "methods", "duplicate_of", "dominated_by", "below_floor")
+            return t.number, {k: v for k, v in record.to_attrs().items() if k not in own}
     return None
 
 
@@ -352,7 +353,13 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
         over = 0.0 if sc.budget_ms is None else result["latency_ms"] - sc.budget_ms
         trial.set_constraint("latency_budget_ms", over)
         recipe.measured = {k: result[k] for k in ("metric", "metrics", "latency_ms", "speedup", "size") if k in result}
-        TrialRecord(recipe=recipe.to_dict()).with_result(result).write(trial)
+        record = TrialRecord(recipe=recipe.to_dict()).with_result(result)
+        if record.status == "complete":  # the dashboard shows what the report says: off the front, and why
+            baselines = Baselines.from_attrs(trial.study.user_attrs)
+            ref = baselines.dominating(record)
+            record = dataclasses.replace(record, dominated_by=None if ref is None else ref.key,
+                                         below_floor=baselines.below_floor(record))
+        record.write(trial)
         return float(metric), float(result["latency_ms"])
 
     return objective

@@ -64,6 +64,7 @@ from ..recipe import Recipe, RecipeError, Step
 
 DIST_TYPES = ("int", "float", "categorical")
 NONE_CHOICE = "none"
+ONLY_STEP = "choice.only_step"  # the step switched on when the sampler switched every step off (SearchSpace.decide)
 SIZES = ("layers", "heads", "ffn", "hidden")  # what ``of:`` may name (see model_sizes)
 NOMINAL_SIZES = {"layers": 12, "heads": 12, "ffn": 3072, "hidden": 768}  # load-time knob check only
 
@@ -219,7 +220,22 @@ class SearchSpace:
         return out
 
     def decide(self, trial: optuna.Trial) -> set[str]:
-        """Which steps are on in this trial (method choice, requires_any, excludes)."""
+        """Which steps are on in this trial (method choice, requires_any, excludes).
+
+        Never none: a trial with every step off would be the uncompressed teacher, which the study
+        already measures as a reference. When the sampler switches everything off, the categorical
+        ``choice.only_step`` (over the steps that can be on by themselves) picks one step to switch on,
+        and the steps that require it are decided as usual.
+        """
+        on = self._decide(trial)
+        alone = [s.id for s in self.steps if not s.requires_any]
+        if on or not alone:
+            return on
+        return self._decide(trial, str(trial.suggest_categorical(ONLY_STEP, alone)))
+
+    def _decide(self, trial: optuna.Trial, forced: str | None = None) -> set[str]:
+        """:meth:`decide`'s pass over the nodes; ``forced`` is on without asking (its own decision, made
+        in a first pass, is asked again and left as it was)."""
         by_id = {s.id: s for s in self.steps}
         groups = self.groups()
         on: set[str] = set()
@@ -235,11 +251,16 @@ class SearchSpace:
                     continue
                 options = [m.id for m in members] + ([NONE_CHOICE] if members[0].optional else [])
                 picked = trial.suggest_categorical(f"choice.{name}", options)
-                if picked != NONE_CHOICE and eligible(by_id[picked]):
+                if forced in options:
+                    on.add(forced)
+                elif picked != NONE_CHOICE and eligible(by_id[picked]):
                     on.add(picked)
                 continue
             s = by_id[node]
             if not eligible(s):
+                continue
+            if s.id == forced:
+                on.add(s.id)
                 continue
             if s.optional and not trial.suggest_categorical(f"{s.id}.on", [True, False]):
                 continue
@@ -256,7 +277,7 @@ class SearchSpace:
             params = s.fixed_params()
             params.update({k: d.suggest(trial, f"{s.id}.{k}") for k, d in s.dists.items()})
             steps.append(Step(s.method, params, get_method(s.method).version))
-        return Recipe(steps=steps)  # every optional step off: the uncompressed teacher
+        return Recipe(steps=steps)
 
     def method_names(self) -> list[str]:
         return sorted({s.method for s in self.steps})

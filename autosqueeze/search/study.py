@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -31,6 +32,7 @@ from ..study_config import ConfigError, StudyConfig
 from ..tasks import get_task
 from ..teacher import get_teacher, load_task_data
 from .early_stop import EarlyStopSettings
+from .machine import drop_slow_steps, probe_machine
 from .objective import SearchContext, make_objective, measure_baseline, reference_points
 from .space import SearchSpace, load_space
 from .storage import (
@@ -94,8 +96,9 @@ def set_metric_names(study: optuna.Study, main_metric: str) -> None:
 
 
 def finished_trials(study: optuna.Study) -> int:
-    """Trials with a result (complete, over budget, stopped early); failed ones do not count."""
-    return len(study.get_trials(deepcopy=False, states=RESULT_STATES))
+    """Trials with a result of their own (complete, over budget, stopped early); failed ones do not
+    count, nor does a repeated recipe (a trial that reuses an earlier one's result, ``duplicate_of``)."""
+    return sum("duplicate_of" not in t.user_attrs for t in study.get_trials(deepcopy=False, states=RESULT_STATES))
 
 
 def running_trials(study: optuna.Study) -> int:
@@ -200,13 +203,17 @@ def _failure_reason(trial: optuna.trial.FrozenTrial) -> str:
 def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None = None,
                budget_ms: float | None = None, storage: str | None = None, progress: Progress | None = None,
                callbacks: list | None = None, early_stop: EarlyStopSettings | None = None,
-               max_failures_in_a_row: int = MAX_FAILURES_IN_A_ROW) -> SearchSummary:
+               max_failures_in_a_row: int = MAX_FAILURES_IN_A_ROW,
+               machine_probe: dict[str, Any] | None = None) -> SearchSummary:
     """Run trials until the study has ``trials`` results (the study file's count by default).
 
-    Failed trials do not count toward the target; ``max_failures_in_a_row`` failures of this
+    Failed trials and repeated recipes do not count toward the target (``MAX_REPEATS_IN_A_ROW`` repeats
+    in a row stop the search: the space looks exhausted); ``max_failures_in_a_row`` failures of this
     process's trials stop the search with the last reason (:class:`TrialsKeepFailing`). Safe to
     run in several processes on one storage: each stops when results + running trials reach
-    the target.
+    the target. ``machine_probe`` (default: :func:`~autosqueeze.search.machine.probe_machine` of this
+    machine) is recorded with a new study's fingerprint; the steps it says this machine cannot run faster
+    are dropped from the space.
     """
     space = load_space(config.search_space)  # validated before any work
     if len(config.search_runtimes) == 1:  # several: each trial is offered the runtimes its steps allow
@@ -236,7 +243,9 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     study.set_user_attr("search_space", str(space.path))
     study.set_user_attr("early_stop", sc.early_stop.to_dict())
     if "fingerprint" not in attrs:  # the machine that measures the latencies, once per study
-        study.set_user_attr("fingerprint", hardware_fingerprint(sc.profile.threads, sc.profile.runtime))
+        study.set_user_attr("fingerprint", {**hardware_fingerprint(sc.profile.threads, sc.profile.runtime),
+                                            "probe": machine_probe or probe_machine(sc.profile.device)})
+    space = drop_slow_steps(space, (study.user_attrs.get("fingerprint") or {}).get("probe"))
     use_study_reference(study, sc)  # before any timing of this process: the study's teacher latency
     known = attrs.get("teacher") or {}
     if "majority_baseline" not in attrs:  # the floor: always the most frequent dev label (the mean for regression)

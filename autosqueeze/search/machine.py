@@ -1,0 +1,67 @@
+"""What this machine cannot run faster, probed once per study, and the steps a space drops for it.
+
+A step whose kernels this machine lacks spends trials on points that cannot win: bf16
+(``cast_precision`` with ``dtype: bf16``) on a CPU without bf16 units runs slower than the fp32
+teacher (0.2–0.7x measured on AVX2 CPUs), while it is 1.5–1.7x on CPUs with AMX. The probe
+(:func:`probe_machine`, from the fingerprint's CPU flags) is recorded with the study's
+fingerprint (``fingerprint.probe``) when the study is created, and the study drops such steps
+from its space before the first trial (:func:`drop_slow_steps`), saying so in one log line.
+A study created before the probe existed records none and keeps its space as it was (its
+trials' parameters must keep their choices).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .space import SearchSpace, SpaceError, StepSpace
+
+log = logging.getLogger(__name__)
+__all__ = ["drop_slow_steps", "probe_machine", "slow_steps"]
+
+
+def probe_machine(device: str = "cpu", features: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What the study's machine runs fast: ``{"device", "bf16_units"}`` (``bf16_units`` None: unknown).
+    ``features`` (CPU flags) default to this machine's (runtimes.fingerprint.cpu_info)."""
+    from ..runtimes.fingerprint import cpu_has_bf16
+
+    return {"device": device, "bf16_units": cpu_has_bf16(features) if device == "cpu" else None}
+
+
+def _dtypes(step: StepSpace) -> list[Any]:
+    """The dtypes a cast_precision step may take (its fixed value, its choices, or the default bf16)."""
+    dist = step.dists.get("dtype")
+    if dist is not None:
+        return list(dist.choices) if dist.type == "categorical" else []
+    return [step.fixed.get("dtype", "bf16")]
+
+
+def slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None) -> dict[str, str]:
+    """Step id -> why the probed machine cannot run it faster than the teacher (empty: none, or no probe)."""
+    if not probe or probe.get("device", "cpu") != "cpu" or probe.get("bf16_units") is not False:
+        return {}
+    return {s.id: "bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16) runs slower than fp32"
+            for s in space.steps if s.method == "cast_precision" and (d := _dtypes(s)) and all(x == "bf16" for x in d)}
+
+
+def drop_slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None) -> SearchSpace:
+    """``space`` less the steps the probed machine cannot run faster (one warning line says which and
+    why). A step every trial needs (not optional, and not one of several choices) stays; a space left
+    with nothing to try is a SpaceError."""
+    slow = slow_steps(space, probe)
+    if not slow:
+        return space
+    groups = space.groups()
+    kept = {sid for sid in slow if not space.step(sid).optional and not (
+        space.step(sid).choice and any(m.id not in slow for m in groups[space.step(sid).choice]))}
+    gone = set(slow) - kept
+    smaller = space.without(gone)
+    if not smaller.steps:
+        raise SpaceError(f"{space.path}: every step runs slower on this machine than the teacher "
+                         f"({'; '.join(f'{sid}: {why}' for sid, why in slow.items())}); use another space")
+    what = ", ".join(f"{sid} ({space.step(sid).method})" for sid in sorted(gone))
+    why = "; ".join(sorted(set(slow.values())))
+    keep = f"; kept {', '.join(sorted(kept))}: every trial needs it" if kept else ""
+    log.warning("search space %s: dropped %s before the search: %s%s", space.path.name, what or "nothing", why, keep)
+    return smaller
