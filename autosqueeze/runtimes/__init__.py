@@ -19,11 +19,13 @@ from torch import nn
 from ..errors import UserError
 from ..measure.latency import HardwareProfile, LatencySettings, LatencyStats, measure_latency
 from .onnx_export import OnnxInfo, OnnxUnavailable, OnnxUnsupported, export_for_deployment, export_onnx
+from .variants import DEFAULT_VARIANT, DeployVariant, active_variant, set_active_variant
 
 log = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnxruntime")
 
-__all__ = ["RUNTIMES", "OnnxInfo", "OnnxUnavailable", "OnnxUnsupported", "RuntimeRefused", "check_runtime",
+__all__ = ["DEFAULT_VARIANT", "RUNTIMES", "DeployVariant", "OnnxInfo", "OnnxUnavailable", "OnnxUnsupported",
+           "RuntimeRefused", "active_variant", "check_runtime", "set_active_variant",
            "deployed_latency", "export_for_deployment", "export_onnx", "offered_runtimes", "ort_runner", "step_refusal"]
 
 
@@ -42,14 +44,16 @@ def check_runtime(model: nn.Module, runtime: str) -> None:
 
 def deployed_latency(model: nn.Module, profile: HardwareProfile, settings: LatencySettings | None = None,
                      inputs: list[dict[str, torch.Tensor]] | None = None, *, float_model: nn.Module | None = None,
-                     recipe: Any = None, onnx_path: str | Path | None = None) -> LatencyStats:
+                     recipe: Any = None, onnx_path: str | Path | None = None,
+                     variant: DeployVariant | dict[str, Any] | None = None) -> LatencyStats:
     """Latency of ``model`` in the profile's runtime.
 
     ``torch``: :func:`measure_latency` on the model as it is. ``onnxruntime``: the model is
     exported (with ``recipe`` and ``float_model`` when the recipe quantizes with PyTorch's
     dynamic int8, which is then redone by onnxruntime.quantization) — or ``onnx_path`` is
     used when given — and an ONNX Runtime session with ``profile.threads`` intra-op threads
-    is timed on the same inputs.
+    is timed on the same inputs. ``variant``: how the graph is built and run (default: the
+    active deploy variant, :mod:`autosqueeze.runtimes.variants`).
     """
     if profile.runtime == "torch":
         check_runtime(model, "torch")
@@ -62,7 +66,8 @@ def deployed_latency(model: nn.Module, profile: HardwareProfile, settings: Laten
     if onnx_path is not None:
         return ort_latency(make_session(onnx_path, profile), profile, inputs, settings=settings, vocab_size=vocab)
     with tempfile.TemporaryDirectory(prefix="autosqueeze-onnx-") as tmp:
-        info = export_for_deployment(model, Path(tmp) / "model.onnx", float_model=float_model, recipe=recipe)
+        info = export_for_deployment(model, Path(tmp) / "model.onnx", float_model=float_model, recipe=recipe,
+                                     variant=variant)
         log.debug("timing %s (%s exporter, int8=%s)", info.path, info.exporter, info.quantized)
         session = make_session(info.path, profile)
         return ort_latency(session, profile, inputs, settings=settings, vocab_size=vocab)
@@ -70,7 +75,8 @@ def deployed_latency(model: nn.Module, profile: HardwareProfile, settings: Laten
 
 @contextlib.contextmanager
 def ort_runner(model: nn.Module, profile: HardwareProfile, *, float_model: nn.Module | None = None,
-               recipe: Any = None, onnx_path: str | Path | None = None) -> Iterator[Callable[..., Any]]:
+               recipe: Any = None, onnx_path: str | Path | None = None,
+               variant: DeployVariant | dict[str, Any] | None = None) -> Iterator[Callable[..., Any]]:
     """``model`` as ONNX Runtime deploys it, callable like a model (``runner(**batch)``), for
     paired timing: exported as its recipe deploys it (or ``onnx_path``), on a session with
     spinning off (see :func:`autosqueeze.runtimes.ort.make_session`)."""
@@ -80,7 +86,8 @@ def ort_runner(model: nn.Module, profile: HardwareProfile, *, float_model: nn.Mo
         yield OrtRunner(make_session(onnx_path, profile, spinning=False))
         return
     with tempfile.TemporaryDirectory(prefix="autosqueeze-onnx-") as tmp:
-        info = export_for_deployment(model, Path(tmp) / "model.onnx", float_model=float_model, recipe=recipe)
+        info = export_for_deployment(model, Path(tmp) / "model.onnx", float_model=float_model, recipe=recipe,
+                                     variant=variant)
         log.debug("paired timing of %s (%s exporter, int8=%s)", info.path, info.exporter, info.quantized)
         yield OrtRunner(make_session(info.path, profile, spinning=False))
 

@@ -6,9 +6,11 @@ Runtime) on first use, into a temporary folder it removes on ``close`` (or into 
 The same file then serves every use: the latency paired call by call with the fp32 PyTorch
 teacher (:meth:`timing`, as the search and ``apply`` time a candidate), the dev metric computed
 from the session's logits (:meth:`evaluate`), and a classifier-like session to time interleaved
-with other models (:meth:`classifier`, spinning off). The search objective uses it so that an
-ONNX Runtime trial is exported once; the methods table's ONNX Runtime column and the headline
-study's deployed points are built on it.
+with other models (:meth:`classifier`, spinning off). ``variant`` (a
+:class:`~autosqueeze.runtimes.variants.DeployVariant` or its dict; default the active one) says
+how the graph is built and run, and is recorded in :attr:`info` (``info.variant``). The search
+objective uses it so that an ONNX Runtime trial is exported once; the methods table's ONNX
+Runtime column and the headline study's deployed points are built on it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..measure.metrics import evaluate
 from ..measure.paired import Timing, timing_against_teacher
 from . import onnx_export
 from .onnx_export import OnnxInfo
+from .variants import DeployVariant, resolve_variant
 
 __all__ = ["OrtDeployment"]
 
@@ -34,8 +37,10 @@ class OrtDeployment:
     :func:`export_for_deployment`), exported on first use; use it as a context manager."""
 
     def __init__(self, model: nn.Module, *, float_model: nn.Module | None = None, recipe: Any = None,
-                 exporter: str | None = None, path: str | Path | None = None) -> None:
+                 exporter: str | None = None, path: str | Path | None = None,
+                 variant: DeployVariant | dict[str, Any] | None = None) -> None:
         self.model, self.float_model, self.recipe, self.exporter = model, float_model, recipe, exporter
+        self.variant = resolve_variant(variant)
         self._target = None if path is None else Path(path)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._info: OnnxInfo | None = None
@@ -62,7 +67,8 @@ class OrtDeployment:
                 self._tmp = tempfile.TemporaryDirectory(prefix="autosqueeze-onnx-")
                 target = Path(self._tmp.name) / "model.onnx"
             self._info = onnx_export.export_for_deployment(self.model, target, float_model=self.float_model,
-                                                           recipe=self.recipe, exporter=self.exporter)
+                                                           recipe=self.recipe, exporter=self.exporter,
+                                                           variant=self.variant)
         return self._info
 
     @property
@@ -78,7 +84,8 @@ class OrtDeployment:
         default, so that it can be timed interleaved with PyTorch calls."""
         from .ort import OrtClassifier, make_session
 
-        return OrtClassifier(make_session(self.path, profile, spinning=spinning), getattr(self.model, "config", None))
+        return OrtClassifier(make_session(self.path, profile, spinning=spinning, opt_level=self.variant.opt_level),
+                             getattr(self.model, "config", None))
 
     def evaluate(self, profile: HardwareProfile, data: Any, extra: Mapping[str, Sequence[Any]] | None = None,
                  batch_size: int = 64) -> dict[str, float]:

@@ -6,6 +6,9 @@ dynamic batch and sequence axis, and whose output is ``logits``. It tries the
 ``torch.export``-based exporter first (``dynamo=True``, needs ``onnxscript``) and falls back
 to the TorchScript exporter; each export is checked against PyTorch on a batch of another
 shape before it is accepted, so a graph that froze a shape or a branch is refused.
+Which exporter goes first, and whether attention is exported from its eager code (what ONNX
+Runtime fuses best) or as the model runs, come from the deploy variant
+(:mod:`autosqueeze.runtimes.variants`; default: TorchScript exporter, eager attention).
 Models no ONNX Runtime graph can express are refused up front with a one-line reason
 (:func:`unsupported_reason`): early exit (its depth is decided per batch), bf16 weights or
 compute (no bf16 MatMul kernel in ONNX Runtime's CPU provider), CSR sparse kernels (no ONNX
@@ -15,7 +18,10 @@ operator). Every refusal is one line, without the exporters' graph dumps or colo
 no int8 step; the float model re-quantized by ONNX Runtime when the recipe uses PyTorch's
 dynamic int8 (``quantize_dynamic``: its packed int8 modules cannot be exported, so the same
 Linear layers are quantized dynamically, int8 weights per tensor, in the ONNX graph) or
-static int8 (``quantize_static``: QDQ with the recorded calibration, see onnx_int8.py).
+static int8 (``quantize_static``: QDQ with the recorded calibration, see onnx_int8.py). Its
+``variant`` picks the exporter, the attention form, the optional transformer fusions and the
+int8 kernels (per tensor / channel, signed / unsigned weights, ``reduce_range``), and is
+recorded in the returned info and the file's metadata.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..measure.latency import needs_real_inputs
+from .variants import DeployVariant, resolve_variant
 
 log = logging.getLogger(__name__)
 EXPORTERS = ("dynamo", "torchscript")
@@ -127,6 +134,7 @@ class OnnxInfo:
     max_abs_diff: float = 0.0  # float export vs PyTorch, on a check batch
     size_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    variant: dict[str, Any] | None = None  # the DeployVariant the graph was built with (to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,6 +181,46 @@ def example_inputs(model: nn.Module, names: tuple[str, ...], batch: int, seq: in
     return tuple(values[n] for n in names)
 
 
+def _set_attention(model: nn.Module, impl: str) -> None:
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(impl)
+    else:
+        model.config._attn_implementation = impl
+
+
+@contextlib.contextmanager
+def attention_for_export(model: nn.Module, attention: str) -> Iterator[None]:
+    """Run ``model`` with eager attention while it is exported (``attention == "eager"``), then
+    restore its own; a model that cannot switch is exported as it is (the check catches any
+    difference)."""
+    cfg = getattr(model, "config", None)
+    before = getattr(cfg, "_attn_implementation", None)
+    switched = False
+    if attention == "eager" and before is not None and before != "eager":
+        try:
+            _set_attention(model, "eager")
+            switched = True
+        except (ValueError, AttributeError, TypeError, ImportError) as err:
+            log.debug("cannot export %s with eager attention: %s", type(model).__name__, err)
+    try:
+        yield
+    finally:
+        if switched:
+            _set_attention(model, before)  # type: ignore[arg-type]  # not None when switched
+
+
+def exporter_order(exporter: str | None, variant: DeployVariant | None = None) -> tuple[str, ...]:
+    """The exporters to try, in order: ``exporter`` alone when given (or
+    ``$AUTOSQUEEZE_ONNX_EXPORTER``), else the variant's first and the other as fallback."""
+    order = exporter or os.environ.get("AUTOSQUEEZE_ONNX_EXPORTER") or "auto"
+    if order not in EXPORTERS + ("auto",):
+        raise ValueError(f"unknown ONNX exporter {order!r}; choose one of {EXPORTERS} or auto")
+    if order != "auto":
+        return (order,)
+    first = resolve_variant(variant).exporter
+    return (first,) + tuple(e for e in EXPORTERS if e != first)
+
+
 def _run_exporter(wrapped: nn.Module, args: tuple[torch.Tensor, ...], names: tuple[str, ...], path: Path,
                   exporter: str, max_seq: int, external: bool) -> None:
     common: dict[str, Any] = dict(input_names=list(names), output_names=["logits"], opset_version=18)
@@ -212,12 +260,16 @@ def check_export(path: Path, model: nn.Module, names: tuple[str, ...]) -> float:
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, exporter: str | None = None,
-                tolerance: float = 0.05) -> OnnxInfo:
+                tolerance: float = 0.05, attention: str | None = None,
+                variant: DeployVariant | dict[str, Any] | None = None) -> OnnxInfo:
     """Export ``model`` (a transformers classifier) to ``path`` and check it.
 
-    ``exporter``: ``dynamo`` or ``torchscript``; default ``$AUTOSQUEEZE_ONNX_EXPORTER`` or
-    dynamo first with the TorchScript exporter as fallback. Raises OnnxUnsupported when no
-    exporter gives a graph within ``tolerance`` (relative to the logits' scale) of PyTorch.
+    ``exporter``: ``dynamo`` or ``torchscript``; default ``$AUTOSQUEEZE_ONNX_EXPORTER`` or the
+    deploy variant's exporter first (``variant``, default
+    :func:`~autosqueeze.runtimes.variants.active_variant`: TorchScript) with the other as
+    fallback. ``attention``: ``eager`` (exported from the eager attention code) or ``model``
+    (as the model runs); default the variant's. Raises OnnxUnsupported when no exporter gives a
+    graph within ``tolerance`` (relative to the logits' scale) of PyTorch.
     """
     require("onnx")
     require("onnxruntime")
@@ -229,25 +281,26 @@ def export_onnx(model: nn.Module, path: str | Path, *, exporter: str | None = No
     names = input_names(model)
     model.eval()
     wrapped = _Logits(model, names).eval()
-    order = exporter or os.environ.get("AUTOSQUEEZE_ONNX_EXPORTER") or "auto"
-    if order not in EXPORTERS + ("auto",):
-        raise ValueError(f"unknown ONNX exporter {order!r}; choose one of {EXPORTERS} or auto")
-    tries = EXPORTERS if order == "auto" else (order,)
+    chosen = resolve_variant(variant)
+    tries = exporter_order(exporter, chosen)
+    attention = attention or chosen.attention
     max_seq = int(getattr(model.config, "max_position_embeddings", 512))
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     errors: list[str] = []
     for name in tries:
         try:
-            _run_exporter(wrapped, example_inputs(model, names, 2, 16), names, path, name, max_seq,
-                          external=nbytes > 1_800_000_000)
+            with attention_for_export(model, attention):
+                _run_exporter(wrapped, example_inputs(model, names, 2, 16), names, path, name, max_seq,
+                              external=nbytes > 1_800_000_000)
             diff = check_export(path, model, names)
             with torch.inference_mode():
                 probe = dict(zip(names, example_inputs(model, names, 3, 11, 1, True)))
                 scale = float(model(**probe).logits.abs().max())
             if not diff <= tolerance * max(scale, 1e-3) + 1e-5:
                 raise OnnxUnsupported(f"its outputs differ from PyTorch by {diff:.3g}")
+            used = chosen.with_(exporter=name, attention=attention)
             return OnnxInfo(str(path), name, list(names), max_abs_diff=diff, size_bytes=path.stat().st_size,
-                            notes=[f"{e}" for e in errors])
+                            notes=[f"{e}" for e in errors], variant=used.to_dict())
         except OnnxUnavailable:
             raise
         except Exception as err:  # exporters raise many types; try the next one
@@ -274,7 +327,8 @@ def _static_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
 
 
 def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn.Module | None = None,
-                          recipe: Any = None, exporter: str | None = None) -> OnnxInfo:
+                          recipe: Any = None, exporter: str | None = None,
+                          variant: DeployVariant | dict[str, Any] | None = None) -> OnnxInfo:
     """Export the model a recipe deploys; ``float_model`` is the model before its quantization steps.
 
     PyTorch dynamic int8 (``quantize_dynamic`` steps) is redone by ONNX Runtime's dynamic
@@ -282,11 +336,16 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     Runtime's QDQ static quantization with the ranges the step calibrated (read from
     ``model``'s layers). Other quantization steps (half-precision casts, weight-only
     int8/int4, embedding int8) are exported as they run in PyTorch, when ONNX Runtime can.
+    ``variant`` (default :func:`~autosqueeze.runtimes.variants.active_variant`): exporter,
+    attention form, transformer fusions (float and dynamic int8 graphs) and dynamic int8
+    kernels; an explicit ``exporter`` wins over the variant's.
     """
     from ..builder import quantize_start, replay
     from ..methods.common import is_quantized_module, part_weights
+    from .fusion import fuse_graph
     from .onnx_int8 import quantize_onnx_dynamic, quantize_onnx_static
 
+    chosen = resolve_variant(variant)
     path = Path(path)
     steps = [] if recipe is None else recipe.steps[quantize_start(recipe):]
     int8 = [s for s in steps if s.method in GRAPH_INT8]
@@ -296,7 +355,16 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
         if _static_ranges(model):
             raise OnnxUnsupported("static int8 layers are exported from the float model; pass the recipe and "
                                   "float model")
-        return export_onnx(model, path, exporter=exporter)
+        info = export_onnx(model, path, exporter=exporter, variant=chosen)
+        if chosen.fusion != "none":
+            fused = path.with_name(f".{path.stem}.fused.onnx")
+            try:
+                info.notes += fuse_graph(path, fused, model, chosen.fusion, keep=set(), names=tuple(info.inputs))
+                if fused.is_file():
+                    fused.replace(path)
+            finally:
+                fused.unlink(missing_ok=True)
+        return _finish(info, path, chosen)
     if len({s.method for s in int8}) > 1:
         raise OnnxUnsupported("a recipe with both quantize_dynamic and quantize_static steps: ONNX Runtime "
                               "quantizes a graph one way; keep one int8 method")
@@ -309,15 +377,31 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     if any(s.method not in GRAPH_INT8 for s in steps):  # e.g. bf16 embeddings + int8 encoder: cast first,
         base = replay(recipe, float_model, part="quantize", skip=GRAPH_INT8)  # then int8 in the graph
     float_path = path.with_name(f".{path.stem}.float.onnx")
+    fused_path = path.with_name(f".{path.stem}.fused.onnx")
     try:
-        info = export_onnx(base, float_path, exporter=exporter)
+        info = export_onnx(base, float_path, exporter=exporter, variant=chosen)
         if int8[0].method == "quantize_dynamic":
+            from .onnx_int8 import matmul_nodes, weight_matmuls
+
             targets = set()
             for step in int8:
                 targets |= {name for _, name, mod in part_weights(base, adapter, step.config().parts)
                             if not is_quantized_module(mod)}
-            info.quantized_nodes = quantize_onnx_dynamic(float_path, path, targets)
-            how = "onnxruntime.quantization.quantize_dynamic (weights per tensor, QInt8)"
+            q = chosen.int8
+            src, fused_nodes = float_path, None
+            if chosen.fusion != "none":
+                wanted = set(matmul_nodes(float_path, targets))
+                keep = set(weight_matmuls(float_path)) - wanted  # float in the recipe: must stay unfused MatMuls
+                info.notes += fuse_graph(float_path, fused_path, base, chosen.fusion, keep=keep,
+                                         names=tuple(info.inputs))
+                if fused_path.is_file():
+                    src, fused_nodes = fused_path, (len(wanted), keep)
+            info.quantized_nodes = quantize_onnx_dynamic(src, path, targets, per_channel=q.per_channel,
+                                                         weight_type=q.weight_type, reduce_range=q.reduce_range,
+                                                         fused=fused_nodes)
+            grain = "per channel" if q.per_channel else "per tensor"
+            rr = ", reduce_range" if q.reduce_range else ""
+            how = f"onnxruntime.quantization.quantize_dynamic (weights {grain}, {q.weight_type}{rr})"
         else:
             ranges = _static_ranges(model)
             if not ranges:
@@ -339,6 +423,49 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
             from None
     finally:
         float_path.unlink(missing_ok=True)
-    info.path, info.quantized, info.size_bytes = str(path), True, path.stat().st_size
+        fused_path.unlink(missing_ok=True)
+    info.path, info.quantized = str(path), True
     info.notes.append(f"int8 by {how}; max_abs_diff is the float graph's")
+    return _finish(info, path, chosen)
+
+
+VARIANT_KEY = "autosqueeze.variant"  # ONNX metadata: the variant a file was built with (JSON)
+
+
+def _finish(info: OnnxInfo, path: Path, chosen: DeployVariant) -> OnnxInfo:
+    """Record the variant actually used (the exporter that succeeded) in ``info`` and the file."""
+    import json
+
+    used = chosen.with_(exporter=info.exporter, attention=(info.variant or {}).get("attention", chosen.attention))
+    if not any("fusion skipped" in n for n in info.notes):
+        info.variant = used.to_dict()
+    else:
+        info.variant = used.with_(fusion="none").to_dict()
+    onnx = require("onnx")
+    if info.size_bytes < 1_800_000_000:  # external-data graphs keep their metadata as exported
+        graph = onnx.load(str(path))
+        props = {p.key: p.value for p in graph.metadata_props}
+        props[VARIANT_KEY] = json.dumps(info.variant, sort_keys=True)
+        onnx.helper.set_model_props(graph, props)
+        onnx.save(graph, str(path))
+    info.size_bytes = path.stat().st_size
     return info
+
+
+def recorded_variant(path: str | Path) -> dict[str, Any] | None:
+    """The variant recorded in an ONNX file by :func:`export_for_deployment` (None: none recorded)."""
+    import json
+
+    onnx = require("onnx")
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: the session will say why
+        return None
+    for prop in graph.metadata_props:
+        if prop.key == VARIANT_KEY:
+            try:
+                value = json.loads(prop.value)
+            except ValueError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None

@@ -5,8 +5,10 @@ and quantize only the MatMul/Gemm nodes that come from the recipe's target Linea
 (found through the exporters' module scopes), weights int8:
 
 - :func:`quantize_onnx_dynamic` — ``onnxruntime.quantization.quantize_dynamic``: int8 weights
-  per tensor, activations quantized per batch at run time (what ``quantize_dynamic`` does in
-  PyTorch).
+  (per tensor by default; per channel, unsigned, ``reduce_range`` as the deploy variant says),
+  activations quantized per batch at run time (what ``quantize_dynamic`` does in PyTorch). On a
+  graph fused by :mod:`~autosqueeze.runtimes.fusion` the fused ``Attention`` nodes become
+  ``QAttention`` and the MatMuls the recipe keeps in float are excluded by name.
 - :func:`quantize_onnx_static` — ``onnxruntime.quantization.quantize_static`` in the QDQ
   format: weights int8 per output channel (symmetric), each target's input activation int8
   with a fixed scale and zero point from the calibration ranges that ``quantize_static``
@@ -66,6 +68,15 @@ def matmul_targets(onnx_path: str | Path, module_names: set[str], prefix: str = 
     return out
 
 
+def weight_matmuls(onnx_path: str | Path) -> list[str]:
+    """Names of every MatMul/Gemm node with a constant weight."""
+    onnx = require("onnx")
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) >= 2
+            and n.input[1] in consts]
+
+
 def matmul_nodes(onnx_path: str | Path, module_names: set[str], prefix: str = "model.") -> list[str]:
     """Names of the MatMul/Gemm nodes with a constant weight that come from ``module_names``."""
     return [n for n, _, _ in matmul_targets(onnx_path, module_names, prefix)]
@@ -92,18 +103,35 @@ def _check_count(found: int, wanted: int, src: str | Path) -> None:
         log.warning("ONNX int8: %d MatMul nodes matched for %d Linear layers", found, wanted)
 
 
-def quantize_onnx_dynamic(src: str | Path, dst: str | Path, module_names: set[str]) -> int:
-    """Dynamic int8 (int8 weights per tensor, activations quantized per batch) for the MatMuls of
-    ``module_names`` (Linear layers, qualified names in the PyTorch model); returns how many."""
+def quantize_onnx_dynamic(src: str | Path, dst: str | Path, module_names: set[str], *, per_channel: bool = False,
+                          weight_type: str = "QInt8", reduce_range: bool = False,
+                          fused: tuple[int, set[str]] | None = None) -> int:
+    """Dynamic int8 (int8 weights, activations quantized per batch) for the MatMuls of
+    ``module_names`` (Linear layers, qualified names in the PyTorch model); returns how many.
+
+    ``fused``: ``src`` was fused (see :mod:`~autosqueeze.runtimes.fusion`): (how many target
+    MatMuls the unfused graph had, the names of the MatMuls to keep in float); every other
+    weight MatMul/Gemm and every fused ``Attention`` is quantized.
+    """
     require("onnxruntime")
+    onnx = require("onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    common: dict[str, Any] = dict(weight_type=QuantType.QUInt8 if weight_type == "QUInt8" else QuantType.QInt8,
+                                  per_channel=per_channel, reduce_range=reduce_range)
+    if fused is not None:
+        count, keep = fused
+        _check_count(count, len(module_names), src)
+        with _quiet_quantizer():
+            quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+                             nodes_to_exclude=sorted(keep), extra_options={
+                                 "MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}, **common)
+        return count
     nodes = matmul_nodes(src, module_names)
     _check_count(len(nodes), len(module_names), src)
     with _quiet_quantizer():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False,
-                         op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
-                         extra_options={"MatMulConstBOnly": True})
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=nodes,
+                         extra_options={"MatMulConstBOnly": True}, **common)
     return len(nodes)
 
 

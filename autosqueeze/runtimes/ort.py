@@ -2,7 +2,8 @@
 
 The session runs on the CPU execution provider (CUDA when the profile says ``cuda`` and the
 installed onnxruntime has it) with ``intra_op_num_threads = profile.threads`` and one
-inter-op thread, all graph optimizations on. Latency is timed the way
+inter-op thread, all graph optimizations on (or the level the deploy variant recorded in the
+file, see :mod:`autosqueeze.runtimes.variants`). Latency is timed the way
 :func:`autosqueeze.measure.measure_latency` times PyTorch: same warm-up, repeats, busy-machine
 wait and re-measure on a large spread, same synthetic inputs.
 """
@@ -31,8 +32,29 @@ from .onnx_export import OnnxUnavailable, require
 log = logging.getLogger(__name__)
 
 
-def make_session(path: str | Path, profile: HardwareProfile, *, spinning: bool = True) -> Any:
+LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+          "disabled": "ORT_DISABLE_ALL"}
+
+
+def session_level(path: str | Path, opt_level: str | None = None) -> str:
+    """The graph optimization level for ``path``: ``opt_level``, else the one its deploy variant
+    recorded in the file, else ``all``."""
+    if opt_level is not None:
+        if opt_level not in LEVELS:
+            raise ValueError(f"unknown graph optimization level {opt_level!r}; choose one of {tuple(LEVELS)}")
+        return opt_level
+    from .onnx_export import recorded_variant
+
+    level = (recorded_variant(path) or {}).get("opt_level")
+    return level if level in LEVELS else "all"
+
+
+def make_session(path: str | Path, profile: HardwareProfile, *, spinning: bool = True,
+                 opt_level: str | None = None, profile_file: str | None = None) -> Any:
     """An InferenceSession for ``path`` on the profile's device and thread count.
+
+    ``opt_level``: ONNX Runtime's graph optimization level (see :func:`session_level`);
+    ``profile_file``: a prefix to write ONNX Runtime's per-operator profile to (profiling on).
 
     ``spinning=False`` stops ONNX Runtime's pool threads from busy-waiting after each run. Any
     timing that interleaves ORT calls with PyTorch calls in one process must turn it off: the
@@ -46,7 +68,10 @@ def make_session(path: str | Path, profile: HardwareProfile, *, spinning: bool =
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[session_level(path, opt_level)])
+    if profile_file:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_file)
     so.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     if profile.device == "cuda":
@@ -129,16 +154,19 @@ class OrtClassifier(nn.Module):
 def ort_dynamic_int8_session(model: nn.Module, folder: str | Path, profile: HardwareProfile, *,
                              spinning: bool = False) -> tuple[Any, list[str]]:
     """(session, input names) of ``model`` exported to ONNX and quantized by ONNX Runtime's
-    ``quantize_dynamic`` (int8 weights, every MatMul): what a user deploys without autosqueeze.
+    ``quantize_dynamic`` (int8 weights, every MatMul): what a user deploys without autosqueeze —
+    the TorchScript exporter on the model as it runs (its own attention), ``quantize_dynamic``'s
+    defaults (:data:`~autosqueeze.runtimes.variants.PLAIN_VARIANT`).
 
     Spinning is off by default: this session is meant to be timed interleaved with PyTorch.
     """
     from .onnx_export import export_onnx
+    from .variants import PLAIN_VARIANT
 
     require("onnx")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = Path(folder)
-    info = export_onnx(model, folder / "teacher.onnx")
+    info = export_onnx(model, folder / "teacher.onnx", variant=PLAIN_VARIANT)
     quantize_dynamic(str(folder / "teacher.onnx"), str(folder / "teacher.int8.onnx"), weight_type=QuantType.QInt8)
-    return make_session(folder / "teacher.int8.onnx", profile, spinning=spinning), list(info.inputs)
+    return make_session(folder / "teacher.int8.onnx", profile, spinning=spinning, opt_level="all"), list(info.inputs)
