@@ -3,6 +3,10 @@
 ``$AUTOSQUEEZE_CACHE/elastic/<key>/`` holds ``model.safetensors`` (the reordered, sandwich-
 trained student: the teacher's architecture and shapes) and ``elastic.json`` (key, settings,
 teacher weights hash, importance orders, sampled space, final losses, training seconds).
+The key hashes the settings that shape the student (``ElasticSettings.key_dict``): an elastic
+hidden width (``min_hidden`` below the full width) reorders the hidden dimensions and samples
+narrower widths, so such a student never shares a key with one trained before hidden width
+was elastic (``min_hidden: 1.0`` is that student, and keeps its key).
 The folder is written atomically. Trials load the weights through :func:`student_state`,
 which keeps the last few in memory.
 """
@@ -114,7 +118,8 @@ def ensure_for_recipe(recipe_steps: list[Any], teacher_info: dict[str, Any], tea
         if recorded.get("key") != key or not isinstance(recorded.get("settings"), dict):
             raise ElasticStudentMissing(f"elastic student {key} is not in this machine's cache and the recipe does not "
                                         f"record how it was trained: copy its folder into $AUTOSQUEEZE_CACHE/elastic")
-        settings = ElasticSettings(**recorded["settings"])
+        # a recipe recorded before the hidden width was elastic: its student kept the full width
+        settings = ElasticSettings(**{"min_hidden": 1.0, **recorded["settings"]})
         made = get_elastic_student(teacher, teacher_hash, data, settings, train_subset, progress)
         if made.key != key:
             raise ElasticStudentMissing(f"rebuilding elastic student {key} gave {made.key}: the teacher or the data "

@@ -7,7 +7,18 @@ that student's weights (by its cache key, ``student``) into the model and cuts t
 sub-network out for real with the code structured pruning uses: ``layers`` encoder layers
 (a count, or a fraction of the depth; spread evenly as ``drop_layers`` ``even``), and per
 kept layer ``heads_keep`` heads and ``ffn_keep`` FFN neurons (a count, a fraction, or a
-per-kept-layer list). It must be the recipe's first step (it replaces the weights).
+per-kept-layer list), and ``hidden_keep`` hidden dimensions (d_model: a count or a fraction of
+the model's own width, one value for the whole network; the student's hidden dimensions are in
+importance order too, so these are its most important ones). It must be the recipe's first
+step (it replaces the weights).
+
+A narrower hidden width is cut everywhere the residual stream is (embedding columns, every
+LayerNorm, the input columns of Q, K, V and FFN up, the output rows of the attention output and
+FFN down, the input columns of the pooler -- its output keeps the full width, so the classifier
+is unchanged -- or of the classifier head's first projection) and ``config.hidden_size``
+follows; the attention's inner width (heads x head size) is independent of it. BERT, RoBERTa,
+ELECTRA (embeddings not projected), DistilBERT and MPNet; other families refuse ``hidden_keep``
+below the full width in one line.
 
 Replay (loading a saved model) redoes the structure from the recorded decisions without the
 student. A search fills ``student`` in; a recipe without it cannot be applied.
@@ -19,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from ..arch import get_adapter
 from ..elastic.subnet import LAYER_SETS, Subnet, per_layer, pick_layers, resolve_count, slice_subnet
 from .context import MethodContext
 from .registry import MethodError, Stage, register
@@ -43,6 +55,7 @@ class ElasticConfig:
     heads_keep: Any = 1.0  # int | float | per-kept-layer list
     ffn_keep: Any = 1.0  # int | float | per-kept-layer list
     layer_set: str = "even"  # which layers a shallow sub-network keeps: even (spread) | first (the bottom ones)
+    hidden_keep: Any = 1.0  # int count | float fraction of the hidden width (d_model), for the whole network
 
     def __post_init__(self) -> None:
         if self.layer_set not in LAYER_SETS:
@@ -54,6 +67,9 @@ class ElasticConfig:
         object.__setattr__(self, "layers", _check_width("layers", self.layers))
         object.__setattr__(self, "heads_keep", _check_width("heads_keep", self.heads_keep))
         object.__setattr__(self, "ffn_keep", _check_width("ffn_keep", self.ffn_keep))
+        if isinstance(self.hidden_keep, (list, tuple)):
+            raise ValueError("hidden_keep is one count or fraction for the whole network, not a list")
+        object.__setattr__(self, "hidden_keep", _check_width("hidden_keep", self.hidden_keep))
 
 
 def choose_subnet(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> Subnet:
@@ -64,9 +80,27 @@ def choose_subnet(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -
         kept = pick_layers(len(layers), resolve_count("layers", config.layers, len(layers)), config.layer_set)
         heads = per_layer("heads_keep", config.heads_keep, [adapter.num_heads(layers[i]) for i in kept])
         neurons = per_layer("ffn_keep", config.ffn_keep, [adapter.ffn(layers[i])[1].in_features for i in kept])
+        width = adapter.hidden_size(model)
+        hidden = resolve_count("hidden_keep", config.hidden_keep, width)
     except ValueError as err:
         raise MethodError(f"elastic: {err}") from None
-    return Subnet(tuple(kept), heads, neurons)
+    if hidden < width:
+        why = adapter.hidden_refusal(model)
+        if why is not None:
+            raise MethodError(f"elastic: hidden_keep={config.hidden_keep}: {why}")
+    return Subnet(tuple(kept), heads, neurons, hidden if hidden < width else None)
+
+
+def check_shapes(model: nn.Module, config: ElasticConfig) -> str | None:
+    """Whether ``config`` names a sub-network of ``model`` (counts within the model's depth, heads,
+    FFN and hidden width; a family that can slice its hidden width), from the shapes alone:
+    search-space validation runs this on the real model instead of slicing a stand-in whose hidden
+    width differs. Returns why not, or None."""
+    try:
+        choose_subnet(model, config, MethodContext(adapter=get_adapter(model)))
+    except MethodError as err:
+        return f"cannot be applied to this model: {err}"
+    return None
 
 
 def _load_student(model: nn.Module, key: str) -> None:
@@ -90,7 +124,7 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
     if ctx.replay:
         d = ctx.decisions
         try:
-            subnet = Subnet(tuple(d["kept_layers"]), tuple(d["heads"]), tuple(d["neurons"]))
+            subnet = Subnet(tuple(d["kept_layers"]), tuple(d["heads"]), tuple(d["neurons"]), d.get("hidden"))
         except (KeyError, TypeError, ValueError) as err:
             raise MethodError(f"elastic replay: the recorded decisions are incomplete: {err}") from None
     else:
@@ -103,6 +137,8 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
         raise MethodError(f"elastic: {err}") from None
     ctx.decisions.update({"kept_layers": list(subnet.layers), "heads": list(subnet.heads),
                           "neurons": list(subnet.neurons)})
+    if subnet.hidden is not None:  # recorded only when narrower (older recipes have no key: the full width)
+        ctx.decisions["hidden"] = subnet.hidden
     ctx.kept_layers = list(subnet.layers)  # teacher layer of each student layer, for distillation
     return model
 
@@ -114,5 +150,7 @@ SPEC = register(
     stage=Stage.DEPTH,
     data_free=True,
     family="structured pruning",
-    summary="slice a trained sub-network (depth, heads, FFN) out of the elastic student: no training per trial",
+    summary="slice a trained sub-network (depth, heads, FFN, hidden width) out of the elastic student: no training "
+            "per trial",
+    check_shapes=check_shapes,
 )
