@@ -25,16 +25,23 @@ from .artifact import CorruptModelError, read_manifest, save_compressed
 from .atomic import clean_leftovers, temp_beside
 from .builder import build
 from .elastic.store import ensure_for_recipe
-from .errors import UserError
+from .errors import ModelFolderError, UserError
 from .measure import HardwareProfile, LatencySettings, model_size
 from .measure.latency import fixed_threads
 from .measure.metrics import evaluate, evaluate_deployed
 from .measure.paired import baseline_settings, timing_against_teacher, timing_inputs
 from .methods import MethodContext
-from .models import base_model_hash, load_classifier, load_tokenizer, quiet_transformers, weights_hash
+from .models import (
+    base_model_hash,
+    check_seq_len,
+    load_classifier,
+    load_tokenizer,
+    quiet_transformers,
+    weights_hash,
+)
 from .recipe import Recipe, RecipeError, load_recipe
 from .tasks import TaskSpec, get_task
-from .teacher import Teacher, get_teacher, load_task_data, load_teacher
+from .teacher import Teacher, _read_info, cached_teacher_path, get_teacher, load_task_data, load_teacher
 from .train import TrainSettings
 from .typecheck import type_problems
 
@@ -98,6 +105,21 @@ def check_base_model(recipe: Recipe, force: bool) -> None:
         if not force:
             raise BaseModelMismatch(msg + "; pass --force to apply it anyway (its numbers will differ)")
         log.warning("%s; continuing because of --force", msg)
+
+
+def check_teacher_task(recipe: Recipe, teacher_dir: str | None, where: str | Path) -> None:
+    """The teacher a recipe will use (``--teacher``, else the cached teacher with the weights the recipe
+    records) was fine-tuned on the recipe's task, read from its teacher.json before any weights are loaded
+    or a teacher trained: a recipe edited to another task is refused now (its base model is checked by
+    :func:`check_base_model`)."""
+    folder = Path(teacher_dir) if teacher_dir else cached_teacher_path(recipe.teacher.get("weights_hash"))
+    if folder is None or not (folder / "teacher.json").is_file():
+        return
+    info = _read_info(folder)
+    task = info.get("task")
+    if isinstance(task, str) and task != get_task(recipe.task).name:
+        raise RecipeError(f"{where}: the recipe is for task {recipe.task!r} but its teacher {folder} was fine-tuned on "
+                          f"{task!r}: give the teacher of the recipe's own study (--teacher), or a recipe for {task!r}")
 
 
 def check_recipe_fits(recipe: Recipe, task: TaskSpec, where: str | Path) -> None:
@@ -216,6 +238,12 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
         value = recipe.data.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise RecipeError(f"{recipe_path}: data.{key} must be a whole number >= 1, got {value!r}")
+    try:  # the recipe's shapes against its model's position table, before a teacher is trained or loaded
+        check_seq_len(profile.seq_len, recipe.base_model, "profile.seq_len")
+        check_seq_len(settings.max_seq_len, recipe.base_model, "data.recovery.max_seq_len")
+    except (ModelFolderError, FileNotFoundError) as err:
+        raise RecipeError(f"{recipe_path}: {err}") from None
+    check_teacher_task(recipe, teacher_dir, recipe_path)
     check_base_model(recipe, force)
     if teacher_dir is None:  # the teacher may have to be trained first: a recipe that cannot fit fails now
         check_recipe_fits(recipe, task, recipe_path)

@@ -181,7 +181,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if summary.stale_failed:
         print(f"trials {summary.stale_failed} were left running by a process that ended; recorded as failed")
-    if summary.ran == 0:
+    if summary.exhausted is not None:
+        print(f"space exhausted: {summary.exhausted} distinct recipes; the last trials only repeated them, so the "
+              f"study stops at {summary.done} trials (a larger --trials finds nothing new: widen the space)")
+    elif summary.ran == 0:
         print(f"study {config.name!r} already has {summary.done} finished trials (target {summary.target}); "
               f"pass --trials N to run more")
     else:
@@ -306,7 +309,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench
     from .measure import HardwareProfile, LatencySettings
+    from .models import check_seq_len
 
+    for model in args.models:  # a folder's position table (a hub name is checked when it loads)
+        check_seq_len(args.seq_len, model, "--seq-len")
     profile = HardwareProfile(threads=args.threads, batch_size=args.batch_size, seq_len=args.seq_len)
     rows = bench(args.models, profile, LatencySettings(repeats=args.repeats), teacher_dir=args.teacher)
     print(f"{'model':40s}{'runtime':>13s}{'median ms':>11s}{'p10-p90 ms':>16s}{'speedup':>9s}{'p10-p90':>13s}"

@@ -6,6 +6,7 @@ import hashlib
 import importlib.resources
 import json
 import logging
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.mod
                    "vocab.json")
 PICKLE_WEIGHTS = ("pytorch_model*.bin", "model*.bin")
 MIN_VOCAB = 10  # fewer tokens than this is a tokenizer without its vocabulary
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")  # position ids start at pad_token_id + 1
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                           "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def packaged_model_dir() -> Path:
@@ -84,6 +88,45 @@ def check_safetensors(path: Path) -> None:
     need = 8 + n + max(ends, default=0)
     if size < need:
         raise ModelFolderError(f"{path} is truncated ({size} of {need} bytes): re-save or re-download the model")
+    for key, v in header.items():  # each tensor's bytes are what its shape and dtype say
+        if key == "__metadata__" or not isinstance(v, dict) or v.get("dtype") not in SAFETENSORS_DTYPE_BYTES:
+            continue  # a dtype newer than this list: left to safetensors
+        try:
+            begin, end = (int(x) for x in v["data_offsets"])
+            expected = math.prod(int(d) for d in v["shape"]) * SAFETENSORS_DTYPE_BYTES[v["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise ModelFolderError(f"{path}: tensor {key!r} has a malformed header entry (dtype, shape, "
+                                   f"data_offsets): re-save or re-download the model") from None
+        if end - begin != expected or begin < 0:
+            raise ModelFolderError(f"{path}: tensor {key!r} of shape {v['shape']} ({v['dtype']}) needs {expected} "
+                                   f"bytes, its header gives {end - begin}: re-save or re-download the model")
+
+
+def max_positions(name: str | None) -> int | None:
+    """The longest sequence the position table of a local model folder (or the packaged default)
+    takes, from its config.json; None for a hub name, a config that cannot be read, or a model
+    whose positions are relative only (DeBERTa-v2 without absolute positions)."""
+    try:
+        cfg = json.loads((Path(resolve_model(name)) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    table = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    if not isinstance(table, int) or isinstance(table, bool) or table < 1:
+        return None
+    if cfg.get("model_type") in ("deberta", "deberta-v2") and not cfg.get("position_biased_input", True):
+        return None
+    if cfg.get("model_type") in OFFSET_POSITIONS:  # positions start after the padding id
+        pad = cfg.get("pad_token_id")
+        table -= (pad + 1) if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else 0
+    return table if table >= 1 else None
+
+
+def check_seq_len(value: int, name: str | None, key: str) -> None:
+    """Refuse a sequence length beyond the model's position table, naming ``key`` and the limit."""
+    limit = max_positions(name)
+    if limit is not None and value > limit:
+        raise ModelFolderError(f"{key} {value} is longer than the model's position table ({limit} positions, "
+                               f"config.json of {resolve_model(name)}): use at most {limit}")
 
 
 def check_model_folder(folder: Path, *, allow_pickle: bool | None = None, tokenizer: bool = True) -> None:
@@ -198,7 +241,17 @@ def load_classifier(
         where = "the model folder" if local else "the model"
         raise ModelFolderError(f"cannot load the weights of {where} {source}: {_first_line(err)}") from None
     _check_loaded_weights(source, adapter.base_attr, info, num_labels)
+    check_finite(model, source)
     return model.eval()
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse weights with NaN or infinite values (a broken checkpoint trains and scores nothing)."""
+    with torch.no_grad():
+        bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise ModelFolderError(f"the weights of {source} are not finite (NaN or inf) in {len(bad)} tensor(s), e.g. "
+                               f"{bad[0]}: re-save or re-download the model")
 
 
 def _is_head_weight(key: str, base: str) -> bool:

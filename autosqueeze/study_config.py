@@ -15,7 +15,7 @@ import yaml
 from . import safe_yaml
 from .builtin_spaces import resolve_space
 from .elastic.train import ElasticSettings
-from .errors import ConfigError
+from .errors import ConfigError, ModelFolderError
 from .measure.latency import HardwareProfile, LatencySettings
 from .tasks import get_task
 from .train import TrainSettings
@@ -211,6 +211,8 @@ def load_study_config(path: str | Path) -> StudyConfig:
         space = resolve_space(str(raw["search_space"]), path.parent)
     except FileNotFoundError as err:
         raise ConfigError(f"{src}: {err}") from None
+    if "model" in raw and (not isinstance(raw["model"], str) or not raw["model"].strip()):
+        raise ConfigError(f"{src}: 'model' must be a model folder, a hub name or 'default', got {raw['model']!r}")
     teacher, model = _teacher(raw, path, src)
     recovery = _section(raw, "recovery", TrainSettings, src,
                         {"steps": 0, "batch_size": teacher.batch_size, "max_seq_len": teacher.max_seq_len,
@@ -237,7 +239,54 @@ def load_study_config(path: str | Path) -> StudyConfig:
     for key in ("storage", "data_dir"):
         if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), str):
             raise ConfigError(f"{src}: '{key}' must be a string, got {getattr(cfg, key)!r}")
+    _check_values(cfg, src)
     return cfg
+
+
+NAME_MAX = 100  # the study database is NAME.db; file systems allow 255 bytes
+MINIMUMS = {("teacher", "threads"): 1, ("recovery", "threads"): 1, ("eval", "batch_size"): 1,
+            ("eval", "dev_subset"): 1}
+SECTIONS = ("teacher", "recovery", "hardware", "eval", "latency", "elastic", "finalize")
+
+
+def check_name(name: str, src: str) -> None:
+    """A study name is a safe file name (it names the database beside the study file)."""
+    if not name.strip() or len(name) > NAME_MAX or name in (".", "..") or name != name.strip() or \
+            any(c in name for c in "/\\\0") or not name.isprintable():
+        raise ConfigError(f"{src}: 'name' must be a file name of 1 to {NAME_MAX} printable characters without "
+                          f"'/' or '\\' (the study database is NAME.db beside the study file), got {name!r}")
+
+
+def _check_values(cfg: StudyConfig, src: str) -> None:
+    """What the schema's types let through: the name, numbers that are not finite, sizes below 1,
+    sequence lengths beyond the model's position table."""
+    from .models import check_seq_len
+
+    check_name(cfg.name, src)
+    for section in SECTIONS:
+        values = getattr(cfg, section)
+        for f in fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{src}: '{section}.{f.name}' must be a finite number, got {value!r}")
+            low = MINIMUMS.get((section, f.name))
+            if low is not None and value is not None and value < low:
+                raise ConfigError(f"{src}: '{section}.{f.name}' must be a whole number >= {low}, got {value!r}")
+    try:
+        for key, value in (("hardware.seq_len", cfg.hardware.seq_len), ("teacher.max_seq_len", cfg.teacher.max_seq_len),
+                           ("recovery.max_seq_len", cfg.recovery.max_seq_len)):
+            check_seq_len(value, cfg.model, f"'{key}'")
+    except (ModelFolderError, FileNotFoundError) as err:
+        raise ConfigError(f"{src}: {err}") from None
+
+
+def check_machine(cfg: StudyConfig) -> None:
+    """The study's ``hardware.device`` exists on this machine (before a teacher is trained on it)."""
+    import torch
+
+    if cfg.hardware.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{cfg.path}: 'hardware.device' is cuda but this machine has no CUDA device "
+                          f"(torch.cuda.is_available() is false): set hardware.device: cpu, or run on a GPU machine")
 
 
 def is_int(value: Any) -> bool:

@@ -334,6 +334,9 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise SpaceError(f"{src}: {key}: a categorical needs a non-empty 'choices' list")
+        if len(choices) > MAX_CHOICES:
+            raise SpaceError(f"{src}: {key}: {len(choices)} choices, more than the {MAX_CHOICES} a knob may have; "
+                             f"use an int or float range")
         if any(isinstance(c, dict) for c in choices):
             raise SpaceError(f"{src}: {key}: categorical choices must be values or lists, not mappings")
         frozen = tuple(_frozen(c) for c in choices)
@@ -345,6 +348,8 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
     if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, (int, float)) \
             or not isinstance(high, (int, float)):
         raise SpaceError(f"{src}: {key}: needs numeric 'low' and 'high'")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SpaceError(f"{src}: {key}: 'low' and 'high' must be finite numbers, got {low}..{high}")
     of, least = _parse_relative(src, key, spec)
     if spec["type"] == "int" and of is None and not (float(low).is_integer() and float(high).is_integer()):
         raise SpaceError(f"{src}: {key}: an int range needs whole 'low' and 'high', got {low}..{high}; "
@@ -354,6 +359,11 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
     step = spec.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
         raise SpaceError(f"{src}: {key}: 'step' must be a positive number, got {step!r}")
+    if step is not None and spec["type"] == "int" and of is None and not float(step).is_integer():
+        raise SpaceError(f"{src}: {key}: the 'step' of an int range must be a whole number, got {step!r}; "
+                         f"use type: float for fractions")
+    if step is not None and not math.isfinite(step):
+        raise SpaceError(f"{src}: {key}: 'step' must be a finite number, got {step!r}")
     if spec.get("log") and low <= 0:
         raise SpaceError(f"{src}: {key}: a log range needs low > 0")
     if spec.get("log") and step is not None:
@@ -361,6 +371,8 @@ def _parse_dist(src: str, key: str, spec: Any) -> Dist | None:
     return Dist(spec["type"], low, high, step, bool(spec.get("log", False)), of=of, min=least)
 
 
+MAX_STEPS = 64  # steps in a space (there are about 20 methods; a step may repeat one with its own id)
+MAX_CHOICES = 1000  # choices of one categorical knob
 STEP_KEYS = {"method", "id", "optional", "requires_any", "excludes", "choice", "params"}
 
 
@@ -392,6 +404,9 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{src}: not a UTF-8 text file (byte {err.start}); save it as UTF-8") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list) or not raw["steps"]:
         raise SpaceError(f"{src}: expected a mapping with a non-empty 'steps' list")
+    if len(raw["steps"]) > MAX_STEPS:
+        raise SpaceError(f"{src}: {len(raw['steps'])} steps, more than the {MAX_STEPS} a space may list (every "
+                         f"trial decides each step); keep the steps you mean to compare")
     extra_top = sorted(set(raw) - {"steps", "description"})
     if extra_top:
         raise SpaceError(f"{src}: unknown top-level key(s) {extra_top}; allowed: ['description', 'steps']")

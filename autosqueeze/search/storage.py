@@ -75,7 +75,7 @@ def _postgres_driver(url: str) -> str:
 
 def sqlite_file(url: str) -> Path | None:
     """The database file of a ``sqlite:///`` URL (None for an in-memory or non-SQLite URL)."""
-    if not is_sqlite(url):
+    if not is_sqlite(url) or ":///" not in url:  # sqlite:// alone is an in-memory database
         return None
     path = url.split(":///", 1)[-1].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None

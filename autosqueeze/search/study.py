@@ -28,12 +28,12 @@ from ..measure.metrics import majority_reference
 from ..models import DEFAULT_MODEL
 from ..recipe import library_versions
 from ..runtimes.fingerprint import hardware_fingerprint
-from ..study_config import ConfigError, StudyConfig
+from ..study_config import ConfigError, StudyConfig, check_machine, check_name
 from ..tasks import get_task
 from ..teacher import get_teacher, load_task_data
 from .early_stop import EarlyStopSettings
 from .machine import drop_slow_steps, probe_machine
-from .objective import SearchContext, make_objective, measure_baseline, reference_points
+from .objective import SearchContext, make_objective, measure_baseline, reference_points, steps_key
 from .space import SearchSpace, load_space
 from .storage import (
     check_writable,
@@ -52,6 +52,7 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 DONE_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # complete, over budget, stopped early: not failures
 MAX_FAILURES_IN_A_ROW = 5
+MAX_REPEATS_IN_A_ROW = 30  # proposals in a row that repeat an earlier recipe: the space is exhausted
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -111,6 +112,7 @@ class SearchSummary:
     target: int
     ran: int
     stale_failed: list[int] = field(default_factory=list)  # trials a killed process left RUNNING
+    exhausted: int | None = None  # the space proposed only repeats: the number of distinct recipes it gave
 
 
 def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
@@ -195,6 +197,15 @@ def use_study_reference(study: optuna.Study, sc: SearchContext) -> None:
     sc.reference_ms = float(first) if first else None
 
 
+def distinct_recipes(study: optuna.Study) -> int:
+    """How many different recipes (steps, seed, runtime) the study's completed trials hold."""
+    keys = set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        r = TrialRecord.from_trial(t).recipe or {}
+        keys.add((steps_key(r.get("steps", [])), r.get("seed"), (r.get("profile") or {}).get("runtime")))
+    return len(keys)
+
+
 def _failure_reason(trial: optuna.trial.FrozenTrial) -> str:
     reason = TrialRecord.from_trial(trial).error or (trial.system_attrs.get("fail_reason") or "unknown").strip()
     return " ".join(str(reason).split())[:300]
@@ -215,6 +226,8 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     machine) is recorded with a new study's fingerprint; the steps it says this machine cannot run faster
     are dropped from the space.
     """
+    check_name(config.name, str(config.path))  # before the teacher: the name is the database's file name
+    check_machine(config)
     space = load_space(config.search_space)  # validated before any work
     if len(config.search_runtimes) == 1:  # several: each trial is offered the runtimes its steps allow
         space = space.for_runtime(config.search_runtimes[0])
@@ -266,6 +279,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     ran = 0
     mine: list[optuna.trial.FrozenTrial] = []  # this process's trials, as they end
     failed_in_a_row: list[optuna.trial.FrozenTrial] = []
+    repeats_in_a_row = 0
     while True:
         fail_stale_trials(study)  # a vanished worker's trial must not hold a place
         if finished_trials(study) + running_trials(study) >= target:
@@ -273,6 +287,10 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
                        callbacks=[lambda s, t: mine.append(t), *(callbacks or [])])
         ran += 1
+        repeats_in_a_row = repeats_in_a_row + 1 if mine and TrialRecord.from_trial(mine[-1]).duplicate_of is not None \
+            else 0
+        if repeats_in_a_row >= MAX_REPEATS_IN_A_ROW:  # the sampler finds nothing new: more trials would only repeat
+            return SearchSummary(finished_trials(study), target, ran, stale, exhausted=distinct_recipes(study))
         failed_in_a_row = [*failed_in_a_row, mine[-1]] if mine and mine[-1].state == TrialState.FAIL else []
         if failed_in_a_row and len(failed_in_a_row) >= max_failures_in_a_row:
             raise TrialsKeepFailing(
