@@ -60,8 +60,8 @@ def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str,
     model: only when no step changed the model beyond what its config describes (e.g. only
     whole layers dropped, no quantization), checked by loading it and comparing logits."""
     if quantize_start(recipe) < len(recipe.steps):
-        return {"ok": False, "reason": "the recipe quantizes: from_pretrained would give the float model before "
-                                       "quantization; load with autosqueeze.load"}
+        return {"ok": False, "reason": "the recipe quantizes: from_pretrained cannot build its quantized layers; "
+                                       "load with autosqueeze.load"}
     if needs_real_inputs(built.model):
         return {"ok": False, "reason": "early exit replaces forward(); from_pretrained would run the full depth"}
     from transformers import AutoModelForSequenceClassification

@@ -22,7 +22,7 @@ Kinds: PyTorch dynamic int8 ``Linear`` (``quantize_dynamic``), weight-only int8/
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -112,7 +112,7 @@ def _unpack_wo_linear(a: Mapping[str, Any], t: Tensors) -> nn.Module:
     m.bits, m.group, m.cols = int(a["bits"]), int(a["group"]), int(a["cols"])
     m.register_buffer("qweight", t["qweight"])
     m.register_buffer("scales", t["scales"])
-    m.bias = nn.Parameter(t["bias"], requires_grad=False) if "bias" in t else None
+    m.bias = nn.Parameter(t["bias"], requires_grad=False) if "bias" in t else None  # type: ignore[assignment]
     return m
 
 
@@ -157,7 +157,7 @@ def _unpack_cast_linear(a: Mapping[str, Any], t: Tensors) -> nn.Module:
     m.weight = nn.Parameter(t["weight"], requires_grad=False)
     if "bias" in t:
         m.bias = nn.Parameter(t["bias"], requires_grad=False)
-    m.out_dtype, m.keep_output = _dtype(a["out_dtype"]), bool(a["keep_output"])
+    m.out_dtype, m.keep_output = _dtype(a["out_dtype"]), bool(a["keep_output"])  # type: ignore[assignment]
     return m
 
 
@@ -176,7 +176,7 @@ def _unpack_cast_embedding(a: Mapping[str, Any], t: Tensors) -> nn.Module:
                       max_norm=a["max_norm"], norm_type=float(a["norm_type"]),
                       scale_grad_by_freq=bool(a["scale_grad_by_freq"]), sparse=bool(a["sparse"]), device="meta")
     m.weight = nn.Parameter(t["weight"], requires_grad=False)
-    m.out_dtype = _dtype(a["out_dtype"])
+    m.out_dtype = _dtype(a["out_dtype"])  # type: ignore[assignment]
     return m
 
 
@@ -200,7 +200,7 @@ def _unpack_static(a: Mapping[str, Any], t: Tensors) -> nn.Module:
     m.in_features, m.out_features = int(a["in_features"]), int(a["out_features"])
     m.register_buffer("qweight", t["qweight"])
     m.register_buffer("w_scale", t["w_scale"])
-    m.bias = nn.Parameter(t["bias"], requires_grad=False) if "bias" in t else None
+    m.bias = nn.Parameter(t["bias"], requires_grad=False) if "bias" in t else None  # type: ignore[assignment]
     m.rmin, m.rmax, m.per_channel, m.activations = float(a["rmin"]), float(a["rmax"]), bool(a["per_channel"]), \
         str(a["activations"])
     m.a_scale, m.a_zero = activation_qparams(m.rmin, m.rmax, m.activations)
@@ -226,7 +226,16 @@ def _embedding(weight: torch.Tensor, padding_idx: int | None) -> nn.Embedding:
 
 Packer = Callable[[Any], tuple[dict[str, Any], Tensors]]
 Builder = Callable[[Mapping[str, Any], Tensors], nn.Module]
-KINDS: dict[str, tuple[Callable[[nn.Module], bool], Packer, Builder, Builder]] = {
+
+
+class Kind(NamedTuple):
+    test: Callable[[nn.Module], bool]
+    pack: Packer
+    unpack: Builder
+    dequantize: Builder
+
+
+KINDS: dict[str, Kind] = {k: Kind(*v) for k, v in {
     "dynamic_int8_linear": (lambda m: isinstance(m, _dynamic_linear_cls()), _pack_dynamic, _unpack_dynamic,
                             _float_dynamic),
     "weight_only_linear": (lambda m: type(m) is WeightOnlyLinear, _pack_wo_linear, _unpack_wo_linear,
@@ -237,11 +246,11 @@ KINDS: dict[str, tuple[Callable[[nn.Module], bool], Packer, Builder, Builder]] =
     "cast_embedding": (lambda m: type(m) is CastEmbedding, _pack_cast_embedding, _unpack_cast_embedding,
                        _float_cast_embedding),
     "static_int8_linear": (lambda m: type(m) is StaticInt8Linear, _pack_static, _unpack_static, _float_static),
-}
+}.items()}
 
 
 def _kind(module: nn.Module) -> str | None:
-    return next((k for k, (test, *_) in KINDS.items() if test(module)), None)
+    return next((k for k, kind in KINDS.items() if kind.test(module)), None)
 
 
 # --- the whole model -------------------------------------------------------------------------
@@ -273,7 +282,7 @@ def pack(model: nn.Module) -> tuple[Tensors, list[dict[str, Any]], dict[str, Any
         kind = _kind(module)
         if kind is None:
             raise Unpackable(f"{name} is a {type(module).__name__}, which the saved format cannot store")
-        attrs, own = KINDS[kind][1](module)
+        attrs, own = KINDS[kind].pack(module)
         entry: dict[str, Any] = {"name": name, "kind": kind, "attrs": attrs, "tensors": sorted(own)}
         for field, t in sorted(own.items()):
             where = (t.data_ptr(), t.numel(), t.dtype)
@@ -313,15 +322,15 @@ def unpack(model: nn.Module, tensors: Tensors, modules: list[dict[str, Any]], fl
             raise Unpackable(f"{name}: unknown quantized module kind {kind!r} (saved by a newer autosqueeze?)")
         try:
             old = model.get_submodule(name)
-            new = KINDS[kind][3 if dequantize else 2](attrs, own)
+            new = (KINDS[kind].dequantize if dequantize else KINDS[kind].unpack)(attrs, own)
         except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
             raise Unpackable(f"{name} ({kind}): {' '.join(str(err).split())[:200]}") from None
         if isinstance(old, nn.Embedding | nn.Linear) and not is_quantized_module(old):
-            want = tuple(old.weight.shape)
-            have = (int(attrs.get("num_embeddings", attrs.get("out_features", -1))),
-                    int(attrs.get("embedding_dim", attrs.get("in_features", -1))))
-            if want != have:
-                raise Unpackable(f"{name}: stored shape {have} does not fit the recipe's structure {want}")
+            shape = tuple(old.weight.shape)
+            have = (int(attrs.get("num_embeddings", attrs.get("out_features", -1)) or -1),
+                    int(attrs.get("embedding_dim", attrs.get("in_features", -1)) or -1))
+            if shape != have:
+                raise Unpackable(f"{name}: stored shape {have} does not fit the recipe's structure {shape}")
         replace_module(model, name, new)
         placed.add(id(new))
     want = float_keys(model, placed)
