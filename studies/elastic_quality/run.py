@@ -260,6 +260,21 @@ def write_table(out: Path, recs: list[dict[str, Any]]) -> None:
                 cells.append("" if r is None else _pct(r.get("final_metric")) +
                              (f" ({_pct(r['search_time_metric'])})" if r.get("search_time_metric") is not None else ""))
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    alone = {r["structure"]: r.get("final_metric") for r in recs if r["kind"] == "alone"}
+    budgets = list(dict.fromkeys(r["variant"] for r in recs if r["kind"] == "budget"))
+    if alone and budgets:
+        lines += ["\n## Sliced vs trained alone (final metric; points against trained alone)\n",
+                  "| structure | alone | " + " | ".join(f"sliced, {b}" for b in budgets) + " |",
+                  "|---|---|" + "---|" * len(budgets)]
+        for s in structures:
+            if alone.get(s) is None:
+                continue
+            cells = []
+            for b in budgets:
+                hit = [r for r in recs if r["kind"] == "budget" and r["variant"] == b and r["structure"] == s]
+                m = hit[0].get("final_metric") if hit else None
+                cells.append("" if m is None else f"{_pct(m)} ({100 * (m - alone[s]):+.2f})")
+            lines.append(f"| {s} | {_pct(alone[s])} | " + " | ".join(cells) + " |")
     notes = sorted({f"{r['structure']}: {r['note']}" for r in recs if r.get("note")})
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
