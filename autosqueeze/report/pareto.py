@@ -127,6 +127,8 @@ def front_summary(records: list[TrialRecord], attrs: Mapping[str, Any]) -> str:
     front = pareto_front(records, baselines)
     budget = attrs.get("latency_budget_ms")
     size = f"front {len(front)} point{'s' if len(front) != 1 else ''}"
+    if not front and any(r.feasible and r.metric is not None for r in records):
+        return f"{size}: every trial is dominated by a reference or at or below the majority-class floor"
     if budget:
         ok = [r for r in front if _point(r)[1] <= budget]
         if not ok:
