@@ -10,8 +10,9 @@ sees float embeddings and the cost of a forward is unchanged.
 ``tables``: ``word`` (the word embeddings only — also the row table inside a factorized
 (``decompose_svd`` ``embedding_rank``) or vocabulary-pruned (``prune_vocab``) embedding;
 their small projection / id map stay as they are) or ``all`` (every table of the embeddings
-module: word, position, token type). The result depends on the float weights only, so a
-saved model re-applies it after loading (a QUANTIZE-stage step, like ``quantize_dynamic``).
+module: word, position, token type). The result depends on the float weights only; a saved
+folder stores the quantized tables (integers + scales) and loads them as they are
+(:mod:`autosqueeze.quant_state`), like every QUANTIZE-stage step's layers.
 Composes with ``quantize_dynamic`` / ``quantize_weights`` / ``cast_precision`` on the encoder;
 a table an earlier step already quantized or cast is refused.
 
