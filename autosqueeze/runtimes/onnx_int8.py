@@ -124,7 +124,8 @@ def quantize_onnx_dynamic(src: str | Path, dst: str | Path, module_names: set[st
         _check_count(count, len(module_names), src)
         with _quiet_quantizer():
             quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-                             nodes_to_exclude=sorted(keep), extra_options={
+                             nodes_to_exclude=sorted(keep | {f"{n}_MatMul" for n in keep}),  # Gemm → MatMul
+                             extra_options={
                                  "MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}, **common)
         return count
     nodes = matmul_nodes(src, module_names)
