@@ -225,3 +225,21 @@ def test_applied_onnx_runtime_folder_deploys_the_int8_graph(applied):
     assert int8 >= encoder_weights  # the encoder's Linears are int8 in the graph
     reported = rebuilt.reproduced["size"]["total_bytes"]
     assert storage["files"]["model.onnx"] < 1.15 * reported, (storage["files"], reported)
+
+
+def test_a_quantized_layer_the_format_cannot_store_falls_back_to_the_float_model(tmp_path, monkeypatch):
+    from autosqueeze import quant_state
+
+    teacher = tiny_bert(layers=2, hidden=64, ffn=128, attn="sdpa")
+    recipe = Recipe(steps=[Step("quantize_dynamic", {})])
+    built = build(recipe, teacher, context(teacher))
+
+    def refuse(model):
+        raise quant_state.Unpackable("a kind of its own")
+
+    monkeypatch.setattr(quant_state, "pack", refuse)
+    out = save_compressed(built, recipe, None, teacher.config, tmp_path / "m", {})
+    manifest = read_manifest(out)
+    assert manifest["weights"] == "float" and manifest["storage"]["deployed_over_measured"] > 2  # said, not hidden
+    b = batch()
+    assert torch.equal(logits(autosqueeze.load(out), b), logits(built.model, b))
