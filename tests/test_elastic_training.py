@@ -252,3 +252,23 @@ def test_cache_key_changes_with_every_option_and_keeps_old_keys():
     assert len(set(keys)) == len(keys)
     # settings without effect do not split the cache
     assert key(inplace_weight=0.9) == key() and key(width_phase=0.3) == key()
+
+
+def test_a_search_space_can_choose_the_layer_set_per_trial(tmp_path):
+    import yaml
+    from optuna.trial import FixedTrial
+
+    from autosqueeze.search.space import load_space
+    from autosqueeze.search.validate import validate_for_model
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"steps": [{"method": "elastic", "params": {
+        "layers": {"type": "int", "low": 1, "high": 4},
+        "layer_set": {"type": "categorical", "choices": ["even", "first"]}}}]}))
+    space = load_space(path)
+    teacher = tiny_bert(layers=4, heads=4, hidden=32, ffn=64)
+    validate_for_model(space, teacher, lambda: MethodContext(adapter=get_adapter(teacher), probe=True))
+    recipe = space.suggest(FixedTrial({"elastic.layers": 2, "elastic.layer_set": "first"}))
+    assert recipe.steps[0].params["layer_set"] == "first" and recipe.steps[0].params["layers"] == 2
+    _, decisions = apply_recipe(recipe, copy.deepcopy(teacher), MethodContext(adapter=get_adapter(teacher), probe=True))
+    assert decisions[0]["kept_layers"] == [0, 1]
