@@ -195,8 +195,9 @@ def read_manifest(path: str | Path, verify_weights: bool = False) -> dict[str, A
             raise ValueError(f"folder format {fmt!r} is not one this autosqueeze reads (1 or {FORMAT}): saved by "
                              f"a newer autosqueeze?")
         if fmt >= 2 and (manifest.get("weights") not in ("float", "quantized")
-                         or not isinstance(manifest.get("quantized_modules"), list)):
-            raise ValueError("'weights' or 'quantized_modules' missing or invalid")
+                         or not isinstance(manifest.get("quantized_modules"), list)
+                         or not isinstance(manifest.get("model_flags", {}), dict)):
+            raise ValueError("'weights', 'quantized_modules' or 'model_flags' missing or invalid")
         recipe = Recipe.from_dict(manifest["recipe"], str(path / MANIFEST)).validate()
     except (ValueError, KeyError, TypeError, RecipeError, UnicodeDecodeError) as err:
         raise CorruptModelError(f"{path / MANIFEST} is corrupt: {' '.join(str(err).split())[:300]}") from None
