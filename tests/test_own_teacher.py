@@ -24,7 +24,7 @@ from autosqueeze.search.trial_record import TrialRecord
 from autosqueeze.study_config import load_study_config
 from autosqueeze.tasks import get_task
 from autosqueeze.tasks.specs import head_label_problem
-from autosqueeze.teacher import check_own_teacher, get_teacher
+from autosqueeze.teacher import cached_teacher_path, check_own_teacher, get_teacher
 from autosqueeze.train import TrainSettings
 from tests.fixtures_glue import LAYOUTS
 
@@ -128,9 +128,10 @@ def test_a_study_uses_the_folder_as_it_is_and_measures_it_once(tiny_model_dir, g
     recorded = trials[0].user_attrs["recipe"]["teacher"]
     assert recorded["weights_hash"] == want_hash and recorded["metrics"]["accuracy"] == want_metric
 
-    # a second run (more trials) and apply reuse the cached measure: nothing measured or trained again
+    # a second run (more trials), finalize and apply reuse the cached measure: nothing measured or trained again
     stamp = (cached / "teacher.json").stat().st_mtime_ns
     assert main(["search", str(study), *data, "--trials", "3"]) == 0
+    assert main(["finalize", str(study), *data, "--top-k", "1", "--steps", "1"]) == 0
     recipe = tmp_path / "recipe.yaml"  # a compressed trial's recipe (export may refuse, on timing, what a
     compressed = [t for t in optuna.load_study(study_name="own", storage=config.storage_url).trials  # reference
                   if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["recipe"]["steps"]]  # dominates)
@@ -140,6 +141,7 @@ def test_a_study_uses_the_folder_as_it_is_and_measures_it_once(tiny_model_dir, g
     assert (cached / "teacher.json").stat().st_mtime_ns == stamp
     manifest = json.loads((tmp_path / "compressed" / "autosqueeze.json").read_text())
     assert manifest["recipe"]["teacher"]["weights_hash"] == want_hash
+    assert cached_teacher_path(want_hash) == cached  # how bench finds a saved model's teacher
     assert folder_bytes(mine) == before  # the user's folder: not a byte nor a timestamp changed
 
 
