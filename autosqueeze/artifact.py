@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,9 @@ def save_compressed(built: Built, recipe: Recipe, tokenizer: Any, teacher_config
             save_model(built.float_model, str(tmp / WEIGHTS), metadata={"format": "pt"})
         else:
             save_file(packed[0], str(tmp / WEIGHTS), metadata={"format": "pt", "autosqueeze": "quantized"})
+        mask = os.umask(0)  # safetensors writes 0600: the weights follow the umask like the other files
+        os.umask(mask)
+        (tmp / WEIGHTS).chmod(0o666 & ~mask)
         built.float_model.config.to_json_file(str(tmp / "config.json"))  # type: ignore[union-attr,operator]
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

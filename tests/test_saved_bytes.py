@@ -243,3 +243,18 @@ def test_a_quantized_layer_the_format_cannot_store_falls_back_to_the_float_model
     assert manifest["weights"] == "float" and manifest["storage"]["deployed_over_measured"] > 2  # said, not hidden
     b = batch()
     assert torch.equal(logits(autosqueeze.load(out), b), logits(built.model, b))
+
+
+def test_the_weights_file_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    teacher = tiny_bert(layers=2, hidden=64, ffn=128, attn="sdpa")
+    recipe = Recipe(steps=[Step("quantize_dynamic", {})])
+    built = build(recipe, teacher, context(teacher))
+    before = os.umask(0o022)
+    try:
+        out = save_compressed(built, recipe, None, teacher.config, tmp_path / "m", {}, check_plain=False)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((out / WEIGHTS).stat().st_mode) == 0o644  # safetensors alone writes 0600
