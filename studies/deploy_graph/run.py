@@ -121,10 +121,10 @@ def build_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Export every variant of every model into ``work``; agreement and MACs. Returns the manifest."""
     import numpy as np
 
+    from autosqueeze.measure.latency import HardwareProfile
     from autosqueeze.runtimes.deploy_variants import _torch_predictions, build_variant, candidate_variants, predictions
     from autosqueeze.runtimes.macs import count_macs
     from autosqueeze.runtimes.ort import make_session, ort_dynamic_int8_session
-    from autosqueeze.measure.latency import HardwareProfile
 
     profile = HardwareProfile(threads=args.threads, batch_size=1, seq_len=128, runtime="onnxruntime")
     teacher, tokenizer = load_teacher(args.teacher)
@@ -138,8 +138,8 @@ def build_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     cands = candidate_variants()
     if args.quick:
         cands = cands[:5]
-    manifest: dict[str, Any] = {"models": [], "threads": args.threads, "teacher": args.teacher or "default (untrained head)",
-                                "dev_sentences": len(labels)}
+    manifest: dict[str, Any] = {"models": [], "threads": args.threads, "dev_sentences": len(labels),
+                                "teacher": args.teacher or "default (untrained head)"}
     for m in models:
         t0 = time.time()
         folder = work / m["name"]
@@ -170,8 +170,8 @@ def build_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 rec["agreement"] = float(np.mean(pred == ref_pred))
                 rec["accuracy"] = float(np.mean(pred == y))
                 rec["matches"] = rec["agreement"] >= need
-        print(f"built {m['name']}: {len(sessions)} graphs in {time.time() - t0:.0f} s, MACs {entry['macs']['total']:.3g}",
-              flush=True)
+        print(f"built {m['name']}: {len(sessions)} graphs in {time.time() - t0:.0f} s, "
+              f"MACs {entry['macs']['total']:.3g}", flush=True)
         manifest["models"].append(entry)
     return manifest
 
@@ -179,11 +179,11 @@ def build_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def worker(args: argparse.Namespace) -> None:
     """Time every model's variants round-robin with the fp32 teacher; write the times."""
     import torch
+    from pause import paused_others
 
     from autosqueeze.measure.latency import HardwareProfile, fixed_threads, synthetic_inputs
     from autosqueeze.runtimes.deploy_variants import time_sessions
     from autosqueeze.runtimes.ort import _feed, make_session
-    from pause import paused_others
 
     manifest = json.loads(Path(args.worker).read_text())
     profile = HardwareProfile(threads=manifest["threads"], batch_size=1, seq_len=128, runtime="onnxruntime")
@@ -194,8 +194,8 @@ def worker(args: argparse.Namespace) -> None:
         calls: dict[str, Any] = {"teacher_fp32": lambda: teacher(**batch)}
         for label, rec in entry["variants"].items():
             if rec.get("path"):
-                s = make_session(rec["path"], profile, spinning=False, opt_level=rec["opt_level"])
-                calls[label] = (lambda s, f: (lambda: s.run(None, f)))(s, _feed(s, batch))
+                sess = make_session(rec["path"], profile, spinning=False, opt_level=rec["opt_level"])
+                calls[label] = (lambda s, f: (lambda: s.run(None, f)))(sess, _feed(sess, batch))
         with fixed_threads(profile.threads), torch.inference_mode():
             out[entry["name"]] = time_sessions(calls, args.rounds, block=lambda: paused_others(args.pause_others))
         print(f"  process {args.index}: {entry['name']} timed", flush=True)
@@ -257,14 +257,16 @@ def write_md(result: dict[str, Any], path: Path) -> None:
              f"Machine: {result['fingerprint']['cpu']['model']}, features {result['fingerprint']['cpu']['features']}, "
              f"{result['threads']} threads; {result['processes']} processes x {result['rounds']} rounds, batch 1, "
              f"seq 128, paired with the fp32 PyTorch teacher; others paused: {result['pause_others']}.", "",
-             f"**Chosen**: `{s['chosen']['label']}` (geometric-mean speedup {s['chosen']['geomean_speedup_vs_fp32']:.2f}x"
-             f" over all models); default in the code: `{s['chosen']['default_in_code']}`.", "",
+             f"**Chosen**: `{s['chosen']['label']}` (geometric-mean speedup "
+             f"{s['chosen']['geomean_speedup_vs_fp32']:.2f}x over all models); "
+             f"default in the code: `{s['chosen']['default_in_code']}`.", "",
              f"today = `{s['today']}`; plain = TorchScript exporter + quantize_dynamic defaults.", ""]
     for name, row in s["models"].items():
         lines += [f"## {name}", "",
                   f"MACs {row['macs']['total'] / 1e9:.3f} G (MAC ratio {row['mac_ratio']:.2f}); fp32 teacher "
                   f"{row['teacher_fp32_ms']:.1f} ms; noise floor (agreement ref vs PyTorch) {row['noise_floor']}", "",
-                  "| variant | speedup vs fp32 | range | vs plain | vs today | agreement | matches | fraction of MAC ratio |",
+                  "| variant | speedup vs fp32 | range | vs plain | vs today | agreement | matches "
+                  "| fraction of MAC ratio |",
                   "|---|---|---|---|---|---|---|---|"]
         for label, v in sorted(row["variants"].items(), key=lambda kv: -kv[1].get("speedup_vs_fp32", 0)):
             if "speedup_vs_fp32" not in v:
@@ -272,8 +274,10 @@ def write_md(result: dict[str, Any], path: Path) -> None:
                 continue
             fr = v.get("fraction_of_mac_ratio")
             vt = v.get("vs_today")
-            lines.append(f"| {label} | {v['speedup_vs_fp32']:.2f} | {v['speedup_range'][0]:.2f}-{v['speedup_range'][1]:.2f}"
-                         f" | {v['vs_plain']:.3f} | {'' if vt is None else f'{vt:.3f}'} | {v.get('agreement')} | "
+            lo, hi = v["speedup_range"]
+            vt_s = "" if vt is None else f"{vt:.3f}"
+            lines.append(f"| {label} | {v['speedup_vs_fp32']:.2f} | {lo:.2f}-{hi:.2f} | {v['vs_plain']:.3f} | {vt_s} | "
+                         f"{v.get('agreement')} | "
                          f"{v.get('matches')} | {'' if fr is None else f'{fr:.2f}'} |")
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
