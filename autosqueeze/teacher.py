@@ -214,7 +214,6 @@ def check_own_teacher(folder: Path, task: TaskSpec) -> Any:
 
     from .arch import get_adapter
 
-    check_model_folder(folder, allow_pickle=pickle_allowed())  # config, weight files and tokenizer are there
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as err:
@@ -242,6 +241,7 @@ def check_own_teacher(folder: Path, task: TaskSpec) -> Any:
     why = head_label_problem(task, id2label)
     if why:
         raise ModelFolderError(f"{folder}: {why}")
+    check_model_folder(folder, allow_pickle=pickle_allowed())  # complete weight files, and a tokenizer
     return config
 
 
