@@ -108,7 +108,8 @@ def test_the_floor_is_flagged_in_the_table_and_the_report():
     assert by_trial[4]["role"].startswith("pareto") and by_trial[4]["below_floor"] == "" \
         and by_trial[4]["dominated_by"] == ""
     single = by_trial[1]  # the best prune_structured alone: shown, with who dominates it
-    assert single["role"] == "best prune_structured alone" and single["dominated_by"] == "the teacher's PyTorch int8 copy"
+    assert single["role"] == "best prune_structured alone"
+    assert single["dominated_by"] == "the teacher's PyTorch int8 copy"
     notes = sections[0].notes
     assert any("2 trial(s) score at or below the majority-class floor (81.20)" in n and "trials 2, 3" in n
                for n in notes), notes

@@ -134,15 +134,17 @@ def front_summary(records: list[TrialRecord], attrs: Mapping[str, Any]) -> str:
         if not ok:
             return f"{size}; none within {budget:g} ms yet"
         best = max(ok, key=lambda r: (_point(r)[0], -_point(r)[1]))
-        return f"{size}; best within {budget:g} ms: {best.metric:.4f} (trial {best.number}, {best.speedup or 0:.2f}x)"
+        return f"{size}; best within {budget:g} ms: {_point(best)[0]:.4f} (trial {best.number}, " \
+               f"{best.speedup or 0:.2f}x)"
     teacher = next((ref for ref in baselines.refs if ref.key == "teacher"), None)
     if teacher is None:
-        best = max(front, key=lambda r: (_point(r)[0], -_point(r)[1]), default=None)
-        return size if best is None else f"{size}; most accurate: {best.metric:.4f} (trial {best.number}, " \
-                                         f"{best.speedup or 0:.2f}x)"
+        if not front:
+            return size
+        top = max(front, key=lambda r: (_point(r)[0], -_point(r)[1]))
+        return f"{size}; most accurate: {_point(top)[0]:.4f} (trial {top.number}, {top.speedup or 0:.2f}x)"
     near = [r for r in front if 100 * (teacher.metric - _point(r)[0]) <= 1.0 + 1e-9]
     if not near:
         return f"{size}; none within 1 point of the teacher ({teacher.metric:.4f}) yet"
     fast = min(near, key=lambda r: (_point(r)[1], r.number))
-    return (f"{size}; fastest within 1 point of the teacher: {fast.speedup or 0:.2f}x at {fast.metric:.4f} "
-            f"(trial {fast.number}, {100 * (fast.metric - teacher.metric):+.2f} pts)")
+    return (f"{size}; fastest within 1 point of the teacher: {fast.speedup or 0:.2f}x at {_point(fast)[0]:.4f} "
+            f"(trial {fast.number}, {100 * (_point(fast)[0] - teacher.metric):+.2f} pts)")

@@ -53,8 +53,12 @@ def drop_slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None) -> Sear
     if not slow:
         return space
     groups = space.groups()
-    kept = {sid for sid in slow if not space.step(sid).optional and not (
-        space.step(sid).choice and any(m.id not in slow for m in groups[space.step(sid).choice]))}
+
+    def needed(sid: str) -> bool:  # every trial has it: not optional, and no other choice of its group survives
+        step = space.step(sid)
+        return not step.optional and not (step.choice and any(m.id not in slow for m in groups[step.choice]))
+
+    kept = {sid for sid in slow if needed(sid)}
     gone = set(slow) - kept
     smaller = space.without(gone)
     if not smaller.steps:
