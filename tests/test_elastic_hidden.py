@@ -24,7 +24,7 @@ from autosqueeze.recipe import Recipe, Step, apply_recipe
 from tests import tiny
 from tests.tiny import batch, logits
 
-HIDDEN_ARCHS = ("bert", "roberta", "mpnet", "distilbert", "electra")
+HIDDEN_ARCHS = ("bert", "roberta", "mpnet", "distilbert", "electra", "deberta-v2")
 
 
 def _student_like(arch: str, seed: int = 0):
@@ -106,7 +106,7 @@ def test_the_sandwich_space_samples_hidden_widths_and_a_space_without_them_draws
     model = tiny.tiny_bert()
     assert subnet_space(model, ElasticSettings()).min_hidden == 16  # default: half the width
     assert not subnet_space(model, ElasticSettings(min_hidden=1.0)).elastic_hidden
-    assert subnet_space(tiny.tiny_model("deberta-v2"), ElasticSettings()).hidden is None  # not elastic there
+    assert subnet_space(tiny.tiny_model("modernbert"), ElasticSettings()).hidden is None  # not elastic there
     with pytest.raises(ValueError):
         Subnet((0,), (1,), (1,), hidden=0)
 
@@ -227,13 +227,25 @@ def test_hidden_keep_is_validated_and_refused_in_one_line_where_the_family_canno
     assert spec.check_shapes(bert, spec.make_config({"hidden_keep": 0.5})) is None
     why = spec.check_shapes(bert, spec.make_config({"hidden_keep": 33}))
     assert why is not None and "hidden_keep" in why and "32" in why
+    # DeBERTa with separate relative-position projections (share_att_key: false) cannot slice it
     deberta = tiny.tiny_model("deberta-v2")
-    assert spec.check_shapes(deberta, spec.make_config({"hidden_keep": 1.0})) is None  # full width: nothing to cut
-    why = spec.check_shapes(deberta, spec.make_config({"hidden_keep": 0.5}))
+    deberta.config.share_att_key = False
+    separate = type(deberta)(deberta.config).eval()
+    assert spec.check_shapes(separate, spec.make_config({"hidden_keep": 1.0})) is None  # full width: nothing to cut
+    why = spec.check_shapes(separate, spec.make_config({"hidden_keep": 0.5}))
     assert why is not None and "deberta-v2" in why and "\n" not in why
-    ctx = MethodContext(adapter=get_adapter(deberta), probe=True)
-    with pytest.raises(MethodError, match="not supported for deberta-v2 models"):
-        apply_recipe(Recipe(steps=[Step("elastic", {"hidden_keep": 0.5})]), deberta, ctx)
+    # ELECTRA-small style (embeddings projected to the hidden size): refused when applied, in one line
+    cfg = tiny.tiny_model("electra").config
+    cfg.embedding_size = 16
+    projected = type(tiny.tiny_model("electra"))(cfg).eval()
+    ctx = MethodContext(adapter=get_adapter(projected), probe=True)
+    with pytest.raises(MethodError, match="not supported for electra models whose embeddings are projected") as err:
+        apply_recipe(Recipe(steps=[Step("elastic", {"hidden_keep": 0.5})]), projected, ctx)
+    assert "\n" not in str(err.value)
+    apply_recipe(Recipe(steps=[Step("elastic", {"hidden_keep": 1.0, "heads_keep": 2})]), projected, ctx)  # full: fine
+    modernbert = tiny.tiny_model("modernbert")
+    why = spec.check_shapes(modernbert, spec.make_config({"hidden_keep": 0.5}))
+    assert why is not None and "modernbert" in why and "\n" not in why
     for bad in ({"hidden_keep": 0}, {"hidden_keep": 1.5}, {"hidden_keep": [16, 16]}, {"hidden_keep": "wide"}):
         with pytest.raises(MethodError):
             Step("elastic", bad).config()

@@ -67,6 +67,9 @@ class ArchAdapter:
     # first projection); ``<base_attr>.pooler.dense`` is added where present. Empty: the hidden width
     # (d_model) is not sliceable for this family.
     hidden_readers: tuple[str, ...] = ()
+    # On the backbone: more Embedding tables / LayerNorms over the hidden width outside the embeddings
+    # and the layers (DeBERTa's shared relative embeddings and their LayerNorm), where present.
+    hidden_extra: tuple[str, ...] = ()
 
     # --- locating -----------------------------------------------------------
     def backbone(self, model: nn.Module) -> nn.Module:
@@ -183,11 +186,18 @@ class ArchAdapter:
     # --- the hidden width (d_model): embeddings, every LayerNorm, every projection ----
     def hidden_refusal(self, model: nn.Module) -> str | None:
         """Why this model's hidden width cannot be sliced (None: it can)."""
-        if not self.hidden_readers or self.qkv_fused or self.ffn_gated or self.head_rows_extra:
+        if not self.hidden_readers or self.qkv_fused or self.ffn_gated:
             return f"slicing the hidden width is not supported for {self.family} models"
-        if getattr(self.backbone(model), "embeddings_project", None) is not None:
+        backbone = self.backbone(model)
+        if getattr(backbone, "embeddings_project", None) is not None or any(
+                isinstance(m, nn.Linear) for m in self.embeddings(model).modules()):
             return (f"slicing the hidden width is not supported for {self.family} models whose embeddings are "
                     f"projected to the hidden size (embedding_size != hidden_size)")
+        if any(isinstance(_find(layer, p), nn.Linear) for layer in self.layers(model) for p in self.head_rows_extra):
+            return (f"slicing the hidden width is not supported for {self.family} models with separate "
+                    f"relative-position projections (share_att_key: false)")
+        if any(isinstance(m, nn.Conv1d) for m in backbone.modules()):
+            return f"slicing the hidden width is not supported for {self.family} models with a convolution layer"
         width = self.hidden_size(model)
         odd = [type(m).__name__ for m in self.hidden_norms(model) if tuple(m.normalized_shape) != (width,)]
         if odd:
@@ -205,14 +215,17 @@ class ArchAdapter:
     def hidden_tables(self, model: nn.Module) -> list[nn.Embedding]:
         """Embedding tables whose columns are the hidden dimensions (word, position, token type)."""
         width = self.hidden_size(model)
-        return [m for m in self.embeddings(model).modules() if isinstance(m, nn.Embedding) and m.embedding_dim == width]
+        extra = [_find(self.backbone(model), p) for p in self.hidden_extra]
+        return [m for m in [*self.embeddings(model).modules(), *extra]
+                if isinstance(m, nn.Embedding) and m.embedding_dim == width]
 
     def hidden_norms(self, model: nn.Module) -> list[nn.LayerNorm]:
         """Every LayerNorm over the hidden state: the embeddings' and each encoder layer's."""
         found = [m for m in self.embeddings(model).modules() if isinstance(m, nn.LayerNorm)]
         for layer in self.layers(model):
             found += [m for m in layer.modules() if isinstance(m, nn.LayerNorm)]
-        return found
+        extra = [_find(self.backbone(model), p) for p in self.hidden_extra]
+        return found + [m for m in extra if isinstance(m, nn.LayerNorm)]
 
     def hidden_reader_paths(self, model: nn.Module) -> list[str]:
         """Paths (on the task model) of the Linears outside the encoder that read the hidden state."""

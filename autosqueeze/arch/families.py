@@ -77,6 +77,8 @@ ADAPTERS: tuple[ArchAdapter, ...] = (
            "v": "attention.self.value_proj"},
         head_rows_extra=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
         runner="deberta",
+        hidden_readers=("pooler.dense",),
+        hidden_extra=("encoder.rel_embeddings", "encoder.LayerNorm"),
     ),
     # ModernBERT: fused Wqkv (rows [Q | K | V], the head count follows from the widths), gated MLP
     # (Wi rows [input | gate]), rotary positions (nothing to slice) and alternating local/global

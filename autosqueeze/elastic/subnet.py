@@ -215,6 +215,8 @@ class PrefixLinear(nn.Linear):
             b = b[: self.out_keep] if b is not None else None
         if self.in_keep is not None:
             w = w[:, : self.in_keep]
+            if x.shape[-1] > self.in_keep:  # a full-width input (DeBERTa's relative embeddings): its first dims
+                x = x[..., : self.in_keep]
         return F.linear(x, w, b)
 
 
