@@ -17,8 +17,8 @@ LayerNorm, the input columns of Q, K, V and FFN up, the output rows of the atten
 FFN down, the input columns of the pooler -- its output keeps the full width, so the classifier
 is unchanged -- or of the classifier head's first projection) and ``config.hidden_size``
 follows; the attention's inner width (heads x head size) is independent of it. BERT, RoBERTa,
-ELECTRA (embeddings not projected), DistilBERT and MPNet; other families refuse ``hidden_keep``
-below the full width in one line.
+ELECTRA (embeddings not projected), DistilBERT, MPNet and DeBERTa-v2/v3 (shared relative
+embeddings); other families and layouts refuse ``hidden_keep`` below the full width in one line.
 
 Replay (loading a saved model) redoes the structure from the recorded decisions without the
 student. A search fills ``student`` in; a recipe without it cannot be applied.
