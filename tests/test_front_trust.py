@@ -96,6 +96,21 @@ def test_export_refuses_when_every_trial_under_the_budget_is_dominated(tmp_path,
     assert not out.exists()
 
 
+def test_a_budget_no_trial_meets_and_an_untrained_teacher():
+    study = _study(*DOMINATED)
+    records = trial_records(study)
+    with pytest.raises(NoTrialWithinBudget) as err:
+        select(records, latency_budget_ms=1.0, baselines=Baselines.from_attrs(study.user_attrs))
+    assert "no Pareto trial meets the budget (latency <= 1.0 ms)" in str(err.value) \
+        and "dominates every trial of the study" in str(err.value)
+    study.set_user_attr("teacher", {"search_metric": 0.80, "latency_ms": TEACHER_MS})  # below the floor itself
+    baselines = Baselines.from_attrs(study.user_attrs)
+    assert baselines.trivial_teacher and not baselines.refs and baselines.floor is None
+    assert [r.number for r in pareto_front(records, baselines)] == [2, 0, 1]  # the trials' own front
+    sections, _ = report_sections(study, records, "f1")
+    assert any("the front is the trials' own" in n for n in sections[0].notes)
+
+
 def test_the_floor_is_flagged_in_the_table_and_the_report():
     good = _trial(["quantize_dynamic"], 0.88, 5.0)
     study = _study(*DOMINATED, good)

@@ -122,6 +122,9 @@ def baseline_notes(records: list[TrialRecord], baselines: Baselines) -> list[str
     """One note each for the feasible trials at or below the majority-class floor and for those a reference
     dominates (neither kind is on the front nor exported)."""
     done = [r for r in records if r.feasible and r.metric is not None and r.latency_ms is not None]
+    if baselines.trivial_teacher:
+        return ["the teacher scores at or below the majority-class floor: the front is the trials' own (neither the "
+                "references nor the floor are applied) and no score here means more than a constant's"]
     notes = []
     low = [r.number for r in done if baselines.below_floor(r)]
     if low and baselines.floor is not None:

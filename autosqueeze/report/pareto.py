@@ -110,7 +110,11 @@ def select(records: list[TrialRecord], *, latency_budget_ms: float | None = None
     if excluded and baselines is not None:  # trials within the budget, each dominated by a reference or below the floor
         raise refuse_excluded(excluded, baselines, where or "of the study")
     if not front:
-        raise NoTrialWithinBudget("the study has no completed feasible trial yet: run `autosqueeze search` first")
+        every = candidates(records, lambda r: True)
+        if not every or baselines is None:
+            raise NoTrialWithinBudget("the study has no completed feasible trial yet: run `autosqueeze search` first")
+        raise NoTrialWithinBudget(f"no Pareto trial meets the budget ({wanted}); "
+                                  + str(refuse_excluded(every, baselines, "of the study")))
     fastest = front[0]
     raise NoTrialWithinBudget(
         f"no Pareto trial meets the budget ({wanted}); "

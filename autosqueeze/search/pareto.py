@@ -9,7 +9,9 @@ the fp32 teacher, its PyTorch dynamic int8 and its ONNX Runtime dynamic int8 cop
 majority-class floor (a constant predictor). :class:`Baselines` reads them from the study's
 user attributes: a trial that a reference dominates (at least as accurate and at least as fast,
 strictly better in one) or that scores at or below the floor is never on the front — a user
-would deploy the reference, or nothing, instead.
+would deploy the reference, or nothing, instead. A study whose teacher itself scores at or below
+the floor (an untrained teacher: the report warns that its scores barely beat a constant) applies
+neither: the front is the trials' own.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class Baselines:
 
     refs: tuple[ReferencePoint, ...] = ()
     floor: float | None = None  # the main metric of always predicting the majority class (None: not recorded)
+    trivial_teacher: bool = False  # the teacher itself scores at or below the floor: neither is applied
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Baselines:
@@ -78,8 +81,12 @@ class Baselines:
             speedup = 1.0 if key == "teacher" else a.get("speedup")
             refs.append(ReferencePoint(key, name, float(metric), float(latency),
                                        None if speedup is None else float(speedup), deploy))
-        floor = (attrs.get("majority_baseline") or {}).get("metric")
-        return cls(tuple(refs), float(floor) if floor is not None and _finite(floor) else None)
+        raw = (attrs.get("majority_baseline") or {}).get("metric")
+        floor = float(raw) if raw is not None and _finite(raw) else None
+        teacher = next((ref for ref in refs if ref.key == "teacher"), None)
+        if floor is not None and teacher is not None and teacher.metric <= floor + 1e-12:
+            return cls(trivial_teacher=True)  # every score is a constant's: the report warns instead
+        return cls(tuple(refs), floor)
 
     def dominating(self, r: TrialRecord) -> ReferencePoint | None:
         """The reference that dominates the trial (the most accurate of those that do, then the fastest); None
