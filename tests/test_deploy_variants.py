@@ -166,3 +166,15 @@ def test_count_macs_counts_linears_and_attention():
     head = 32 * 32 + 32 * 2  # pooler and classifier read one token
     assert m["linear"] == 2 * per_layer + head
     assert m["attention"] == 2 * 2 * 16 * 16 * 32 and m["total"] == m["linear"] + m["attention"]
+
+
+def test_a_variant_recorded_in_the_recipe_is_the_one_deployed(tmp_path):
+    from autosqueeze.runtimes.deployed import OrtDeployment
+    from autosqueeze.runtimes.onnx_export import export_for_deployment
+
+    _, recipe, built = _built([Step("quantize_dynamic", {})])
+    recipe.profile = {**recipe.profile, "deploy_variant": V.LEGACY_VARIANT.to_dict()}
+    info = export_for_deployment(built.model, tmp_path / "q.onnx", float_model=built.float_model, recipe=recipe)
+    assert info.exporter == "dynamo" and info.variant == V.LEGACY_VARIANT.to_dict()
+    dep = OrtDeployment(built.model, float_model=built.float_model, recipe=recipe, variant=V.DEFAULT_VARIANT)
+    assert dep.variant == V.DEFAULT_VARIANT  # an explicit variant wins

@@ -7,7 +7,7 @@ The same file then serves every use: the latency paired call by call with the fp
 teacher (:meth:`timing`, as the search and ``apply`` time a candidate), the dev metric computed
 from the session's logits (:meth:`evaluate`), and a classifier-like session to time interleaved
 with other models (:meth:`classifier`, spinning off). ``variant`` (a
-:class:`~autosqueeze.runtimes.variants.DeployVariant` or its dict; default the active one) says
+:class:`~autosqueeze.runtimes.variants.DeployVariant` or its dict; default the recipe's, else the active one) says
 how the graph is built and run, and is recorded in :attr:`info` (``info.variant``). The search
 objective uses it so that an ONNX Runtime trial is exported once; the methods table's ONNX
 Runtime column and the headline study's deployed points are built on it.
@@ -40,7 +40,7 @@ class OrtDeployment:
                  exporter: str | None = None, path: str | Path | None = None,
                  variant: DeployVariant | dict[str, Any] | None = None) -> None:
         self.model, self.float_model, self.recipe, self.exporter = model, float_model, recipe, exporter
-        self.variant = resolve_variant(variant)
+        self.variant = resolve_variant(variant, recipe)
         self._target = None if path is None else Path(path)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._info: OnnxInfo | None = None

@@ -182,10 +182,11 @@ def example_inputs(model: nn.Module, names: tuple[str, ...], batch: int, seq: in
 
 
 def _set_attention(model: nn.Module, impl: str) -> None:
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(impl)
+    setter = getattr(model, "set_attn_implementation", None)
+    if callable(setter):
+        setter(impl)
     else:
-        model.config._attn_implementation = impl
+        model.config._attn_implementation = impl  # type: ignore[union-attr]  # a transformers config
 
 
 @contextlib.contextmanager
@@ -336,7 +337,8 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     Runtime's QDQ static quantization with the ranges the step calibrated (read from
     ``model``'s layers). Other quantization steps (half-precision casts, weight-only
     int8/int4, embedding int8) are exported as they run in PyTorch, when ONNX Runtime can.
-    ``variant`` (default :func:`~autosqueeze.runtimes.variants.active_variant`): exporter,
+    ``variant`` (default: the recipe's recorded one, else
+    :func:`~autosqueeze.runtimes.variants.active_variant`): exporter,
     attention form, transformer fusions (float and dynamic int8 graphs) and dynamic int8
     kernels; an explicit ``exporter`` wins over the variant's.
     """
@@ -345,7 +347,7 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     from .fusion import fuse_graph
     from .onnx_int8 import quantize_onnx_dynamic, quantize_onnx_static
 
-    chosen = resolve_variant(variant)
+    chosen = resolve_variant(variant, recipe)
     path = Path(path)
     steps = [] if recipe is None else recipe.steps[quantize_start(recipe):]
     int8 = [s for s in steps if s.method in GRAPH_INT8]

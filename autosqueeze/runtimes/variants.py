@@ -8,8 +8,10 @@ and :func:`~autosqueeze.runtimes.deployed_latency` accept (``variant=``) and rec
 metadata (``autosqueeze.variant``), so that a session made later from the file (``bench``, a
 saved folder) runs at the same graph-optimization level.
 
-Which variant is used when none is passed (:func:`active_variant`): the one set for this
-process with :func:`set_active_variant` (e.g. after
+Which variant is used when none is passed: the one a recipe records in its profile
+(``recipe.profile["deploy_variant"]``, :func:`variant_of_recipe`, so a recipe exported by a study
+that measured its variant deploys the same way in ``apply``), else :func:`active_variant`: the
+one set for this process with :func:`set_active_variant` (e.g. after
 :func:`~autosqueeze.runtimes.deploy_variants.choose_variant` measured the candidates on this
 machine), else ``$AUTOSQUEEZE_DEPLOY_VARIANT`` (JSON, or a path to a JSON file), else
 :data:`DEFAULT_VARIANT`.
@@ -32,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_VARIANT", "ENV", "LEGACY_VARIANT", "PLAIN_VARIANT", "DeployVariant", "Int8Variant",
-           "active_variant", "parse_deploy_setting", "resolve_variant", "set_active_variant"]
+           "active_variant", "parse_deploy_setting", "resolve_variant", "set_active_variant", "variant_of_recipe"]
+RECIPE_KEY = "deploy_variant"  # in Recipe.profile
 
 ENV = "AUTOSQUEEZE_DEPLOY_VARIANT"
 EXPORTERS = ("torchscript", "dynamo")
@@ -153,9 +156,18 @@ def active_variant() -> DeployVariant:
     return _active or _from_env() or DEFAULT_VARIANT
 
 
-def resolve_variant(variant: DeployVariant | dict[str, Any] | None) -> DeployVariant:
-    """``variant`` as a :class:`DeployVariant` (None: :func:`active_variant`)."""
-    return active_variant() if variant is None else DeployVariant.from_dict(variant)
+def variant_of_recipe(recipe: Any) -> DeployVariant | None:
+    """The variant a recipe records (``recipe.profile["deploy_variant"]``), or None."""
+    profile = getattr(recipe, "profile", None)
+    raw = profile.get(RECIPE_KEY) if isinstance(profile, dict) else None
+    return DeployVariant.from_dict(raw) if raw else None
+
+
+def resolve_variant(variant: DeployVariant | dict[str, Any] | None, recipe: Any = None) -> DeployVariant:
+    """``variant`` as a :class:`DeployVariant` (None: the ``recipe``'s, else :func:`active_variant`)."""
+    if variant is not None:
+        return DeployVariant.from_dict(variant)
+    return variant_of_recipe(recipe) or active_variant()
 
 
 def parse_deploy_setting(value: Any) -> DeployVariant | str:
