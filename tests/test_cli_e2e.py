@@ -54,13 +54,15 @@ def test_six_commands_in_order(tiny_model_dir, glue_dir, tmp_path, isolated_cach
     assert db.is_file()
     s = optuna.load_study(study_name="t", storage=f"sqlite:///{db}")
     done = [t for t in s.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 3 and all(len(t.values) == 2 for t in done)
+    assert all(len(t.values) == 2 for t in done)
+    assert sum("duplicate_of" not in t.user_attrs for t in done) == 3  # a repeated recipe is not a new trial
     teachers = list((isolated_cache / "teachers").iterdir())
     assert len(teachers) == 1  # trained once
     mtime = (teachers[0] / "model.safetensors").stat().st_mtime
     # resumable: asking for more trials continues the same study, reusing the cached teacher
     assert main(["search", str(study), *data, "--trials", "4"]) == 0
-    assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{db}").trials) == 4
+    assert sum("duplicate_of" not in t.user_attrs
+               for t in optuna.load_study(study_name="t", storage=f"sqlite:///{db}").trials) == 4
     assert (teachers[0] / "model.safetensors").stat().st_mtime == mtime
     assert main(["report", str(study)]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
