@@ -249,3 +249,27 @@ def test_hidden_keep_is_validated_and_refused_in_one_line_where_the_family_canno
     for bad in ({"hidden_keep": 0}, {"hidden_keep": 1.5}, {"hidden_keep": [16, 16]}, {"hidden_keep": "wide"}):
         with pytest.raises(MethodError):
             Step("elastic", bad).config()
+
+
+def test_a_space_searches_hidden_keep_as_a_count_of_the_models_width(tmp_path):
+    import optuna
+    import yaml
+
+    from autosqueeze.search.space import SpaceError, load_space
+    from autosqueeze.search.validate import validate_for_model
+
+    def space(hidden_keep):
+        path = tmp_path / "space.yaml"
+        path.write_text(yaml.safe_dump({"steps": [{"method": "elastic", "params": {
+            "layers": {"type": "int", "low": 1, "high": 2}, "hidden_keep": hidden_keep}}]}))
+        return load_space(path)
+
+    teacher = tiny.tiny_bert(layers=2, hidden=32)
+    resolved = space({"type": "int", "low": 0.5, "high": 1.0, "of": "hidden"}).for_model(teacher)
+    assert validate_for_model(resolved, teacher, lambda: tiny.context(teacher, probe=True)) >= 1
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    widths = {resolved.suggest(study.ask()).steps[0].params["hidden_keep"] for _ in range(20)}
+    assert widths <= set(range(16, 33)) and len(widths) > 3 and all(isinstance(w, int) for w in widths)
+    with pytest.raises(SpaceError, match="hidden_keep"):  # more than the model has: refused before any trial
+        validate_for_model(space({"type": "int", "low": 16, "high": 40}).for_model(teacher), teacher,
+                           lambda: tiny.context(teacher, probe=True))
