@@ -68,6 +68,18 @@ def _teacher_cache() -> Path:
     return cache_root() / "teachers"
 
 
+def _task_data(task: str | None, data_dir: str | None) -> Path | None:
+    """The folder of ``task``'s TSV files in the GLUE folder ``data_dir`` (None: the hub, or no such files)."""
+    from .errors import USER_ERRORS
+    from .tasks.loaders import split_path
+
+    try:
+        train = split_path(task, "train", data_dir) if task and data_dir else None
+    except (*USER_ERRORS, ValueError):
+        return None
+    return train.parent if train is not None else None
+
+
 def _owned_by_study(config: Any, args: argparse.Namespace) -> dict[str, str | Path | None]:
     """What a study reads and keeps: no output of report, export ... may land on, in or around these."""
     from .search.storage import sqlite_file
@@ -75,8 +87,8 @@ def _owned_by_study(config: Any, args: argparse.Namespace) -> dict[str, str | Pa
     db = sqlite_file(getattr(args, "storage", None) or config.storage_url)
     owned: dict[str, str | Path | None] = {
         "the study file": config.path, "the study's search space": config.search_space, "the study database": db,
-        "the teacher cache": _teacher_cache(), "the study's data folder": _data_dir(args, config.data_dir),
-        "the study's model folder": config.model if Path(config.model).is_dir() else None}
+        "the teacher cache": _teacher_cache(), "the study's model folder": config.model if Path(config.model).is_dir()
+        else None, "the study's data": _task_data(config.task, _data_dir(args, config.data_dir))}
     if db is not None:  # SQLite's journal files beside it
         owned.update({f"the study database's {end} file": db.with_name(f"{db.name}-{end}")
                       for end in ("journal", "wal", "shm")})
@@ -91,7 +103,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     source = Path(resolve_model(args.model))
     check_not_owned(args.out, "--out", {"the model folder": source if source.is_dir() else None,
-                                        "the data folder": _data_dir(args), "the teacher cache": _teacher_cache()})
+                                        "the task's data": _task_data(args.task, _data_dir(args)),
+                                        "the teacher cache": _teacher_cache()})
     check_output_folder(args.out, "--out", overwrite=args.overwrite)
     if source.is_dir():
         check_model_folder(source)
@@ -277,12 +290,23 @@ def _apply_table(result: Any) -> list[str]:
     return lines
 
 
+def _recipe_task(path: str) -> str | None:
+    """The task a recipe file (or a saved folder's recipe) names; None when it cannot be read (apply says why)."""
+    from .apply import read_recipe
+
+    try:
+        return read_recipe(path).task
+    except Exception:  # any unreadable recipe: the rebuild refuses it in its own words
+        return None
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from .apply import rebuild
     from .artifact import MANIFEST
 
     check_not_owned(args.output, "-o", {"the recipe": args.recipe, "the teacher folder": args.teacher,
-                                        "the data folder": _data_dir(args), "the teacher cache": _teacher_cache()})
+                                        "the recipe's data": _task_data(_recipe_task(args.recipe), _data_dir(args)),
+                                        "the teacher cache": _teacher_cache()})
     check_output_folder(args.output, "-o", ours=MANIFEST)
     progress = Progress()
     result = rebuild(args.recipe, args.output, _data_dir(args), teacher_dir=args.teacher, force=args.force,

@@ -21,8 +21,10 @@ RECIPE = {"steps": [{"method": "drop_layers", "version": 1, "params": {"keep": 1
 
 @pytest.fixture()
 def owned(tiny_model_dir, glue_dir, isolated_cache, tmp_path, monkeypatch) -> dict[str, Path]:
-    """A study folder (study file, space, database), its model folder and data, a cached teacher,
-    a recipe and a saved-model folder; the working folder is tmp_path."""
+    """A study folder (study file, space, database), its model folder and data, a cached teacher and
+    a recipe; the working folder is tmp_path."""
+    from autosqueeze.tasks.loaders import split_path
+
     monkeypatch.chdir(tmp_path)
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -37,11 +39,9 @@ def owned(tiny_model_dir, glue_dir, isolated_cache, tmp_path, monkeypatch) -> di
     (teacher / "model.safetensors").write_bytes(b"weights")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
-    saved = tmp_path / "saved"  # a folder written by apply: given as the recipe, it is read, not replaced
-    saved.mkdir()
-    (saved / "manifest.json").write_text("{}")
     return {"study": study, "space": folder / "space.yaml", "db": db, "folder": folder, "model": model,
-            "data": glue_dir, "teacher": teacher, "cache": isolated_cache, "recipe": recipe, "saved": saved}
+            "data": glue_dir, "sst2": split_path("sst2", "train", str(glue_dir)).parent,
+            "teacher": teacher, "cache": isolated_cache, "recipe": recipe}
 
 
 def _target(o: dict[str, Path], tmp_path: Path, how: str) -> Path:
@@ -60,8 +60,8 @@ def _target(o: dict[str, Path], tmp_path: Path, how: str) -> Path:
         return o["db"].with_name("t.db-journal")
     if how == "inside the teacher":
         return o["teacher"] / "new"
-    if how == "inside the data":
-        return o["data"] / "new"
+    if how == "inside the data":  # the folder of the task's TSV files
+        return o["sst2"] / "new"
     if how == "inside the model":
         return o["model"] / "new"
     if how == "holding the study":
@@ -91,7 +91,7 @@ def test_report_never_writes_into_what_the_study_owns(how, owned, tmp_path, caps
     run_bad(capsys, tmp_path, ["report", str(owned["study"]), "--out", str(out), "--overwrite"], "--out")
 
 
-APPLY = [("the recipe's own folder", "saved", []), ("the teacher", "teacher", ["--teacher", "T"]),
+APPLY = [("the teacher", "teacher", ["--teacher", "T"]),
          ("inside the teacher", "inside the teacher", ["--teacher", "T"]),
          ("inside the teacher cache", "inside the teacher", []),
          ("inside the data", "inside the data", ["--data-dir", "D"]),
@@ -100,7 +100,7 @@ APPLY = [("the recipe's own folder", "saved", []), ("the teacher", "teacher", ["
 
 @pytest.mark.parametrize(("name", "how", "extra"), APPLY, ids=[c[0] for c in APPLY])
 def test_apply_never_writes_over_what_it_reads(name, how, extra, owned, tmp_path, capsys):
-    recipe = owned["saved"] if how == "saved" else owned["recipe"]
+    recipe = owned["recipe"]
     extra = [{"T": str(owned["teacher"]), "D": str(owned["data"])}.get(a, a) for a in extra]
     run_bad(capsys, tmp_path, ["apply", str(recipe), "-o", str(_target(owned, tmp_path, how)), *extra], "-o")
 
