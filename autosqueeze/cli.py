@@ -101,11 +101,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from .teacher import train_teacher
     from .train import TrainSettings
 
+    check_output_folder(args.out, "--out", overwrite=args.overwrite)
     source = Path(resolve_model(args.model))
     check_not_owned(args.out, "--out", {"the model folder": source if source.is_dir() else None,
                                         "the task's data": _task_data(args.task, _data_dir(args)),
                                         "the teacher cache": _teacher_cache()})
-    check_output_folder(args.out, "--out", overwrite=args.overwrite)
     if source.is_dir():
         check_model_folder(source)
     data_dir = _data_dir(args)
