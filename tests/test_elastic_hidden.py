@@ -273,3 +273,39 @@ def test_a_space_searches_hidden_keep_as_a_count_of_the_models_width(tmp_path):
     with pytest.raises(SpaceError, match="hidden_keep"):  # more than the model has: refused before any trial
         validate_for_model(space({"type": "int", "low": 16, "high": 40}).for_model(teacher), teacher,
                            lambda: tiny.context(teacher, probe=True))
+
+
+def test_hidden_state_distillation_compares_the_teachers_own_dimensions():
+    """A student whose hidden dimensions were reordered (and then cut) is distilled against the
+    teacher's dimensions it holds (``ctx.kept_hidden``): at full width the reordered copy of the
+    teacher matches it exactly, which the teacher's own order would not."""
+    from autosqueeze.methods.distill import DistillConfig, distill_loss
+
+    teacher = _student_like("bert")
+    student = copy.deepcopy(teacher)
+    adapter = get_adapter(student)
+    order = reorder_hidden(student, adapter, torch.rand(32, generator=torch.Generator().manual_seed(4)))
+    config = DistillConfig(alpha_logits=0.0, alpha_hidden=1.0)
+    b = {**batch(), "labels": torch.zeros(batch()["input_ids"].shape[0], dtype=torch.long)}
+    layers = list(range(len(adapter.layers(teacher))))
+    assert float(distill_loss(config, teacher, layers, order)(student, b).detach()) < 1e-8
+    assert float(distill_loss(config, teacher, layers)(student, b).detach()) > 1e-3
+    adapter.keep_hidden(student, list(range(24)))  # the first 24 (most important) dimensions
+    assert float(distill_loss(config, teacher, layers, order[:24])(student, b).detach()) >= 0.0  # shapes agree
+
+
+def test_finalizing_a_hidden_sliced_point_distills_its_hidden_states(student_cache, monkeypatch):
+    """The final fidelity's recipe (elastic slice, then distillation with hidden states) runs on a
+    narrower hidden width: the elastic step tells distillation which teacher dimensions it kept."""
+    from autosqueeze.builder import build
+
+    root, teacher, made = student_cache
+    monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(root))
+    recipe = Recipe(steps=[Step("elastic", {"student": made.key, "layers": 2, "heads_keep": 2, "ffn_keep": 0.5,
+                                            "hidden_keep": 0.5}),
+                           Step("distill", {"steps": 2, "alpha_logits": 1.0, "alpha_hidden": 1.0})])
+    ctx = tiny.context(teacher)
+    built = build(recipe, teacher, ctx)
+    assert built.model.config.hidden_size == 16
+    assert ctx.kept_hidden is not None and len(ctx.kept_hidden) == 16
+    assert ctx.kept_hidden == made.info["orders"]["hidden"][0][:16]

@@ -103,6 +103,18 @@ def student_state(key: str, root: Path | None = None) -> dict[str, torch.Tensor]
     return _load(str(path), path.stat().st_mtime_ns)
 
 
+def student_hidden_order(key: str, root: Path | None = None) -> list[int] | None:
+    """The teacher hidden dimension of each of the student's (its hidden reordering), or None when
+    the student's hidden dimensions are in the teacher's order (trained without an elastic width)."""
+    path = student_dir(key, root) / INFO
+    try:
+        orders = json.loads(path.read_text()).get("orders") or {}
+    except (OSError, ValueError):
+        return None
+    hidden = orders.get("hidden")
+    return [int(i) for i in hidden[0]] if hidden else None
+
+
 def ensure_for_recipe(recipe_steps: list[Any], teacher_info: dict[str, Any], teacher: nn.Module, teacher_hash: str,
                       data: TaskData, train_subset: int | None, progress: Progress | None = None) -> None:
     """Make sure the elastic student a recipe slices is in the cache: rebuild it (deterministically,

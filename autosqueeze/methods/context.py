@@ -38,7 +38,7 @@ class MethodContext:
 
     What travels between the steps of one recipe is typed here: ``kept_layers`` (which
     teacher layer each current layer came from, set by the methods that drop layers and read
-    by distillation), ``teacher_outputs`` (cached teacher forwards) and ``should_stop`` (the
+    by distillation), ``kept_hidden`` (which teacher hidden dimension each current one is), ``teacher_outputs`` (cached teacher forwards) and ``should_stop`` (the
     trial's early stopper). A training method passes :meth:`training_callbacks` to
     ``train_loop``, so the post-step hooks and the stopper see every training run alike.
     """
@@ -59,6 +59,9 @@ class MethodContext:
     # this training run; True ends the run, and it may raise to end the trial (search/early_stop.py)
     should_stop: StopCheck | None = None
     kept_layers: list[int] | None = None  # teacher layer index of each current layer (None: not changed)
+    # teacher hidden dimension of each current hidden dimension, set by the methods that reorder or cut
+    # the hidden width (elastic) and read by hidden-state distillation (None: the teacher's own order)
+    kept_hidden: list[int] | None = None
     teacher_outputs: TeacherOutputCache = field(default_factory=TeacherOutputCache)
     # vocabulary methods (prune_vocab): every training example's input ids once, as the model sees them
     # (without it they scan ``batches``), and the tokenizer whose special token ids they keep

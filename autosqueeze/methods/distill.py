@@ -142,9 +142,14 @@ def _same_inputs(a: Batch, b: Batch) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
-def distill_loss(config: DistillConfig, teacher: nn.Module | TeacherOutputs, layer_map: list[int]):
+def distill_loss(config: DistillConfig, teacher: nn.Module | TeacherOutputs, layer_map: list[int],
+                 hidden_index: list[int] | None = None):
     """``loss_fn(student, batch)`` for train_loop; ``teacher`` a model or a (cached) TeacherOutputs
-    (with TeacherOutputs the calls are numbered: the i-th call is the i-th batch of its seed)."""
+    (with TeacherOutputs the calls are numbered: the i-th call is the i-th batch of its seed).
+    ``hidden_index``: the teacher hidden dimension of each student dimension (a student whose hidden
+    width was reordered or cut, ``MethodContext.kept_hidden``); its hidden states are compared with
+    those dimensions of the teacher's."""
+    index = None if hidden_index is None else torch.as_tensor(hidden_index, dtype=torch.long)
     want_hidden, want_attn = config.alpha_hidden > 0, config.alpha_attention > 0
     if isinstance(teacher, nn.Module):
         teacher = TeacherOutputs(teacher, TeacherOutputCache(), seed=0, hidden=want_hidden, attn=want_attn)
@@ -156,9 +161,9 @@ def distill_loss(config: DistillConfig, teacher: nn.Module | TeacherOutputs, lay
     def loss_fn(student: nn.Module, batch: Batch) -> torch.Tensor:
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        index = calls[0] if numbered else -1  # batches arrive in order, one per call
+        number = calls[0] if numbered else -1  # batches arrive in order, one per call
         calls[0] += 1
-        t_out = teacher(index, inputs)
+        t_out = teacher(number, inputs)
         s_out = student(**inputs, output_hidden_states=want_hidden, output_attentions=want_attn)
         T = config.temperature
         loss = s_out.logits.new_zeros(())
@@ -176,6 +181,8 @@ def distill_loss(config: DistillConfig, teacher: nn.Module | TeacherOutputs, lay
         if want_hidden:  # hidden_states[0] is the embedding output
             pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(layer_map)]
             s_h, t_h = s_out.hidden_states, t_out["hidden"]
+            if index is not None:  # the teacher's dimensions the student's are (reordered / cut hidden width)
+                t_h = tuple(h.index_select(-1, index.to(h.device)) for h in t_h)
             if s_h[-1].shape[-1] != t_h[-1].shape[-1]:
                 raise MethodError(f"hidden-state distillation needs equal hidden sizes (student "
                                   f"{s_h[-1].shape[-1]}, teacher {t_h[-1].shape[-1]}); set alpha_hidden: 0")
@@ -205,7 +212,7 @@ def apply(model: nn.Module, config: DistillConfig, ctx: MethodContext) -> nn.Mod
     seed_offset = 1
     want_hidden, want_attn = config.alpha_hidden > 0, config.alpha_attention > 0
     outputs = TeacherOutputs(ctx.teacher, ctx.teacher_outputs, ctx.seed + seed_offset, want_hidden, want_attn)
-    loss_fn = distill_loss(config, outputs, _layer_map(model, ctx.teacher, ctx))
+    loss_fn = distill_loss(config, outputs, _layer_map(model, ctx.teacher, ctx), ctx.kept_hidden)
     switch = eager_attention(model, ctx.teacher) if want_attn else contextlib.nullcontext()
     with switch:
         stats = train_loop(

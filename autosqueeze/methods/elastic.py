@@ -140,6 +140,12 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
     if subnet.hidden is not None:  # recorded only when narrower (older recipes have no key: the full width)
         ctx.decisions["hidden"] = subnet.hidden
     ctx.kept_layers = list(subnet.layers)  # teacher layer of each student layer, for distillation
+    if not ctx.replay and config.student:  # teacher hidden dimension of each kept one, for distillation
+        from ..elastic.store import student_hidden_order
+
+        order = student_hidden_order(config.student)
+        if order is not None:
+            ctx.kept_hidden = order[: subnet.hidden or len(order)]
     return model
 
 
