@@ -38,7 +38,8 @@ class MethodContext:
 
     What travels between the steps of one recipe is typed here: ``kept_layers`` (which
     teacher layer each current layer came from, set by the methods that drop layers and read
-    by distillation), ``kept_hidden`` (which teacher hidden dimension each current one is), ``teacher_outputs`` (cached teacher forwards) and ``should_stop`` (the
+    by distillation), ``kept_hidden`` (which teacher hidden dimension each current one is),
+    ``teacher_outputs`` (cached teacher forwards) and ``should_stop`` (the
     trial's early stopper). A training method passes :meth:`training_callbacks` to
     ``train_loop``, so the post-step hooks and the stopper see every training run alike.
     """
