@@ -70,12 +70,12 @@ def _teacher_cache() -> Path:
 
 def _task_data(task: str | None, data_dir: str | None) -> Path | None:
     """The folder of ``task``'s TSV files in the GLUE folder ``data_dir`` (None: the hub, or no such files)."""
-    from .errors import USER_ERRORS
+    from .errors import UserError
     from .tasks.loaders import split_path
 
     try:
         train = split_path(task, "train", data_dir) if task and data_dir else None
-    except (*USER_ERRORS, ValueError):
+    except (UserError, OSError, ValueError):  # no such files (the command says so where it reads them)
         return None
     return train.parent if train is not None else None
 
