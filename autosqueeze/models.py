@@ -165,6 +165,29 @@ def check_model_folder(folder: Path, *, allow_pickle: bool | None = None, tokeni
         raise ModelFolderError(
             f"model folder {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): save the base "
             f"model's tokenizer into it (AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR))")
+    ids = tokenizer_ids(folder) if tokenizer else None
+    rows = cfg.get("vocab_size")
+    if ids is not None and isinstance(rows, int) and not isinstance(rows, bool) and ids > rows:
+        raise ModelFolderError(f"model folder {folder}: the tokenizer gives ids up to {ids - 1}, beyond the embedding "
+                               f"table (config.json vocab_size {rows}): save the tokenizer of this model into it")
+
+
+def tokenizer_ids(folder: Path) -> int | None:
+    """How many token ids the tokenizer files of ``folder`` give (the largest id + 1), from
+    tokenizer.json, else vocab.txt; None when neither says (another tokenizer format)."""
+    try:
+        if (folder / "tokenizer.json").is_file():
+            data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+            vocab = (data.get("model") or {}).get("vocab")
+            ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
+            ids += [t.get("id") for t in data.get("added_tokens") or [] if isinstance(t, dict)]
+            ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+            return max(ids) + 1 if ids else None
+        if (folder / "vocab.txt").is_file():
+            return sum(1 for _ in open(folder / "vocab.txt", encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError, TypeError):
+        return None  # the tokenizer loader says what is wrong with the files
+    return None
 
 
 def load_tokenizer(name: str | None, *, trust_remote_code: bool = False) -> Any:

@@ -228,3 +228,14 @@ def test_a_space_with_nothing_new_to_propose_stops_as_exhausted(tiny_model_dir, 
     out = capsys.readouterr().out
     assert "space exhausted: 1 distinct recipes" in out
     assert sum(line.startswith("trial ") for line in out.splitlines()) == 4, out  # one trial, three repeats
+
+
+def test_a_tokenizer_with_ids_beyond_the_embedding_table_is_refused_before_training(
+        tiny_model_dir, glue_dir, tmp_path, capsys, isolated_cache):
+    model = _copy_model(tiny_model_dir, tmp_path)
+    rows = json.loads((model / "config.json").read_text())["vocab_size"]
+    (model / "tokenizer.json").unlink()  # vocab.txt alone: ten more words than the table has rows
+    with open(model / "vocab.txt", "a") as f:
+        f.write("".join(f"extra{i}\n" for i in range(10)))
+    run_bad(capsys, tmp_path, ["finetune", "--task", "sst2", "--model", str(model), "--data-dir", str(glue_dir),
+                               "--out", str(tmp_path / "t"), "--max-steps", "1"], f"vocab_size {rows}", str(model))
