@@ -40,6 +40,8 @@ from .models import (
     weights_hash,
 )
 from .recipe import Recipe, RecipeError, load_recipe
+from .runtimes.variants import RECIPE_KEY as VARIANT_KEY
+from .runtimes.variants import variant_of_recipe
 from .tasks import TaskSpec, get_task
 from .teacher import Teacher, _read_info, cached_teacher_path, get_teacher, load_task_data, load_teacher
 from .train import TrainSettings
@@ -227,7 +229,11 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     except ValueError as err:
         raise RecipeError(f"recipe task: {err}") from None
     try:
-        profile = _settings(HardwareProfile, recipe.profile, "profile", drop=("fingerprint",))
+        profile = _settings(HardwareProfile, recipe.profile, "profile", drop=("fingerprint", VARIANT_KEY))
+        try:  # the study's ONNX Runtime graph (export_for_deployment reads it from the recipe)
+            variant_of_recipe(recipe)
+        except (ValueError, TypeError) as err:
+            raise RecipeError(f"recipe profile.{VARIANT_KEY}: {err}") from None
         ls = _settings(LatencySettings, recipe.data.get("latency"), "data.latency")
         rec = recipe.data.get("recovery")
         settings = _settings(TrainSettings, rec, "data.recovery") if rec else TrainSettings(steps=0)

@@ -77,6 +77,7 @@ class StudyConfig:
     elastic: ElasticSettings = field(default_factory=ElasticSettings)  # used when the space slices an elastic student
     finalize: FinalizeSettings = field(default_factory=FinalizeSettings)  # the full-fidelity pass over the front
     runtimes: tuple[str, ...] = ()  # hardware.runtimes: those a trial may deploy with (empty: hardware.runtime)
+    deploy: Any = "default"  # the ONNX Runtime graph: default | measure | plain | legacy | a variant mapping
 
     @property
     def search_runtimes(self) -> tuple[str, ...]:
@@ -177,8 +178,20 @@ def _teacher(raw: dict[str, Any], study: Path, src: str) -> tuple[TrainSettings,
     return _section({"teacher": rest}, "teacher", TrainSettings, src, {"steps": 0}), str(where.resolve())
 
 
+def _deploy(raw: dict[str, Any], src: str) -> Any:
+    """The ``deploy`` setting (how the ONNX Runtime graph is built), checked now, kept as written."""
+    value = raw.get("deploy", "default")
+    from .runtimes.variants import parse_deploy_setting  # torch-free module
+
+    try:
+        parse_deploy_setting(value)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{src}: 'deploy': {err}") from None
+    return value
+
+
 TOP_KEYS = {"elastic", "finalize", "name", "task", "model", "search_space", "teacher", "recovery", "hardware", "eval",
-            "latency", "trials", "sampler", "seed", "latency_budget_ms", "storage", "data_dir"}
+            "latency", "trials", "sampler", "seed", "latency_budget_ms", "storage", "data_dir", "deploy"}
 
 
 def load_study_config(path: str | Path) -> StudyConfig:
@@ -227,6 +240,7 @@ def load_study_config(path: str | Path) -> StudyConfig:
         finalize=_section(raw, "finalize", FinalizeSettings, src),
         trials=raw.get("trials", 20), sampler=str(raw.get("sampler", "tpe")), seed=raw.get("seed", 0),
         latency_budget_ms=raw.get("latency_budget_ms"), storage=raw.get("storage"), data_dir=raw.get("data_dir"),
+        deploy=_deploy(raw, src),
     )
     if not is_int(cfg.trials) or cfg.trials < 1:
         raise ConfigError(f"{src}: 'trials' must be a positive integer, got {cfg.trials!r}")

@@ -77,6 +77,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
 
     With ``save_dir`` each final model is also saved, as ``apply`` would, to ``save_dir/trial-<n>``.
     """
+    from .deploy_choice import study_variant
     from .study import open_study, prepare, use_study_reference
 
     settings = config.finalize
@@ -93,6 +94,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
     budget = study.user_attrs.get("latency_budget_ms")
     sc = prepare(config, data_dir, budget, progress)
     use_study_reference(study, sc)  # final latencies on the scale of the search's
+    study_variant(study, sc, config.deploy)  # the graph the search recorded
     finals: dict[str, Any] = dict(study.user_attrs.get(FINAL_ATTR) or {})
     t0 = time.perf_counter()
     for k, record in enumerate(candidates):

@@ -80,6 +80,7 @@ class SearchContext:
     timing_cache: dict[str, Timing] = field(default_factory=dict)
     elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
     runtimes: tuple[str, ...] = ()  # those a trial may deploy with (empty: profile.runtime alone)
+    deploy_variant: dict[str, Any] | None = None  # the study's ONNX Runtime graph (search.deploy_choice)
 
     @property
     def baseline_ms(self) -> float:
@@ -336,6 +337,8 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
         TrialRecord(methods=tuple(s.method for s in recipe.steps), recipe=recipe.to_dict()).write(trial)
         try:
             recipe.profile["runtime"] = suggest_runtime(trial, recipe, sc.runtimes or (sc.profile.runtime,))
+            if sc.deploy_variant is not None:  # the graph the study measured is the one apply deploys
+                recipe.profile["deploy_variant"] = dict(sc.deploy_variant)
             TrialRecord(runtime=recipe.profile["runtime"], recipe=recipe.to_dict()).write(trial)
             t0 = time.perf_counter()
             earlier = earlier_result(trial.study, recipe)

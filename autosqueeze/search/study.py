@@ -31,6 +31,7 @@ from ..runtimes.fingerprint import hardware_fingerprint
 from ..study_config import ConfigError, StudyConfig, check_machine, check_name
 from ..tasks import get_task
 from ..teacher import get_teacher, load_task_data
+from .deploy_choice import study_variant
 from .early_stop import EarlyStopSettings
 from .machine import drop_slow_steps, probe_machine
 from .objective import SearchContext, make_objective, measure_baseline, reference_points, steps_key
@@ -259,6 +260,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
         study.set_user_attr("fingerprint", {**hardware_fingerprint(sc.profile.threads, sc.profile.runtime),
                                             "probe": machine_probe or probe_machine(sc.profile.device)})
     space = drop_slow_steps(space, (study.user_attrs.get("fingerprint") or {}).get("probe"))
+    study_variant(study, sc, config.deploy)  # the ONNX Runtime graph: recorded once per study (measured if asked)
     use_study_reference(study, sc)  # before any timing of this process: the study's teacher latency
     known = attrs.get("teacher") or {}
     if "majority_baseline" not in attrs:  # the floor: always the most frequent dev label (the mean for regression)
