@@ -309,3 +309,19 @@ def test_finalizing_a_hidden_sliced_point_distills_its_hidden_states(student_cac
     assert built.model.config.hidden_size == 16
     assert ctx.kept_hidden is not None and len(ctx.kept_hidden) == 16
     assert ctx.kept_hidden == made.info["orders"]["hidden"][0][:16]
+
+
+def test_a_narrower_hidden_width_is_refused_on_a_student_trained_at_full_width(tmp_path, monkeypatch):
+    """A student trained without an elastic hidden width has its hidden dimensions in no
+    importance order: slicing the first k of them would be arbitrary, so it is refused."""
+    from autosqueeze.builder import build
+
+    monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(tmp_path))
+    teacher = tiny.tiny_bert(layers=2)
+    made = get_elastic_student(teacher, "full-width", _fake_data(),
+                               ElasticSettings(steps=1, min_hidden=1.0, importance_batches=0))
+    recipe = Recipe(steps=[Step("elastic", {"student": made.key, "layers": 2, "hidden_keep": 0.5})])
+    with pytest.raises(MethodError, match="full hidden width only"):
+        build(recipe, teacher, tiny.context(teacher))
+    full = Recipe(steps=[Step("elastic", {"student": made.key, "layers": 2, "hidden_keep": 1.0})])
+    assert build(full, teacher, tiny.context(teacher)).model.config.hidden_size == 32

@@ -120,6 +120,12 @@ def _load_student(model: nn.Module, key: str) -> None:
                           f"architecture, and is elastic the recipe's first step?): {first}") from None
 
 
+def _hidden_order(key: str) -> list[int] | None:
+    from ..elastic.store import student_hidden_order
+
+    return student_hidden_order(key)
+
+
 def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Module:
     if ctx.replay:
         d = ctx.decisions
@@ -131,6 +137,10 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
         if config.student or not ctx.probe:  # a structure-only probe (space validation) needs no weights
             _load_student(model, config.student)
         subnet = choose_subnet(model, config, ctx)
+        if subnet.hidden is not None and config.student and _hidden_order(config.student) is None:
+            raise MethodError(f"elastic: hidden_keep={config.hidden_keep}: student {config.student} was trained at "
+                              f"the full hidden width only (its hidden dimensions are in no importance order): "
+                              f"train it with elastic.min_hidden below 1.0, or keep hidden_keep at 1.0")
     try:
         slice_subnet(model, ctx.adapter, subnet)
     except ValueError as err:
@@ -141,9 +151,7 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
         ctx.decisions["hidden"] = subnet.hidden
     ctx.kept_layers = list(subnet.layers)  # teacher layer of each student layer, for distillation
     if not ctx.replay and config.student:  # teacher hidden dimension of each kept one, for distillation
-        from ..elastic.store import student_hidden_order
-
-        order = student_hidden_order(config.student)
+        order = _hidden_order(config.student)
         if order is not None:
             ctx.kept_hidden = order[: subnet.hidden or len(order)]
     return model
