@@ -13,13 +13,12 @@ is never measured twice, a changed one is measured again, and nothing is ever tr
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from .models import (
     load_classifier,
     load_tokenizer,
     pickle_allowed,
+    quiet_transformers,
     resolve_model,
     weights_hash,
 )
@@ -275,22 +275,6 @@ def own_teacher_key(digest: str, task: TaskSpec, settings: TrainSettings, data_i
     return f"{task.name}-own-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No transformers warnings or progress bars (loading, "Writing model shards"): the CLI owns stderr."""
-    import transformers
-
-    verbosity, bars = transformers.logging.get_verbosity(), transformers.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        if bars:
-            transformers.logging.enable_progress_bar()
-
-
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
@@ -306,7 +290,7 @@ def load_fine_tuned(folder: Path, task: TaskSpec) -> nn.Module:
     config = check_own_teacher(folder, task)
     kwargs: dict[str, Any] = {} if pickle_allowed() else {"use_safetensors": True}
     try:
-        with _quiet_transformers():  # a missing weight is refused below, in one line
+        with quiet_transformers():  # a missing weight is refused below, in one line
             model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True,
                                                                              **kwargs)
     except (OSError, ValueError, RuntimeError) as err:
@@ -347,7 +331,7 @@ def own_teacher(model_name: str, task: TaskSpec | str, data_dir: str | None, set
             "weights_hash": weights_hash(model), "num_train_examples": 0,
             "fine_tuned": {"folder": str(folder), "files_sha256": digest},
             "data": {"dev_sha256": data_id}}
-    with atomic_dir(path) as tmp, _quiet_transformers():
+    with atomic_dir(path) as tmp, quiet_transformers():
         model.save_pretrained(tmp)  # type: ignore[operator]  # a transformers model
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
