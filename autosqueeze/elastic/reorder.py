@@ -22,7 +22,7 @@ from torch import nn
 from ..arch import ArchAdapter
 from ..methods.context import MethodContext
 from ..methods.prune_structured import (
-    _importance_loss,
+    gate_gradients,
     gradient_importance,
     magnitude_importance,
     prune_heads,
@@ -92,29 +92,10 @@ def hidden_importance(model: nn.Module, ctx: MethodContext, batches: int) -> tor
         return out * gate.to(out.dtype)
 
     handles = [n.register_forward_hook(hook) for n in norms]
-    total = torch.zeros(width, device=device)
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
     mode = "teacher" if ctx.teacher is not None else "labels"
     try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        model.eval()
-        done = 0
-        for batch in ctx.batches(batches, seed_offset=0):
-            if done >= batches:
-                break
-            batch = {k: v.to(device) for k, v in batch.items()}
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            out = model(**inputs)
-            (grad,) = torch.autograd.grad(_importance_loss(out.logits, batch, inputs, mode, ctx), [gate])
-            total += grad.detach().abs()
-            done += 1
-            ctx.report("elastic hidden importance", done, batches)
+        (total,) = gate_gradients(model, ctx, [gate], batches, mode, "elastic hidden importance")
     finally:
         for h in handles:
             h.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
     return total.cpu()

@@ -168,6 +168,42 @@ def _importance_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], input
     return F.cross_entropy(logits, labels)
 
 
+def gate_gradients(model: nn.Module, ctx: MethodContext, gates: list[torch.Tensor], n_batches: int, mode: str,
+                   what: str) -> list[torch.Tensor]:
+    """|dLoss/dgate| summed over ``n_batches`` training batches for each of ``gates`` (tensors of
+    ones already hooked into ``model``'s forward): the Taylor importance of whatever they gate.
+    Only the gates get gradients; the model's flags and mode are restored after."""
+    device = next(model.parameters()).device
+    totals = [torch.zeros_like(g) for g in gates]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)  # only the gates need gradients
+        model.eval()
+        done = 0
+        for batch in ctx.batches(n_batches, seed_offset=0):
+            if done >= n_batches:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            out = model(**inputs)
+            if not hasattr(out, "logits"):
+                raise MethodError(f"{what} needs a model with a task head (logits)")
+            grads = torch.autograd.grad(_importance_loss(out.logits, batch, inputs, mode, ctx), gates)
+            for acc, g in zip(totals, grads):
+                acc += g.detach().abs()
+            done += 1
+            ctx.report(what, done, n_batches)
+        if done == 0:
+            raise MethodError(f"{what}: the training data gave no batches to score importance on")
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return totals
+
+
 def gradient_importance(model: nn.Module, adapter: ArchAdapter, ctx: MethodContext, n_batches: int,
                         heads: bool, ffn: bool, loss: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-layer |dLoss/dgate| summed over batches, for heads and FFN neurons (Taylor importance)."""
@@ -186,38 +222,14 @@ def gradient_importance(model: nn.Module, adapter: ArchAdapter, ctx: MethodConte
             ffn_gates.append(torch.ones(down.in_features, device=device, requires_grad=True))
             handles.append(down.register_forward_pre_hook(_gate_hook(ffn_gates[-1], 1)))
     gates = head_gates + ffn_gates
-    totals = [torch.zeros_like(g) for g in gates]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
     mode = loss if loss != "auto" else ("teacher" if ctx.teacher is not None else "labels")
     if mode == "teacher" and ctx.teacher is None:
         raise MethodError("prune_structured: loss='teacher' needs a teacher in the context")
     try:
-        for p, _ in flags:
-            p.requires_grad_(False)  # only the gates need gradients
-        model.eval()
-        done = 0
-        for batch in ctx.batches(n_batches, seed_offset=0):
-            if done >= n_batches:
-                break
-            batch = {k: v.to(device) for k, v in batch.items()}
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            out = model(**inputs)
-            if not hasattr(out, "logits"):
-                raise MethodError("prune_structured: gradient importance needs a model with a task head (logits)")
-            grads = torch.autograd.grad(_importance_loss(out.logits, batch, inputs, mode, ctx), gates)
-            for acc, g in zip(totals, grads):
-                acc += g.detach().abs()
-            done += 1
-            ctx.report("prune_structured importance", done, n_batches)
-        if done == 0:
-            raise MethodError("prune_structured: the training data gave no batches to score importance on")
+        totals = gate_gradients(model, ctx, gates, n_batches, mode, "prune_structured importance")
     finally:
         for h in handles:
             h.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
     return totals[: len(head_gates)], totals[len(head_gates):]
 
 
