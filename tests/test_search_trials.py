@@ -242,7 +242,7 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tin
             raise RuntimeError("out of memory (simulated)")
         return spec.apply(model, config, ctx)
 
-    def nan_loss(config, teacher, layer_map):
+    def nan_loss(config, teacher, layer_map, hidden_index=None):
         return lambda student, batch: student(**{k: v for k, v in batch.items() if k != "labels"}).logits.sum() * math.nan
 
     config = load_study_config(write_study(tmp_path, tiny_model_dir, trials=3))
