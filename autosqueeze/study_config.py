@@ -77,7 +77,7 @@ class StudyConfig:
     elastic: ElasticSettings = field(default_factory=ElasticSettings)  # used when the space slices an elastic student
     finalize: FinalizeSettings = field(default_factory=FinalizeSettings)  # the full-fidelity pass over the front
     runtimes: tuple[str, ...] = ()  # hardware.runtimes: those a trial may deploy with (empty: hardware.runtime)
-    deploy: Any = "default"  # the ONNX Runtime graph: default | measure | plain | legacy | a variant mapping
+    deploy: Any = "measure"  # the ONNX Runtime graph: measure | default | plain | legacy | a variant mapping
 
     @property
     def search_runtimes(self) -> tuple[str, ...]:
@@ -180,7 +180,7 @@ def _teacher(raw: dict[str, Any], study: Path, src: str) -> tuple[TrainSettings,
 
 def _deploy(raw: dict[str, Any], src: str) -> Any:
     """The ``deploy`` setting (how the ONNX Runtime graph is built), checked now, kept as written."""
-    value = raw.get("deploy", "default")
+    value = raw.get("deploy", "measure")
     from .runtimes.variants import parse_deploy_setting  # torch-free module
 
     try:

@@ -52,3 +52,14 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(cache))
     monkeypatch.delenv("AUTOSQUEEZE_GLUE_DIR", raising=False)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def _no_study_deploy_variant_left_behind():
+    """A study that deploys in ONNX Runtime makes its measured graph variant the process's default
+    (search.deploy_choice); each test starts and ends with none set."""
+    from autosqueeze.runtimes.variants import set_active_variant
+
+    set_active_variant(None)
+    yield
+    set_active_variant(None)

@@ -16,13 +16,6 @@ from autosqueeze.search.deploy_choice import ATTR, study_variant
 from autosqueeze.study_config import load_study_config
 
 
-@pytest.fixture(autouse=True)
-def _no_process_variant():
-    before = V.set_active_variant(None)
-    yield
-    V.set_active_variant(before)
-
-
 def _study_file(tmp_path, **extra):
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"steps": [{"method": "quantize_dynamic"}]}))
     path = tmp_path / "study.yaml"
@@ -41,7 +34,7 @@ def test_a_bad_deploy_setting_is_refused_in_one_line(tmp_path, value):
 @pytest.mark.parametrize("value", [None, "default", "measure", "plain", "legacy", {"exporter": "dynamo"}])
 def test_deploy_settings_that_load(tmp_path, value):
     extra = {} if value is None else {"deploy": value}
-    assert load_study_config(_study_file(tmp_path, **extra)).deploy == ("default" if value is None else value)
+    assert load_study_config(_study_file(tmp_path, **extra)).deploy == ("measure" if value is None else value)
 
 
 def _sc(runtimes):

@@ -1,10 +1,10 @@
 """The study's ONNX Runtime graph: which export, fusions and int8 kernels its trials deploy with.
 
-A study file's ``deploy:`` setting (absent / ``default``, ``measure``, ``plain``, ``legacy`` or
+A study file's ``deploy:`` setting (absent / ``measure``, ``default``, ``plain``, ``legacy`` or
 a variant mapping, see :func:`autosqueeze.runtimes.variants.parse_deploy_setting`) is resolved
 once per study, when its first search process starts, and recorded in the study
 (``deploy_variant``: the variant, how it was chosen and, when measured, every candidate's
-paired speedup and prediction agreement) beside the machine's fingerprint. ``measure`` times the
+paired speedup and prediction agreement) beside the machine's fingerprint. ``measure`` (the default) times the
 candidates of :func:`~autosqueeze.runtimes.deploy_variants.candidate_variants` on the study's
 int8 teacher, paired with its fp32 PyTorch teacher on this machine, and keeps the fastest whose
 dev predictions match within the runtime's int8 noise. Every later process (a resume, another
@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 
 from ..recipe import Recipe, Step
-from ..runtimes.variants import DeployVariant, parse_deploy_setting, set_active_variant
+from ..runtimes.variants import DEFAULT_VARIANT, DeployVariant, parse_deploy_setting, set_active_variant
 
 log = logging.getLogger(__name__)
 ATTR = "deploy_variant"
@@ -43,7 +43,13 @@ def study_variant(study: optuna.Study, sc: Any, setting: Any) -> DeployVariant |
     else:
         chosen = parse_deploy_setting(setting)
         if chosen == "measure":
-            record = measure_variant(sc)
+            try:
+                record = measure_variant(sc)
+            except Exception as err:  # the graph still deploys: the built-in default, and the study says why
+                why = " ".join(str(err).split())[:300] or type(err).__name__
+                log.warning("could not measure the deploy variants (%s): the built-in default deploys", why)
+                record = {"how": f"default (measuring failed: {why})", "variant": DEFAULT_VARIANT.to_dict(),
+                          "label": DEFAULT_VARIANT.label}
         else:
             assert isinstance(chosen, DeployVariant)
             record = {"how": "default" if setting in (None, "default") else "study file",

@@ -6,6 +6,11 @@ teacher (0.2–0.7x measured on AVX2 CPUs), while it is 1.5–1.7x on CPUs with 
 (:func:`probe_machine`, from the fingerprint's CPU flags) is recorded with the study's
 fingerprint (``fingerprint.probe``) when the study is created, and the study drops such steps
 from its space before the first trial (:func:`drop_slow_steps`), saying so in one log line.
+The study's dynamic int8 references (the teacher's PyTorch and ONNX Runtime int8 copies, timed
+once per study, paired with the fp32 teacher) join the probe as ``int8_speedup``: where no runtime
+the study deploys with runs int8 faster than fp32, ``quantize_dynamic`` is dropped the same way;
+where only some do, a trial whose recipe quantizes is not offered the others
+(:func:`int8_not_faster`, read by ``search.space.suggest_runtime``).
 A study created before the probe existed records none and keeps its space as it was (its
 trials' parameters must keep their choices).
 """
@@ -18,7 +23,7 @@ from typing import Any
 from .space import SearchSpace, SpaceError, StepSpace
 
 log = logging.getLogger(__name__)
-__all__ = ["drop_slow_steps", "probe_machine", "slow_steps"]
+__all__ = ["drop_slow_steps", "int8_not_faster", "probe_machine", "slow_steps"]
 
 
 def probe_machine(device: str = "cpu", features: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -37,19 +42,38 @@ def _dtypes(step: StepSpace) -> list[Any]:
     return [step.fixed.get("dtype", "bf16")]
 
 
-def slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None) -> dict[str, str]:
-    """Step id -> why the probed machine cannot run it faster than the teacher (empty: none, or no probe)."""
-    if not probe or probe.get("device", "cpu") != "cpu" or probe.get("bf16_units") is not False:
+def int8_not_faster(probe: Mapping[str, Any] | None) -> dict[str, float]:
+    """Runtime -> its dynamic int8 reference's speedup over the fp32 teacher, for the runtimes where
+    that is not faster (< 1.0). From the study's references, recorded in the probe as ``int8_speedup``."""
+    speedups = (probe or {}).get("int8_speedup") or {}
+    return {str(r): float(x) for r, x in speedups.items() if x is not None and float(x) < 1.0}
+
+
+def slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None,
+               runtimes: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+    """Step id -> why the probed machine cannot run it faster than the teacher (empty: none, or no probe):
+    bf16 without bf16 units; dynamic int8 when no runtime of ``runtimes`` runs its int8 teacher faster."""
+    if not probe or probe.get("device", "cpu") != "cpu":
         return {}
-    return {s.id: "bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16) runs slower than fp32"
-            for s in space.steps if s.method == "cast_precision" and (d := _dtypes(s)) and all(x == "bf16" for x in d)}
+    out: dict[str, str] = {}
+    if probe.get("bf16_units") is False:
+        out.update({s.id: "bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16) runs slower than fp32"
+                    for s in space.steps
+                    if s.method == "cast_precision" and (d := _dtypes(s)) and all(x == "bf16" for x in d)})
+    slow8 = int8_not_faster(probe)
+    if runtimes and all(r in slow8 for r in runtimes):
+        why = ", ".join(f"{r} {slow8[r]:.2f}x" for r in runtimes)
+        out.update({s.id: f"dynamic int8 runs no faster than the fp32 teacher on this machine ({why})"
+                    for s in space.steps if s.method == "quantize_dynamic"})
+    return out
 
 
-def drop_slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None) -> SearchSpace:
+def drop_slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None,
+                    runtimes: tuple[str, ...] | list[str] = ()) -> SearchSpace:
     """``space`` less the steps the probed machine cannot run faster (one warning line says which and
     why). A step every trial needs (not optional, and not one of several choices) stays; a space left
     with nothing to try is a SpaceError."""
-    slow = slow_steps(space, probe)
+    slow = slow_steps(space, probe, runtimes)
     if not slow:
         return space
     groups = space.groups()

@@ -44,6 +44,8 @@ from ..recipe import Recipe, Step
 from ..runtimes import OnnxUnavailable, deployed_latency
 from ..runtimes.deployed import OrtDeployment
 from ..runtimes.predict import evaluate_in_runtime
+from ..runtimes.variants import PLAIN_VARIANT
+from ..runtimes.variants import RECIPE_KEY as VARIANT_KEY
 from ..tasks import compute_metrics
 from ..teacher import Teacher
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
@@ -81,6 +83,7 @@ class SearchContext:
     elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
     runtimes: tuple[str, ...] = ()  # those a trial may deploy with (empty: profile.runtime alone)
     deploy_variant: dict[str, Any] | None = None  # the study's ONNX Runtime graph (search.deploy_choice)
+    int8_slow: tuple[str, ...] = ()  # runtimes whose int8 reference is not faster than fp32 here (search.machine)
 
     @property
     def baseline_ms(self) -> float:
@@ -176,7 +179,8 @@ def measure_baseline(sc: SearchContext) -> None:
 
 def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
     """The teacher and its plain dynamic int8 copies — PyTorch's ``quantize_dynamic`` and ONNX
-    Runtime's (``ort_int8_baseline``, when onnxruntime is installed) — measured like a trial
+    Runtime's (``ort_int8_baseline``, when onnxruntime is installed; a plain export, as a user
+    deploys without autosqueeze, whatever graph the study's trials use) — measured like a trial
     (same dev data, same profile, paired with the fp32 PyTorch teacher): the points every
     compressed model should beat. Seconds; once per study."""
     assert sc.baseline is not None
@@ -186,7 +190,7 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
                                                   "metrics": teacher_metrics, "dev_examples": len(sc.data.dev)}}
     for name, runtime in (("int8_baseline", "torch"), ("ort_int8_baseline", "onnxruntime")):
         recipe = Recipe(steps=[Step("quantize_dynamic", {}, get_method("quantize_dynamic").version)],
-                        profile={"runtime": runtime})
+                        profile={"runtime": runtime, VARIANT_KEY: PLAIN_VARIANT.to_dict()})  # a plain export
         try:
             built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
             with OrtDeployment(built.model, float_model=built.float_model, recipe=recipe) as graph:  # one export
@@ -336,7 +340,8 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
         recipe = with_provenance(bind_elastic(space.suggest(trial), sc.elastic_key), sc)
         TrialRecord(methods=tuple(s.method for s in recipe.steps), recipe=recipe.to_dict()).write(trial)
         try:
-            recipe.profile["runtime"] = suggest_runtime(trial, recipe, sc.runtimes or (sc.profile.runtime,))
+            recipe.profile["runtime"] = suggest_runtime(trial, recipe, sc.runtimes or (sc.profile.runtime,),
+                                                        sc.int8_slow)
             if sc.deploy_variant is not None:  # the graph the study measured is the one apply deploys
                 recipe.profile["deploy_variant"] = dict(sc.deploy_variant)
             TrialRecord(runtime=recipe.profile["runtime"], recipe=recipe.to_dict()).write(trial)

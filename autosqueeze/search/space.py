@@ -50,6 +50,7 @@ import dataclasses
 import itertools
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -533,7 +534,8 @@ def _check_knobs(src: str, step: StepSpace) -> None:
 RUNTIME_PARAM = "runtime"
 
 
-def suggest_runtime(trial: optuna.Trial, recipe: Recipe, runtimes: tuple[str, ...] | list[str]) -> str:
+def suggest_runtime(trial: optuna.Trial, recipe: Recipe, runtimes: tuple[str, ...] | list[str],
+                    int8_slow: Collection[str] = ()) -> str:
     """The runtime a trial deploys its recipe with: an Optuna categorical over the study's
     ``runtimes`` that can run every step (:func:`autosqueeze.runtimes.offered_runtimes`).
 
@@ -541,11 +543,16 @@ def suggest_runtime(trial: optuna.Trial, recipe: Recipe, runtimes: tuple[str, ..
     parameter is ``runtime`` when every listed runtime is offered, and ``runtime.<a>+<b>`` for a
     smaller set; a single offered runtime is not suggested at all. None offered: a SpaceError
     that names the step each runtime refuses.
+    A recipe with a dynamic int8 step is not offered the runtimes in ``int8_slow`` (whose int8
+    reference runs no faster than the fp32 teacher here) while another runtime can run it.
     """
     from ..runtimes import offered_runtimes, step_refusal
 
     runtimes = tuple(runtimes)
     offered = offered_runtimes(recipe.steps, runtimes)
+    fast = [r for r in offered if r not in int8_slow]
+    if fast and len(fast) < len(offered) and any(s.method == "quantize_dynamic" for s in recipe.steps):
+        offered = fast
     if not offered:
         why = "; ".join(f"{r}: {reason}" for r in runtimes for s in recipe.steps
                         for reason in [step_refusal(s.method, s.params, r)] if reason)

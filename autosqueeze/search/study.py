@@ -33,7 +33,7 @@ from ..tasks import get_task
 from ..teacher import get_teacher, load_task_data
 from .deploy_choice import study_variant
 from .early_stop import EarlyStopSettings
-from .machine import drop_slow_steps, probe_machine
+from .machine import drop_slow_steps, int8_not_faster, probe_machine
 from .objective import SearchContext, make_objective, measure_baseline, reference_points, steps_key
 from .space import SearchSpace, load_space
 from .storage import (
@@ -207,6 +207,23 @@ def distinct_recipes(study: optuna.Study) -> int:
     return len(keys)
 
 
+def with_int8_speedups(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's machine probe (None for a study recorded before it existed) with the int8
+    references' speedups over the fp32 teacher (``int8_speedup``: runtime -> x), added to the
+    fingerprint once both are known."""
+    fingerprint = dict(study.user_attrs.get("fingerprint") or {})
+    probe = fingerprint.get("probe")
+    if not probe:
+        return None
+    if "int8_speedup" not in probe:
+        speedups = {ref.get("runtime", runtime): ref.get("speedup") for key, runtime in
+                    (("int8_baseline", "torch"), ("ort_int8_baseline", "onnxruntime"))
+                    for ref in [study.user_attrs.get(key)] if isinstance(ref, dict) and ref.get("speedup")}
+        probe = {**probe, "int8_speedup": speedups}
+        study.set_user_attr("fingerprint", {**fingerprint, "probe": probe})
+    return dict(probe)
+
+
 def _failure_reason(trial: optuna.trial.FrozenTrial) -> str:
     reason = TrialRecord.from_trial(trial).error or (trial.system_attrs.get("fail_reason") or "unknown").strip()
     return " ".join(str(reason).split())[:300]
@@ -259,7 +276,6 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     if "fingerprint" not in attrs:  # the machine that measures the latencies, once per study
         study.set_user_attr("fingerprint", {**hardware_fingerprint(sc.profile.threads, sc.profile.runtime),
                                             "probe": machine_probe or probe_machine(sc.profile.device)})
-    space = drop_slow_steps(space, (study.user_attrs.get("fingerprint") or {}).get("probe"))
     study_variant(study, sc, config.deploy)  # the ONNX Runtime graph: recorded once per study (measured if asked)
     use_study_reference(study, sc)  # before any timing of this process: the study's teacher latency
     known = attrs.get("teacher") or {}
@@ -272,6 +288,10 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
             study.set_user_attr("ort_int8_baseline", refs["ort_int8_baseline"])
         known = {"search_metric": refs["teacher"]["metric"], "search_metrics": refs["teacher"]["metrics"],
                  "dev_examples": refs["teacher"]["dev_examples"]}
+    probe = with_int8_speedups(study)  # the machine probe, with what the int8 references showed
+    runtimes = sc.runtimes or (sc.profile.runtime,)
+    space = drop_slow_steps(space, probe, runtimes)
+    sc.int8_slow = tuple(r for r in int8_not_faster(probe) if r in runtimes)
     assert sc.baseline is not None and sc.teacher_size is not None  # measured by the SearchContext above
     study.set_user_attr("teacher", {
         "metrics": sc.teacher.metrics, "latency_ms": sc.baseline_ms, "size": sc.teacher_size.to_dict(),
