@@ -22,6 +22,7 @@ from .analysis import (
     param_importances,
     references,
     runtime_references,
+    short_teacher_note,
     status_counts,
     teacher_metric,
     trivial_teacher_note,
@@ -68,8 +69,7 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
     budget = attrs.get("latency_budget_ms")
     rows = table.effectiveness_rows(front, records, t_metric, refs, official_metrics(attrs, metric_name), baselines)
     counts = status_counts(records)
-    trivial = trivial_teacher_note(refs, metric_name)
-    notes = [trivial] if trivial else []
+    notes = [n for n in (trivial_teacher_note(refs, metric_name), short_teacher_note(attrs)) if n]
     if not front:
         notes.append("no feasible completed trial yet: the front is empty (run `autosqueeze search`)"
                      if not any(r.feasible for r in records) else

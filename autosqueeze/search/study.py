@@ -207,6 +207,17 @@ def distinct_recipes(study: optuna.Study) -> int:
     return len(keys)
 
 
+def teacher_training(info: dict[str, Any]) -> dict[str, Any] | None:
+    """How much the teacher was fine-tuned here (steps, batch size, passes over its training
+    examples), from its ``teacher.json``; None for a folder used as it is (``teacher.path``)."""
+    settings = info.get("settings") or {}
+    steps, batch, n = settings.get("steps"), settings.get("batch_size"), info.get("num_train_examples")
+    if not steps or not batch or not n:
+        return None
+    return {"steps": int(steps), "batch_size": int(batch), "train_examples": int(n),
+            "passes": round(int(steps) * int(batch) / int(n), 4)}
+
+
 def with_int8_speedups(study: optuna.Study) -> dict[str, Any] | None:
     """The study's machine probe (None for a study recorded before it existed) with the int8
     references' speedups over the fp32 teacher (``int8_speedup``: runtime -> x), added to the
@@ -296,6 +307,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     study.set_user_attr("teacher", {
         "metrics": sc.teacher.metrics, "latency_ms": sc.baseline_ms, "size": sc.teacher_size.to_dict(),
         "path": str(sc.teacher.path), "weights_hash": sc.teacher.info.get("weights_hash"),
+        "training": teacher_training(sc.teacher.info),
         **{k: known.get(k) for k in ("search_metric", "search_metrics", "dev_examples")}})
     objective = make_objective(space.for_model(sc.teacher.model), sc)
     ran = 0
