@@ -197,12 +197,8 @@ class Runner:
     def run(self, row: dict[str, Any], struct: dict[str, Any]) -> dict[str, Any]:
         from autosqueeze.search.finalize import final_recipe
 
-        finalize = self.config.finalize
-        notes = []
-        if struct.get("hidden_keep", 1.0) != 1.0 and finalize.alpha_hidden > 0:
-            # distill matches hidden states only at equal widths: logits only, for sliced and alone alike
-            finalize = dataclasses.replace(finalize, alpha_hidden=0.0)
-            notes.append("final distillation on logits only (a narrower hidden width has no hidden-state target)")
+        finalize = self.config.finalize  # a narrower hidden width distills the teacher dimensions it kept
+        notes: list[str] = []
         rec: dict[str, Any] = {k: row[k] for k in ("id", "kind", "variant", "structure", "layer_set")}
         rec.update({"structure_params": struct, "final_steps": finalize.steps,
                     "final_alpha_hidden": finalize.alpha_hidden, "teacher_metric": self.teacher_metric})

@@ -44,15 +44,21 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
     return secs
 
 
-def budgets_from_front(study_file: Path) -> list[float]:
+def study_front(study_file: Path) -> tuple[list, dict]:
+    """The front as the report and export see it (the references and the floor in it), and the
+    study's attributes (teacher, references)."""
     import optuna
 
     from autosqueeze import load_study_config, pareto_front, trial_records
+    from autosqueeze.search.pareto import Baselines
 
     config = load_study_config(study_file)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)
-    front = pareto_front(trial_records(study))
+    return pareto_front(trial_records(study), Baselines.from_attrs(study.user_attrs)), dict(study.user_attrs)
+
+
+def budgets_from_front(front: list) -> list[float]:
     picks = [front[0], front[len(front) // 2]] if len(front) > 1 else front
     return [round(p.latency_ms * 1.02, 3) for p in picks]
 
@@ -100,7 +106,8 @@ def main() -> int:
     times = {"search": args.reuse_search or run([*cli, "search", str(study)], env, log),
              "report": run([*cli, "report", str(study)], env, log)}
     recipes = []
-    for i, budget in enumerate(budgets_from_front(study)):
+    front, attrs = study_front(study)
+    for i, budget in enumerate(budgets_from_front(front)):
         recipe, model = work / f"recipe_{i}.yaml", work / f"model_{i}"
         times[f"export {budget} ms"] = run([*cli, "export", str(study), "--latency-budget", str(budget),
                                             "-o", str(recipe)], env, log)
@@ -117,21 +124,40 @@ def main() -> int:
             "speedup_recorded": rec["speedup"], "speedup_reproduced": rep["speedup"],
             "size_bytes_recorded": rec["size"]["total_bytes"], "size_bytes_reproduced": rep["size"]["total_bytes"],
             "onnx_metric": manifest.get("onnx", {}).get("metric"),
+            "weights_file_bytes": (model / "model.safetensors").stat().st_size,
         })
-    (out / "check.json").write_text(json.dumps({"times_s": times, "recipes": recipes}, indent=2))
+    teacher = attrs.get("teacher") or {}
+    refs = {k: {"metric": (attrs.get(k) or {}).get("metric"), "speedup": (attrs.get(k) or {}).get("speedup")}
+            for k in ("int8_baseline", "ort_int8_baseline", "majority_baseline") if attrs.get(k)}
+    points = [{"trial": p.number, "methods": " + ".join(p.methods), "metric": p.metric, "speedup": p.speedup}
+              for p in front]
+    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+
+    (out / "check.json").write_text(json.dumps({
+        "times_s": times, "recipes": recipes, "teacher": {"metric": teacher.get("search_metric"),
+                                                          "training": teacher.get("training")},
+        "references": refs, "front": points, "fingerprint": hardware_fingerprint(2, "torch")}, indent=2))
     lines = ["# Quickstart, end to end", "", "`python studies/quickstart/check.py " + " ".join(sys.argv[1:]) + "`", "",
              "| command | wall s |", "|---|---|", *(f"| {k} | {v:.0f} |" for k, v in times.items()),
              f"| search + report | {times['search'] + times['report']:.0f} |", "",
              "| recipe | budget ms | trial | methods | metric recorded / reproduced / loaded back | latency ms "
-             "recorded (p10-p90) / reproduced | speedup recorded / reproduced | size equal |",
-             "|---|---|---|---|---|---|---|---|"]
+             "recorded (p10-p90) / reproduced | speedup recorded / reproduced | size equal | weights file / "
+             "reported size |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(recipes):
         lines.append(
             f"| recipe_{i} | {r['budget_ms']} | {r['trial']} | {r['methods']} | {r['metric_recorded']:.4f} / "
             f"{r['metric_reproduced']:.4f} / {r['metric_loaded_back']:.4f} | {r['latency_recorded_ms']:.2f} "
             f"({r['recorded_p10_p90_ms'][0]:.2f}-{r['recorded_p10_p90_ms'][1]:.2f}) / {r['latency_reproduced_ms']:.2f} "
             f"| {r['speedup_recorded']:.2f} / {r['speedup_reproduced']:.2f} | "
-            f"{r['size_bytes_recorded'] == r['size_bytes_reproduced']} |")
+            f"{r['size_bytes_recorded'] == r['size_bytes_reproduced']} | "
+            f"{r['weights_file_bytes'] / r['size_bytes_reproduced']:.3f} |")
+    lines += ["", f"Teacher: {100 * (teacher.get('search_metric') or 0):.2f} (training: {teacher.get('training')}); "
+              "references: " + ", ".join(f"{k} {100 * (v['metric'] or 0):.2f}"
+                                         + (f" at {v['speedup']:.2f}x" if v.get("speedup") else "")
+                                         for k, v in refs.items()), "",
+              "| front point (trial) | methods | metric | speedup |", "|---|---|---|---|",
+              *(f"| {p['trial']} | {p['methods']} | {100 * p['metric']:.2f} | {p['speedup']:.2f} |" for p in points)]
     (out / "check.md").write_text("\n".join(lines) + "\n")
     print((out / "check.md").read_text())
     return 0
