@@ -96,7 +96,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     raw = yaml.safe_load((HERE / "study.yaml").read_text())
-    raw["search_space"] = str((HERE / raw["search_space"]).resolve())
+    if (HERE / raw["search_space"]).is_file():  # a path beside the study file; else a built-in space's name
+        raw["search_space"] = str((HERE / raw["search_space"]).resolve())
     study = work / "study.yaml"
     study.write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "AUTOSQUEEZE_CACHE": str(Path(args.cache).resolve() if args.cache else work / "cache"),
