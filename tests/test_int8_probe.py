@@ -52,7 +52,8 @@ def test_a_quantizing_trial_is_offered_only_the_runtimes_whose_int8_is_faster():
     assert suggest_runtime(trial, quantized, both, int8_slow=both) == "torch"  # none faster: nothing to prefer
 
 
-def test_the_references_join_the_probe_once():
+def test_the_references_join_the_probe_once(monkeypatch):
+    monkeypatch.setenv("AUTOSQUEEZE_INT8_PROBE", "1")
     study = optuna.create_study(directions=["maximize", "minimize"])
     assert with_int8_speedups(study) is None  # a study recorded before the probe existed: nothing changes
     study.set_user_attr("fingerprint", {"cpu": {}, "probe": {"device": "cpu", "bf16_units": False}})
@@ -63,6 +64,11 @@ def test_the_references_join_the_probe_once():
     assert study.user_attrs["fingerprint"]["probe"]["int8_speedup"] == {"torch": 0.7, "onnxruntime": 1.8}
     study.set_user_attr("int8_baseline", {"runtime": "torch", "speedup": 2.0})  # recorded once: not re-read
     assert with_int8_speedups(study)["int8_speedup"]["torch"] == 0.7
+    fresh = optuna.create_study(directions=["maximize", "minimize"])  # switched off: nothing added
+    fresh.set_user_attr("fingerprint", {"probe": {"device": "cpu"}})
+    fresh.set_user_attr("int8_baseline", {"runtime": "torch", "speedup": 0.7})
+    monkeypatch.setenv("AUTOSQUEEZE_INT8_PROBE", "0")
+    assert with_int8_speedups(fresh) == {"device": "cpu"}
 
 
 @pytest.mark.slow
@@ -82,6 +88,7 @@ def test_a_search_on_a_machine_where_int8_is_slower_never_tries_it(tiny_model_di
                 refs[key]["speedup"] = 0.5
         return refs
 
+    monkeypatch.setenv("AUTOSQUEEZE_INT8_PROBE", "1")
     monkeypatch.setattr(study_mod, "reference_points", slower_int8)
     config = load_study_config(write_study(tmp_path, tiny_model_dir, trials=2))
     with caplog.at_level(logging.WARNING):

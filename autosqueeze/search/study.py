@@ -218,15 +218,20 @@ def teacher_training(info: dict[str, Any]) -> dict[str, Any] | None:
             "passes": round(int(steps) * int(batch) / int(n), 4)}
 
 
+INT8_PROBE_ENV = "AUTOSQUEEZE_INT8_PROBE"  # "0": a new study records no int8 speedups (its space stays as written)
+
+
 def with_int8_speedups(study: optuna.Study) -> dict[str, Any] | None:
     """The study's machine probe (None for a study recorded before it existed) with the int8
     references' speedups over the fp32 teacher (``int8_speedup``: runtime -> x), added to the
-    fingerprint once both are known."""
+    fingerprint once both are known. ``$AUTOSQUEEZE_INT8_PROBE=0`` leaves them out: the test
+    suite sets it, because a tiny model's int8 speedup sits near 1.0 and would make its spaces
+    depend on timing noise (``tests/test_int8_probe.py`` turns it back on)."""
     fingerprint = dict(study.user_attrs.get("fingerprint") or {})
     probe = fingerprint.get("probe")
     if not probe:
         return None
-    if "int8_speedup" not in probe:
+    if "int8_speedup" not in probe and os.environ.get(INT8_PROBE_ENV, "1") != "0":
         speedups = {ref.get("runtime", runtime): ref.get("speedup") for key, runtime in
                     (("int8_baseline", "torch"), ("ort_int8_baseline", "onnxruntime"))
                     for ref in [study.user_attrs.get(key)] if isinstance(ref, dict) and ref.get("speedup")}
