@@ -127,6 +127,7 @@ def _hidden_order(key: str) -> list[int] | None:
 
 
 def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Module:
+    order = None  # the teacher hidden dimension of each of the student's (None: the teacher's own order)
     if ctx.replay:
         d = ctx.decisions
         try:
@@ -137,7 +138,8 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
         if config.student or not ctx.probe:  # a structure-only probe (space validation) needs no weights
             _load_student(model, config.student)
         subnet = choose_subnet(model, config, ctx)
-        if subnet.hidden is not None and config.student and _hidden_order(config.student) is None:
+        order = _hidden_order(config.student) if config.student else None
+        if subnet.hidden is not None and config.student and order is None:
             raise MethodError(f"elastic: hidden_keep={config.hidden_keep}: student {config.student} was trained at "
                               f"the full hidden width only (its hidden dimensions are in no importance order): "
                               f"train it with elastic.min_hidden below 1.0, or keep hidden_keep at 1.0")
@@ -150,10 +152,8 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
     if subnet.hidden is not None:  # recorded only when narrower (older recipes have no key: the full width)
         ctx.decisions["hidden"] = subnet.hidden
     ctx.kept_layers = list(subnet.layers)  # teacher layer of each student layer, for distillation
-    if not ctx.replay and config.student:  # teacher hidden dimension of each kept one, for distillation
-        order = _hidden_order(config.student)
-        if order is not None:
-            ctx.kept_hidden = order[: subnet.hidden or len(order)]
+    if order is not None:  # teacher hidden dimension of each kept one, for distillation
+        ctx.kept_hidden = order[: subnet.hidden or len(order)]
     return model
 
 
