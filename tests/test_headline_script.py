@@ -31,5 +31,15 @@ def test_headline_script_on_a_tiny_study(tiny_model_dir, glue_dir, tmp_path, iso
     assert result["front"] and all(POINT_FIELDS <= set(p) for p in result["front"])
     assert all(p["fidelity"] == "final" and p["speedup_vs_ort_int8"] > 0 for p in result["front"])
     assert (tmp_path / "results" / f"{name}.md").read_text().startswith(f"# {name}:")
+    for p in result["front"]:  # each point against the limit its multiply-adds set
+        assert p["macs"] > 0 and p["mac_ratio"] >= 1.0  # a slice of the teacher never costs more
+        assert p["fraction_vs"] in {"fp32", "torch_int8", "ort_int8"}
+        assert p["fraction_of_mac_ratio"] == pytest.approx(p[f"speedup_vs_{p['fraction_vs']}"] / p["mac_ratio"])
+    assert result["targets"] == module.DEFAULT_TARGETS and len(result["target_lines"]) == 2
+    (tmp_path / "targets.yaml").write_text("within_1pt: 8\nwithin_3pt: 12\nwithin_1pt_vs_ort_int8: 3\n")
+    assert module.read_targets(study)["within_1pt_vs_ort_int8"] == 3.0
+    (tmp_path / "targets.yaml").write_text("within_2pt: 8\n")
+    with pytest.raises(SystemExit, match="within_1pt"):
+        module.read_targets(study)
     # resumable: a second run finds every stage done and rewrites the same trials
     assert module.main(["--data-dir", str(glue_dir), "--study", str(study), "--stage", "search"]) == 0
