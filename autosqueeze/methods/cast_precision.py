@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import PARTS, plain_linear, replace_module, unquantized_part_weights
+from .common import PARTS, checked_parts, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import Stage, register
 
@@ -46,10 +46,7 @@ class CastPrecisionConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        object.__setattr__(self, "parts", tuple(self.parts))
-        bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts or len(set(self.parts)) != len(self.parts):
-            raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
+        object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
 
 
 class CastLinear(nn.Linear):

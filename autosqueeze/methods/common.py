@@ -10,6 +10,15 @@ from .registry import MethodError
 PARTS = ("embeddings", "attention", "ffn", "classifier")
 
 
+def checked_parts(parts: tuple[str, ...] | list[str], allowed: tuple[str, ...] = PARTS) -> tuple[str, ...]:
+    """A method config's ``parts`` as a tuple: a non-empty subset of ``allowed`` without repeats
+    (ValueError otherwise, naming ``allowed``)."""
+    parts = tuple(parts)
+    if set(parts) - set(allowed) or not parts or len(set(parts)) != len(parts):
+        raise ValueError(f"parts must be a non-empty subset of {allowed} without repeats, got {list(parts)}")
+    return parts
+
+
 def is_quantized_module(module: nn.Module) -> bool:
     """True for torch.ao quantized modules (their weights are packed int8, not trainable) and for
     autosqueeze's own low-precision modules, which set ``autosqueeze_quantized = True``."""

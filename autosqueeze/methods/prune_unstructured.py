@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .common import replace_module, unquantized_part_weights
+from .common import checked_parts, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import Stage, register
 
@@ -63,10 +63,7 @@ class PruneUnstructuredConfig:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
-        object.__setattr__(self, "parts", tuple(self.parts))
-        bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts or len(set(self.parts)) != len(self.parts):
-            raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
+        object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
 
 
 class SparseLinear(nn.Linear):

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import distill
-from .common import has_quantized_layers, part_weights
+from .common import checked_parts, has_quantized_layers, part_weights
 from .context import MethodContext
 from .quantize_weights import fake_quantize
 from .registry import MethodError, Stage, register
@@ -65,10 +65,7 @@ class QATConfig(distill.DistillConfig):
             raise ValueError(f"group_size must be an even int >= 2 or null (per output row), got {gs!r}")
         if self.activations and self.target != "quantize_dynamic":
             raise ValueError("activations: true only matches target quantize_dynamic (weight-only keeps float inputs)")
-        object.__setattr__(self, "parts", tuple(self.parts))
-        bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts or len(set(self.parts)) != len(self.parts):
-            raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
+        object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
 
     def distill_config(self) -> distill.DistillConfig:
         names = [f.name for f in dataclasses.fields(distill.DistillConfig)]

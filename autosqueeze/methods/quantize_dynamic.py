@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import plain_linear, replace_module, unquantized_part_weights
+from .common import checked_parts, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -35,10 +35,7 @@ class QuantizeDynamicConfig:
     def __post_init__(self) -> None:
         if self.dtype != "qint8":
             raise ValueError(f"dtype must be 'qint8', got {self.dtype!r}")
-        object.__setattr__(self, "parts", tuple(self.parts))
-        bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts or len(set(self.parts)) != len(self.parts):
-            raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
+        object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
 
 
 def _target_names(model: nn.Module, config: QuantizeDynamicConfig, ctx: MethodContext) -> set[str]:

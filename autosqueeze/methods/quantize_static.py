@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..measure.latency import needs_real_inputs
-from .common import plain_linear, replace_module, unquantized_part_weights
+from .common import checked_parts, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -60,10 +60,7 @@ class QuantizeStaticConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sentences, bool) or not isinstance(self.sentences, int) or self.sentences < 1:
             raise ValueError(f"sentences must be an int >= 1, got {self.sentences!r}")
-        object.__setattr__(self, "parts", tuple(self.parts))
-        bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts or len(set(self.parts)) != len(self.parts):
-            raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
+        object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
         if not isinstance(self.per_channel, bool):
             raise ValueError(f"per_channel must be true or false, got {self.per_channel!r}")
         if self.activations not in ACTIVATIONS:

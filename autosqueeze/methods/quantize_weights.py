@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import PARTS, plain_linear, replace_module, unquantized_part_weights
+from .common import PARTS, checked_parts, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -47,10 +47,7 @@ class QuantizeWeightsConfig:
         gs = self.group_size
         if gs is not None and (isinstance(gs, bool) or not isinstance(gs, int) or gs < 2 or gs % 2):
             raise ValueError(f"group_size must be an even int >= 2 or null (per output row), got {gs!r}")
-        object.__setattr__(self, "parts", tuple(self.parts))
-        bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts or len(set(self.parts)) != len(self.parts):
-            raise ValueError(f"parts must be a non-empty subset of {PARTS} without repeats, got {list(self.parts)}")
+        object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
         if self.compute not in COMPUTE:
             raise ValueError(f"compute must be one of {tuple(COMPUTE)}, got {self.compute!r}")
 
