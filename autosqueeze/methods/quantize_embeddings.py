@@ -86,6 +86,7 @@ SPEC = register(
     QuantizeEmbeddingsConfig,
     apply,
     stage=Stage.QUANTIZE,
+    data_free=True,  # from the weights alone: the probe build is the final model
     family="quantization",
     summary="int8/int4 embedding tables with per-row scales, dequantized on lookup; buys size with embeddings",
 )

@@ -175,6 +175,7 @@ SPEC = register(
     QuantizeWeightsConfig,
     apply,
     stage=Stage.QUANTIZE,
+    data_free=True,  # from the weights alone: the probe build is the final model
     family="quantization",
     summary="weight-only int8/int4 (group-wise symmetric), dequantized on the fly; buys size, not speed",
 )

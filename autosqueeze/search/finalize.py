@@ -33,7 +33,12 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 def final_recipe(recipe: Recipe, settings: FinalizeSettings) -> Recipe:
     """The recipe trained at full fidelity: its ``distill`` step at ``settings.steps``, or a
     distillation step inserted after the structural steps (a recipe that changes no structure,
-    or trains with QAT, is returned unchanged)."""
+    or trains with QAT, is returned unchanged).
+
+    Only training changes: every other step (the slice, a pruned vocabulary, the precision, the
+    embedding tables, each with its params) stays as the search chose it, in its order, and so
+    does the profile (the trial's runtime and ONNX Runtime graph); :func:`search_choices` of the
+    result equals that of ``recipe`` (``run_finalize`` checks it)."""
     steps = list(recipe.steps)
     methods = [s.method for s in steps]
     params = {"steps": settings.steps, "lr": settings.lr, "temperature": settings.temperature,
@@ -53,12 +58,21 @@ def final_recipe(recipe: Recipe, settings: FinalizeSettings) -> Recipe:
                   notes=[*recipe.notes, f"final fidelity: distilled {settings.steps} steps from the teacher"])
 
 
+def search_choices(recipe: Recipe) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+    """What a search chose that is not training: the non-training steps (method, params) in order,
+    and the runtime. Finalization must leave it as it is."""
+    steps = [(s.method, dict(s.params)) for s in recipe.steps if not get_method(s.method).trains]
+    return steps, (recipe.profile or {}).get("runtime")
+
+
 def pick_candidates(records: list[TrialRecord], top_k: int) -> list[TrialRecord]:
     """The search-time front (one per recipe), thinned to ``top_k`` points spread over latency."""
     seen: set[str] = set()
     front = []
-    for r in pareto_front(records):
-        key = repr([(s.get("method"), s.get("params")) for s in (r.recipe or {}).get("steps", [])])
+    for r in pareto_front(records):  # the same steps deployed in another runtime are another point
+        recipe = r.recipe or {}
+        key = repr(([(s.get("method"), s.get("params")) for s in recipe.get("steps", [])],
+                    (recipe.get("profile") or {}).get("runtime")))
         if key not in seen:
             seen.add(key)
             front.append(r)
@@ -101,7 +115,11 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
         old = finals.get(str(record.number))
         if old and old.get("settings") == asdict(settings):
             continue
-        recipe = final_recipe(record.to_recipe(), settings)
+        searched = record.to_recipe()
+        recipe = final_recipe(searched, settings)
+        if search_choices(recipe) != search_choices(searched):  # a finalized point is the search's, trained
+            raise RuntimeError(f"finalize changed trial {record.number}'s non-training steps or runtime: "
+                               f"{search_choices(searched)} became {search_choices(recipe)}")
         log.info("finalizing trial %d (%d/%d)", record.number, k + 1, len(candidates))
         keep: dict[str, Any] = {}
         result = evaluate_recipe(recipe, sc, keep=keep)

@@ -182,9 +182,15 @@ class SearchSpace:
         return dataclasses.replace(self, steps=tuple(steps), order=_decision_order(str(self.path), steps))
 
     def for_runtime(self, runtime: str) -> SearchSpace:
-        """This space less the steps whose method only deploys in another runtime (e.g.
-        ``quantize_static`` in a torch study); references to them are dropped too."""
-        return self.without({s.id for s in self.steps if get_method(s.method).runtime not in (None, runtime)})
+        """This space less the steps that cannot deploy in ``runtime`` whatever their knobs say: a
+        method that only deploys in another runtime (``quantize_static`` in a torch study, from the
+        registry) or a step every choice of whose params ``runtime`` refuses (bf16 ``cast_precision``
+        in an onnxruntime study; :func:`autosqueeze.runtimes.step_refusal`); references to them are
+        dropped too. A step with some deployable choices stays (the trial's runtime check refuses the rest)."""
+        from ..runtimes import step_refusal
+
+        return self.without({s.id for s in self.steps
+                             if all(step_refusal(s.method, params, runtime) for params in param_choices(s))})
 
     def resolve(self, sizes: dict[str, int]) -> SearchSpace:
         """Relative knobs (``of:``) in absolute units for a model of ``sizes`` (see :func:`model_sizes`)."""
@@ -285,6 +291,16 @@ class SearchSpace:
 
     def step(self, sid: str) -> StepSpace:
         return next(s for s in self.steps if s.id == sid)
+
+
+def param_choices(step: StepSpace, limit: int = 64) -> list[dict[str, Any]]:
+    """The params a step may take as far as its categorical knobs go: its fixed params with every
+    combination of their choices (numeric ranges at their low end; at most ``limit``). What a
+    runtime or a machine refuses is named by such choices (a dtype, a kernel), not by a range."""
+    names = [k for k, d in step.dists.items() if d.type == "categorical"]
+    ranged = {k: d.extremes()[0] for k, d in step.dists.items() if d.type != "categorical"}
+    combos = itertools.product(*(step.dists[k].extremes() for k in names))
+    return [{**step.fixed_params(), **ranged, **dict(zip(names, values))} for values in itertools.islice(combos, limit)]
 
 
 def model_sizes(model: Any) -> dict[str, int]:
