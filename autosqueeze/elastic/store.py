@@ -7,6 +7,10 @@ The key hashes the settings that shape the student (``ElasticSettings.key_dict``
 hidden width (``min_hidden`` below the full width) reorders the hidden dimensions and samples
 narrower widths, so such a student never shares a key with one trained before hidden width
 was elastic (``min_hidden: 1.0`` is that student, and keeps its key).
+A student trained with ``exits`` also has ``exits.safetensors``: its exit heads
+(``heads.<i>.dense`` / ``heads.<i>.out``, the head after layer ``i``, in the student's hidden
+order), kept apart so ``model.safetensors`` stays the teacher's architecture;
+:func:`student_exit_state` reads them and ``elastic.json``'s ``exits`` says how many.
 The folder is written atomically. Trials load the weights through :func:`student_state`,
 which keeps the last few in memory.
 """
@@ -28,10 +32,11 @@ from torch import nn
 from ..atomic import atomic_dir
 from ..data import TaskData
 from ..teacher import cache_root
-from .train import ElasticSettings, resolve_steps, train_elastic
+from .train import EXITS_ATTR, ElasticSettings, resolve_steps, train_elastic
 
 log = logging.getLogger(__name__)
 WEIGHTS = "model.safetensors"
+EXITS = "exits.safetensors"  # the exit heads of a student trained with ``exits``
 INFO = "elastic.json"
 KEY_RE = re.compile(r"^[a-z0-9_-]+-[0-9a-f]{12}$")
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -78,10 +83,15 @@ def get_elastic_student(teacher: nn.Module, teacher_hash: str, data: TaskData, s
     log.info("no cached elastic student %s: training it (%d sandwich steps)", key,
              resolve_steps(settings, len(data.train), data.batch_size))
     student, info = train_elastic(teacher, data, settings, progress)
+    heads = getattr(student, EXITS_ATTR, None)
+    if heads is not None:
+        delattr(student, EXITS_ATTR)  # saved apart: the student itself keeps the teacher's architecture
     info = {"key": key, "teacher_weights_hash": teacher_hash, "task": data.task.name,
             "data": data_settings(data, train_subset), "settings": settings.to_dict(), **info}
     with atomic_dir(path) as tmp:
         save_model(student, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if heads is not None:
+            save_model(nn.ModuleDict({"heads": heads}), str(tmp / EXITS), metadata={"format": "pt"})
         (tmp / INFO).write_text(json.dumps(info, indent=2))
     return ElasticStudent(key, path, info)
 
@@ -101,6 +111,22 @@ def student_state(key: str, root: Path | None = None) -> dict[str, torch.Tensor]
             f"elastic student {key} is not in this machine's cache ({path.parent}): run the search that made the "
             f"recipe here (it trains the student once), or copy that folder from the machine that ran it")
     return _load(str(path), path.stat().st_mtime_ns)
+
+
+def student_exit_state(key: str, root: Path | None = None) -> dict[str, torch.Tensor] | None:
+    """The exit heads of a student trained with ``exits`` (a shared, read-only state dict with keys
+    ``heads.<layer>.dense.weight`` ...), or None for a student without them."""
+    path = student_dir(key, root) / EXITS
+    if not path.is_file():
+        return None
+    return _load_exits(str(path), path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=2)
+def _load_exits(path: str, mtime_ns: int) -> dict[str, torch.Tensor]:  # apart: small, never evicts a student
+    from safetensors.torch import load_file
+
+    return load_file(path)
 
 
 def student_hidden_order(key: str, root: Path | None = None) -> list[int] | None:

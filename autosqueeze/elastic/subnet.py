@@ -21,6 +21,10 @@ Two ways to run one:
 - :func:`slice_subnet` (trials, deployment): real, smaller matrices cut with the same code
   ``prune_structured`` uses, plus ``drop_layers``' layer removal. The sliced model and the
   activated full model compute the same function (tested).
+
+A student trained with exit heads (``ElasticSettings.exits``) has one head per layer;
+:func:`slice_exit_heads` picks a sub-network's (its kept layers but the last) and cuts their
+input to its hidden width, as its classifier's is cut.
 """
 from __future__ import annotations
 
@@ -351,3 +355,20 @@ def slice_subnet(model: nn.Module, adapter: ArchAdapter, subnet: Subnet) -> nn.M
         adapter.keep_hidden(model, list(range(subnet.hidden)))
     set_config_widths(model, adapter)
     return model
+
+
+def slice_exit_heads(exit_state: dict[str, torch.Tensor], subnet: Subnet) -> list[dict[str, torch.Tensor]]:
+    """The student's exit heads for ``subnet`` (``exit_state``: ``heads.<layer>.dense.weight`` ... as the
+    store keeps them): the head of each kept layer but the last, in order, its dense's input columns
+    cut to the sub-network's hidden width (the first ``hidden`` ones, as the classifier's are). Views of
+    ``exit_state``: copy before changing."""
+    out = []
+    for layer in subnet.layers[:-1]:
+        prefix = f"heads.{layer}."
+        head = {k[len(prefix):]: v for k, v in exit_state.items() if k.startswith(prefix)}
+        if not head:
+            raise ValueError(f"the student has no exit head after layer {layer}")
+        if subnet.hidden is not None:
+            head["dense.weight"] = head["dense.weight"][:, : subnet.hidden]
+        out.append(head)
+    return out

@@ -23,6 +23,21 @@ training above):
   ``layer_set``).
 - ``epochs``: the budget in passes over the training data instead of ``steps`` (not both),
   turned into steps from the training-set size and batch size (:func:`resolve_steps`).
+- ``exits`` / ``exit_weight``: exit heads (early exit) trained with the sub-networks. The
+  student gets one head per layer but the last (``heads[i]`` after layer ``i``, each first a
+  copy of the reordered classifier head: dense -> activation -> output on the first token), and
+  every sampled sub-network's intermediate exits -- after each of its kept layers but its last,
+  the head of that layer -- are distilled from the teacher's logits (soft, at ``temperature``)
+  beside its own classifier: exit ``j`` of ``n`` kept layers weighted ``exit_weight * j / n``
+  (early_exit's joint training weights exit ``j`` by ``j``; here scaled so the last layer's
+  classifier keeps weight 1 and the loss of a student without exits is unchanged). The
+  gradients reach the backbone too, as in joint training: lower layers learn to be classified
+  from. A narrower sub-network's heads read the first ``k`` hidden dimensions (their dense's
+  first ``k`` input columns, what slicing keeps). Cost: one small head per intermediate kept
+  layer on the first token only (the layers' hidden states are needed anyway when
+  ``alpha_hidden`` > 0). Classification only. The heads are stored beside the student
+  (``store.py``) and sliced with each sub-network by the ``elastic`` step for the recipe's
+  ``early_exit`` step with ``training: elastic`` (no training per trial).
 
 The teacher runs once per step under ``torch.no_grad()``; its soft targets (probabilities,
 masked hidden states) are computed once per step and shared by every sub-network.
@@ -44,8 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import ArchAdapter, get_adapter
 from ..data import Batch, TaskData
+from ..errors import ConfigError
 from ..methods.context import MethodContext
 from ..train import _lr_lambda, seed_everything
 from .reorder import hidden_importance, importance_scores, reorder, reorder_hidden
@@ -62,6 +78,7 @@ from .subnet import (
 )
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
+EXITS_ATTR = "autosqueeze_elastic_exits"  # the exit heads' child module on a student trained with ``exits``
 Timer = Callable[[str], contextlib.AbstractContextManager[Any]]
 log = logging.getLogger(__name__)
 
@@ -71,7 +88,8 @@ LAYER_CHOICES = ("even", "first", "mixed")
 # settings added after the first students were cached: left out of the cache key at their default
 # so a student trained before they existed keeps its key (and is reused, not retrained)
 _KEY_OPTIONAL = {"epochs": None, "inplace_distill": False, "inplace_weight": 0.5, "inplace_hidden": False,
-                 "schedule": "sandwich", "width_phase": 0.5, "layer_choice": "even", "min_hidden": 1.0}
+                 "schedule": "sandwich", "width_phase": 0.5, "layer_choice": "even", "min_hidden": 1.0,
+                 "exits": False, "exit_weight": 1.0}
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,8 @@ class ElasticSettings:
     schedule: str = "sandwich"  # or "progressive": full depth only for the first width_phase of the steps
     width_phase: float = 0.5  # fraction of the steps that shrink width only (schedule: progressive)
     layer_choice: str = "even"  # layers a shallow sub-network keeps: even | first | mixed
+    exits: bool = False  # train exit heads after every layer with the sub-networks (early_exit training: elastic)
+    exit_weight: float = 1.0  # weight of the exits' distillation (exit j of n kept layers: exit_weight * j / n)
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:
@@ -128,7 +148,10 @@ class ElasticSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ValueError(f"elastic.{name} must be a number in [0, 1], got {value!r}")
-        for name in ("bf16", "inplace_distill", "inplace_hidden"):
+        if isinstance(self.exit_weight, bool) or not isinstance(self.exit_weight, (int, float)) or \
+                not math.isfinite(self.exit_weight) or not self.exit_weight > 0:
+            raise ValueError(f"elastic.exit_weight must be a number > 0, got {self.exit_weight!r}")
+        for name in ("bf16", "inplace_distill", "inplace_hidden", "exits"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"elastic.{name} must be true or false, got {getattr(self, name)!r}")
         if self.schedule not in SCHEDULES:
@@ -149,6 +172,8 @@ class ElasticSettings:
             d.pop("inplace_weight"), d.pop("inplace_hidden")
         if self.schedule != "progressive":
             d.pop("width_phase")
+        if not self.exits:
+            d.pop("exit_weight")
         if self.min_hidden == 1.0:  # hidden width not elastic: no hidden reordering, the student of before
             d.pop("hidden_step")
         if d["steps"] is None and d["epochs"] is None:
@@ -247,6 +272,19 @@ def distill_loss(out: Any, subnet: Subnet, teacher: Targets, settings: ElasticSe
     return loss
 
 
+def exits_loss(heads: nn.ModuleList, hidden: tuple[torch.Tensor, ...], subnet: Subnet, targets: Targets,
+               settings: ElasticSettings) -> torch.Tensor:
+    """The sub-network's intermediate exits distilled from ``targets``' logits: the head of each kept
+    layer but the last on that layer's output (``hidden[j + 1]``), exit ``j`` (1-based) of ``n``
+    weighted ``exit_weight * j / n``."""
+    n = len(subnet.layers)
+    total = hidden[0].new_zeros((), dtype=torch.float32)
+    for j, layer in enumerate(subnet.layers[:-1]):
+        logits = heads[layer].prefix_forward(hidden[j + 1]).float()
+        total = total + (j + 1) / n * logits_loss(logits, targets, settings)
+    return settings.exit_weight * total
+
+
 def subnet_loss(student: nn.Module, subnet: Subnet, inputs: Batch, t_logits: torch.Tensor,
                 t_hidden: tuple[torch.Tensor, ...] | None, settings: ElasticSettings) -> torch.Tensor:
     """Distillation loss of one sub-network from the teacher (model already activated as ``subnet``)."""
@@ -277,6 +315,27 @@ def step_subnets(space: SubnetSpace, settings: ElasticSettings, rng: random.Rand
                         else rng.choice(("even", "first"))) for s in subnets]
 
 
+def check_exits_task(data: TaskData) -> None:
+    if data.task.is_regression or data.task.num_labels < 2:
+        raise ConfigError(f"elastic.exits: exit heads need a classification task ({data.task.name} is a "
+                          f"regression); set exits: false")
+
+
+def add_exit_heads(student: nn.Module, adapter: ArchAdapter, data: TaskData) -> nn.ModuleList:
+    """The student's exit heads (``exits``): one per layer but the last, copies of its (reordered)
+    classifier head, registered as the child ``EXITS_ATTR`` so they train with it (the store saves
+    them apart from the student's own weights)."""
+    from ..methods.early_exit import new_exit_heads
+
+    check_exits_task(data)
+    depth = len(adapter.layers(student))
+    if depth < 2:
+        raise ConfigError(f"elastic.exits: a {depth}-layer model has no layer to exit after; set exits: false")
+    heads = nn.ModuleList(new_exit_heads(student, adapter, depth - 1))
+    student.add_module(EXITS_ATTR, heads)
+    return heads
+
+
 def _no_timer(name: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
@@ -289,6 +348,8 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
     ``data``, ``teacher``, ``forward.<sub-network>``, ``backward.<sub-network>`` (``largest``,
     ``smallest``, ``random1``, ...), ``optimizer``."""
     t0 = time.perf_counter()
+    if settings.exits:  # before the minutes of importance scoring
+        check_exits_task(data)
     seed_everything(settings.seed)
     timer = timer or _no_timer
     total = resolve_steps(settings, len(data.train), data.batch_size)
@@ -307,12 +368,14 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
         orders["hidden"] = [reorder_hidden(student, adapter, hidden_importance(student, ctx,
                                                                                settings.importance_batches))]
     rng = random.Random(settings.seed)
+    heads = add_exit_heads(student, adapter, data) if settings.exits else None  # after the reordering
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=settings.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(0.06 * total)))
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if settings.bf16 else contextlib.nullcontext
-    want_hidden = settings.alpha_hidden > 0
+    want_hidden = settings.alpha_hidden > 0  # the teacher's hidden states (targets)
+    student_hidden = want_hidden or heads is not None  # the student's (its exits read each kept layer's)
     names = ["largest", "smallest"] + [f"random{i + 1}" for i in range(settings.random_subnets)]
     ema = {"largest": math.nan, "smallest": math.nan}
     student.train()
@@ -331,8 +394,10 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
             largest: Targets | None = None
             for i, subnet in enumerate(subnets):
                 with timer(f"forward.{names[i]}"), activate(student, adapter, subnet), autocast():
-                    out = student(**inputs, output_hidden_states=want_hidden)
+                    out = student(**inputs, output_hidden_states=student_hidden)
                     loss = distill_loss(out, subnet, t_targets, settings, largest)
+                    if heads is not None:
+                        loss = loss + exits_loss(heads, out.hidden_states, subnet, t_targets, settings)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"elastic training: loss became {loss.item()} at step {step}")
                 with timer(f"backward.{names[i]}"):
@@ -352,4 +417,6 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
     student.eval()
     info = {"orders": orders, "space": asdict(space), "loss": ema, "train_s": time.perf_counter() - t0,
             "steps": total, "epochs": total * data.batch_size / max(1, len(data.train))}
+    if heads is not None:
+        info["exits"] = {"heads": len(heads), "activation": heads[0].activation}
     return student, info

@@ -39,6 +39,7 @@ class MethodContext:
     What travels between the steps of one recipe is typed here: ``kept_layers`` (which
     teacher layer each current layer came from, set by the methods that drop layers and read
     by distillation), ``kept_hidden`` (which teacher hidden dimension each current one is),
+``exit_heads`` (the elastic student's exit heads for the sliced sub-network, for early_exit),
     ``teacher_outputs`` (cached teacher forwards) and ``should_stop`` (the
     trial's early stopper). A training method passes :meth:`training_callbacks` to
     ``train_loop``, so the post-step hooks and the stopper see every training run alike.
@@ -63,6 +64,9 @@ class MethodContext:
     # teacher hidden dimension of each current hidden dimension, set by the methods that reorder or cut
     # the hidden width (elastic) and read by hidden-state distillation (None: the teacher's own order)
     kept_hidden: list[int] | None = None
+    # the elastic student's trained exit heads (state dicts, one per current layer but the last), sliced
+    # with the sub-network by the elastic step and installed by early_exit's ``training: elastic``
+    exit_heads: list[dict[str, torch.Tensor]] | None = None
     teacher_outputs: TeacherOutputCache = field(default_factory=TeacherOutputCache)
     # vocabulary methods (prune_vocab): every training example's input ids once, as the model sees them
     # (without it they scan ``batches``), and the tokenizer whose special token ids they keep

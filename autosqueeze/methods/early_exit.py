@@ -14,8 +14,18 @@ classifier. ``training`` says how the exits learn (``steps``, ``lr``):
   alone when there is no teacher) + (1 − ``alpha_distill``) × cross-entropy on the gold
   labels. The lower layers learn to be classified from, which is what makes exits pay.
   Post-step hooks (pruning masks, the trial's early stopper) see the whole model.
+- ``elastic`` (no training): the heads the elastic student trained along with its
+  sub-networks (study file ``elastic: {exits: true}``; ``autosqueeze.elastic``), sliced by the
+  recipe's ``elastic`` step with the sub-network (its kept layers, its hidden width) and handed
+  over in ``ctx.exit_heads``; ``steps``, ``lr``, ``alpha_distill`` and ``temperature`` play no
+  part (``steps`` reads 0). A step between ``elastic`` and ``early_exit`` that changes the
+  depth or the hidden width is refused (the heads' count and shapes no longer fit); one that
+  trains the backbone (finalize's ``distill``) leaves the heads as the student trained them.
+  Only ``rule``, ``threshold`` and ``patience`` are then per-trial choices: an elastic search
+  tries exit rules and thresholds at no training cost. On a one-layer sub-network (no layer to
+  exit after) the step leaves the model as it is.
 
-Both honour the trial's early stopper and post-step hooks, which see the whole model
+``frozen`` and ``joint`` honour the trial's early stopper and post-step hooks, which see the whole model
 (``ctx.training_callbacks``). ``lr`` defaults to 5e-4 (frozen: heads only) or 1e-4 (joint).
 At inference a batch leaves at layer i when
 
@@ -67,7 +77,7 @@ from .distill import TeacherOutputs
 from .registry import MethodError, Stage, register
 
 RULES = ("entropy", "patience")
-TRAINING = ("frozen", "joint")
+TRAINING = ("frozen", "joint", "elastic")
 ATTR = "autosqueeze_exit"  # the EarlyExit child module on the task model
 _ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu}
 # Classifier head of each family: (dense, output, activation), paths relative to the task
@@ -89,7 +99,7 @@ class EarlyExitConfig:
     patience: int = 2  # rule patience: unchanged predictions over this many consecutive heads
     steps: int = 200  # training steps (heads only, or backbone and heads: ``training``)
     lr: float | None = None  # None: 5e-4 frozen, 1e-4 joint
-    training: str = "frozen"  # frozen | joint
+    training: str = "frozen"  # frozen | joint | elastic (the elastic student's heads, no training)
     alpha_distill: float = 0.5  # joint: weight of distillation from the teacher vs gold labels
     temperature: float = 2.0  # joint: distillation temperature
 
@@ -110,6 +120,8 @@ class EarlyExitConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.training == "elastic":  # the heads come trained with the elastic student: nothing to train
+            object.__setattr__(self, "steps", 0)
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (1e-4 if self.training == "joint" else 5e-4)
@@ -124,6 +136,13 @@ class ExitHead(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.out(_ACTIVATIONS[self.activation](self.dense(hidden_states[:, 0])))
+
+    def prefix_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The head on hidden states of a narrower width ``k`` (an elastic sub-network's, in training):
+        the first ``k`` input columns of ``dense``, as slicing the head to that width keeps."""
+        k = hidden_states.shape[-1]
+        x = F.linear(hidden_states[:, 0], self.dense.weight[:, :k], self.dense.bias)
+        return self.out(_ACTIVATIONS[self.activation](x))
 
 
 class EarlyExit(nn.Module):
@@ -252,17 +271,44 @@ def reset_exit_stats(model: nn.Module) -> None:
 
 
 # --- apply ----------------------------------------------------------------------------
+def new_exit_heads(model: nn.Module, adapter: ArchAdapter, count: int) -> list[ExitHead]:
+    """``count`` exit heads, each a copy of the model's own classifier head (its current weights)."""
+    dense, out, act = _head_parts(model, adapter)
+    if not (isinstance(dense, nn.Linear) and isinstance(out, nn.Linear)):
+        raise MethodError("early_exit: the classifier head must be float nn.Linear layers (put quantization last)")
+    return [ExitHead(_copy_linear(dense), _copy_linear(out), act) for _ in range(count)]
+
+
 def _build(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> EarlyExit:
     adapter = ctx.adapter
     depth = len(adapter.layers(model))
     if depth < 2:
         raise MethodError(f"early_exit needs at least 2 encoder layers, the model has {depth}")
-    dense, out, act = _head_parts(model, adapter)
-    if not (isinstance(dense, nn.Linear) and isinstance(out, nn.Linear)):
-        raise MethodError("early_exit: the classifier head must be float nn.Linear layers (put quantization last)")
-    num_labels = out.out_features
-    heads = [ExitHead(_copy_linear(dense), _copy_linear(out), act) for _ in range(depth - 1)]
-    return EarlyExit(heads, config, num_labels)
+    heads = new_exit_heads(model, adapter, depth - 1)
+    if config.training == "elastic" and not ctx.replay:  # replay: the saved weights fill the heads in
+        _load_elastic_heads(heads, ctx)
+    return EarlyExit(heads, config, heads[0].out.out_features)
+
+
+def _load_elastic_heads(heads: list[ExitHead], ctx: MethodContext) -> None:
+    """The elastic student's trained heads (sliced by the ``elastic`` step) into ``heads``."""
+    given = ctx.exit_heads
+    if given is None:
+        if ctx.probe:  # structure only (space validation has no student): untrained copies, exits disabled
+            return
+        raise MethodError("early_exit training: elastic takes the exit heads of the elastic student, and this "
+                          "recipe's elastic step handed over none: put early_exit right after an elastic step whose "
+                          "student was trained with elastic.exits: true")
+    if len(given) != len(heads):
+        raise MethodError(f"early_exit training: elastic: the elastic step handed over {len(given)} exit head(s) "
+                          f"for a {len(heads) + 1}-layer model (a step between them changed the depth?)")
+    for head, state in zip(heads, given):
+        try:
+            head.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MethodError(f"early_exit training: elastic: the student's exit heads do not fit this model (a step "
+                              f"between elastic and early_exit changed the hidden width?): {first}") from None
 
 
 def _copy_linear(lin: nn.Linear) -> nn.Linear:
@@ -352,6 +398,8 @@ def apply(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> nn.M
         raise MethodError("early_exit: the model already has exit heads")
     if getattr(model.config, "is_decoder", False):
         raise MethodError("early_exit: decoder (causal) models are not supported")
+    if config.training == "elastic" and len(ctx.adapter.layers(model)) < 2:
+        return model  # a one-layer sub-network has no layer to exit after: exactly the model (a search may pick it)
     ee = _build(model, config, ctx)
     model.add_module(ATTR, ee)
     ee.enabled = not ctx.probe

@@ -20,8 +20,16 @@ follows; the attention's inner width (heads x head size) is independent of it. B
 ELECTRA (embeddings not projected), DistilBERT, MPNet and DeBERTa-v2/v3 (shared relative
 embeddings); other families and layouts refuse ``hidden_keep`` below the full width in one line.
 
+Exits: a student trained with exit heads (study file ``elastic: {exits: true}``) has one per
+layer; this step slices the sub-network's (the head of each kept layer but the last, its input
+cut to ``hidden_keep``) and hands them to a following ``early_exit`` step with
+``training: elastic`` (``ctx.exit_heads``), which installs them with its ``rule`` /
+``threshold`` / ``patience``: exits at no training per trial. Without that step the heads are
+not used and the model is exactly as without them.
+
 Replay (loading a saved model) redoes the structure from the recorded decisions without the
-student. A search fills ``student`` in; a recipe without it cannot be applied.
+student (the exit heads' weights are in the saved folder). A search fills ``student`` in; a
+recipe without it cannot be applied.
 """
 from __future__ import annotations
 
@@ -31,7 +39,15 @@ from typing import Any
 from torch import nn
 
 from ..arch import get_adapter
-from ..elastic.subnet import LAYER_SETS, Subnet, per_layer, pick_layers, resolve_count, slice_subnet
+from ..elastic.subnet import (
+    LAYER_SETS,
+    Subnet,
+    per_layer,
+    pick_layers,
+    resolve_count,
+    slice_exit_heads,
+    slice_subnet,
+)
 from .context import MethodContext
 from .registry import MethodError, Stage, register
 
@@ -120,6 +136,19 @@ def _load_student(model: nn.Module, key: str) -> None:
                           f"architecture, and is elastic the recipe's first step?): {first}") from None
 
 
+def _exit_heads(key: str, subnet: Subnet) -> list[dict[str, Any]] | None:
+    """The student's exit heads for ``subnet`` (None: it was trained without them)."""
+    from ..elastic.store import student_exit_state
+
+    state = student_exit_state(key)
+    if state is None:
+        return None
+    try:
+        return slice_exit_heads(state, subnet)
+    except ValueError as err:
+        raise MethodError(f"elastic: student {key}: {err}") from None
+
+
 def _hidden_order(key: str) -> list[int] | None:
     from ..elastic.store import student_hidden_order
 
@@ -154,6 +183,8 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
     ctx.kept_layers = list(subnet.layers)  # teacher layer of each student layer, for distillation
     if order is not None:  # teacher hidden dimension of each kept one, for distillation
         ctx.kept_hidden = order[: subnet.hidden or len(order)]
+    if not ctx.replay and config.student:  # for early_exit training: elastic (None: a student without exits)
+        ctx.exit_heads = _exit_heads(config.student, subnet)
     return model
 
 
