@@ -36,8 +36,8 @@ _EXPORTS: dict[str, str] = {
     "load_classifier": "models", "load_tokenizer": "models", "weights_hash": "models",
     "base_model_hash": "models",
     "get_task": "tasks", "resolve_data_dir": "tasks",
-    "TaskData": "data", "Teacher": "teacher", "get_teacher": "teacher", "load_task_data": "teacher",
-    "TrainSettings": "train",
+    "TaskData": "data", "Teacher": "teacher", "get_teacher": "teacher", "load_task_data": "data",
+    "TrainSettings": "train", "progress_printer": "train",
     # measurement
     "HardwareProfile": "measure", "LatencySettings": "measure", "LatencyStats": "measure",
     "SizeReport": "measure", "measure_latency": "measure", "model_size": "measure",
@@ -60,8 +60,8 @@ __all__ = [  # the same names as _EXPORTS, plus load and __version__ (tests/test
     "builtin_space_names", "evaluate", "export_recipe", "get_method", "get_task", "get_teacher", "load_classifier",
     "load_compressed", "load_recipe", "load_space", "load_study_config", "load_task_data", "load_tokenizer",
     "measure_latency", "method_names", "model_size", "open_study", "open_study_for_reading", "paired_latency",
-    "pareto_front", "rebuild", "register", "replay", "resolve_data_dir", "resolve_space", "run_search",
-    "timing_against_teacher", "trial_records", "weights_hash", "write_report",
+    "pareto_front", "progress_printer", "rebuild", "register", "replay", "resolve_data_dir", "resolve_space",
+    "run_search", "timing_against_teacher", "trial_records", "weights_hash", "write_report",
 ]
 
 
@@ -90,7 +90,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .artifact import load_compressed
     from .builder import Built, build, replay
     from .builtin_spaces import builtin_space_names, resolve_space
-    from .data import TaskData
+    from .data import TaskData, load_task_data
     from .errors import ConfigError, UserError
     from .measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, measure_latency, model_size
     from .measure.metrics import evaluate
@@ -107,5 +107,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .search.trial_record import TrialRecord, trial_records
     from .study_config import StudyConfig, load_study_config
     from .tasks import get_task, resolve_data_dir
-    from .teacher import Teacher, get_teacher, load_task_data
-    from .train import TrainSettings
+    from .teacher import Teacher, get_teacher
+    from .train import TrainSettings, progress_printer

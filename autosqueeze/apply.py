@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from .arch import get_adapter
 from .artifact import CorruptModelError, read_manifest, save_compressed
 from .atomic import clean_leftovers, temp_beside
 from .builder import build
+from .data import load_task_data
 from .elastic.store import ensure_for_recipe
 from .errors import ModelFolderError, UserError
 from .measure import HardwareProfile, LatencySettings, model_size
@@ -43,12 +44,11 @@ from .recipe import Recipe, RecipeError, load_recipe
 from .runtimes.variants import RECIPE_KEY as VARIANT_KEY
 from .runtimes.variants import variant_of_recipe
 from .tasks import TaskSpec, get_task
-from .teacher import Teacher, _read_info, cached_teacher_path, get_teacher, load_task_data, load_teacher
-from .train import TrainSettings
+from .teacher import Teacher, cached_teacher_path, get_teacher, load_teacher, read_teacher_info
+from .train import Progress, TrainSettings
 from .typecheck import type_problems
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 class BaseModelMismatch(UserError, RuntimeError):
@@ -117,7 +117,7 @@ def check_teacher_task(recipe: Recipe, teacher_dir: str | None, where: str | Pat
     folder = Path(teacher_dir) if teacher_dir else cached_teacher_path(recipe.teacher.get("weights_hash"))
     if folder is None or not (folder / "teacher.json").is_file():
         return
-    info = _read_info(folder)
+    info = read_teacher_info(folder)
     task = info.get("task")
     if isinstance(task, str) and task != get_task(recipe.task).name:
         raise RecipeError(f"{where}: the recipe is for task {recipe.task!r} but its teacher {folder} was fine-tuned on "

@@ -19,7 +19,6 @@ quantization steps, which were redone at load; such folders still load.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from torch import nn
 from .atomic import atomic_dir
 from .builder import Built, quantize_start, replay, replay_context
 from .errors import UserError
+from .hashing import file_sha256
 from .measure.latency import needs_real_inputs
 from .models import quiet_transformers
 from .recipe import Recipe, RecipeError
@@ -46,14 +46,6 @@ FORMAT = 2  # the manifest's "format": 2 stores the quantized tensors; 1 (no key
 
 class CorruptModelError(UserError, RuntimeError):
     """A saved model folder is incomplete or does not match its manifest."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_plain_loading(folder: Path, built: Built, recipe: Recipe) -> dict[str, Any]:

@@ -29,14 +29,19 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host still runs (another user's counts; a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed child not yet reaped is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _owner_pid(leftover: Path, out: Path, kind: str) -> int | None:
@@ -66,7 +71,7 @@ def clean_leftovers(out: Path) -> list[Path]:
     for kind in ("old", "tmp"):  # the old copy first: it may have to go back into place
         for leftover in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
             pid = _owner_pid(leftover, out, kind)
-            if pid is None or pid == os.getpid() or _pid_alive(pid):
+            if pid is None or pid == os.getpid() or pid_alive(pid):
                 continue
             if kind == "old" and not out.exists() and not out.is_symlink():
                 os.replace(leftover, out)

@@ -3,14 +3,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .tasks import Example, TaskSpec
+from .tasks import Example, TaskSpec, load_split, subset
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, torch.Tensor]  # tokenizer output (+ "labels"): what a model is called with
+
+
+class SplitSettings(Protocol):
+    """What :func:`load_task_data` reads of the training settings (``train.TrainSettings`` has it)."""
+
+    @property
+    def train_subset(self) -> int | None: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def max_seq_len(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
 
 
 @dataclass
@@ -58,3 +71,12 @@ class TaskData:
         examples = self.dev if examples is None else examples
         for i in range(0, len(examples), batch_size):
             yield self.encode(examples[i: i + batch_size])
+
+
+def load_task_data(task: TaskSpec, tokenizer: Any, data_dir: str | None, settings: SplitSettings,
+                   dev_subset: int | None = None, with_train: bool = True) -> tuple[TaskData, dict[str, list]]:
+    """Train (subset) and dev examples as TaskData, plus extra dev splits (MNLI mismatched)."""
+    train = subset(load_split(task, "train", data_dir), settings.train_subset, settings.seed) if with_train else []
+    dev = subset(load_split(task, task.dev_splits[0], data_dir), dev_subset, 0)
+    extra = {s.replace("dev_", ""): subset(load_split(task, s, data_dir), dev_subset, 0) for s in task.dev_splits[1:]}
+    return TaskData(task, tokenizer, train, dev, settings.max_seq_len, settings.batch_size), extra

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import ModelFolderError
+from .hashing import update_with_file
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +344,5 @@ def base_model_hash(name: str) -> str | None:
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
+        update_with_file(h, f)
     return h.hexdigest()[:16]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,18 +163,6 @@ def write_yaml_atomic(data: Any, path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise OutputError(f"{path} is a folder: give the recipe file to write, e.g. {path / 'recipe.yaml'}")
     return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("autosqueeze", "torch", "transformers", "optuna"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def apply_recipe(

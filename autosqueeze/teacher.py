@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ import torch
 from torch import nn
 
 from .atomic import atomic_dir
-from .data import TaskData
+from .data import load_task_data
 from .errors import ModelFolderError
+from .hashing import file_sha256
 from .measure.latency import fixed_threads
 from .measure.metrics import evaluate
 from .models import (
@@ -41,13 +41,12 @@ from .models import (
     resolve_model,
     weights_hash,
 )
-from .tasks import TaskSpec, get_task, load_split, subset
+from .tasks import TaskSpec, get_task
 from .tasks.loaders import split_path
 from .tasks.specs import head_label_problem
-from .train import TrainSettings, finetune
+from .train import Progress, TrainSettings, finetune
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 def cache_root() -> Path:
@@ -65,11 +64,7 @@ def train_data_id(task: TaskSpec, data_dir: str | None) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is read again
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def teacher_key(model: str, task: TaskSpec, settings: TrainSettings, data_id: str | None = None) -> str:
@@ -89,15 +84,6 @@ class Teacher:
     metrics: dict[str, float]
     path: Path
     info: dict[str, Any]
-
-
-def load_task_data(task: TaskSpec, tokenizer: Any, data_dir: str | None, settings: TrainSettings,
-                   dev_subset: int | None = None, with_train: bool = True) -> tuple[TaskData, dict[str, list]]:
-    """Train (subset) and dev examples as TaskData, plus extra dev splits (MNLI mismatched)."""
-    train = subset(load_split(task, "train", data_dir), settings.train_subset, settings.seed) if with_train else []
-    dev = subset(load_split(task, task.dev_splits[0], data_dir), dev_subset, 0)
-    extra = {s.replace("dev_", ""): subset(load_split(task, s, data_dir), dev_subset, 0) for s in task.dev_splits[1:]}
-    return TaskData(task, tokenizer, train, dev, settings.max_seq_len, settings.batch_size), extra
 
 
 def train_teacher(model_name: str, task: TaskSpec | str, data_dir: str | None, settings: TrainSettings,
@@ -140,7 +126,7 @@ def load_teacher(path: str | Path) -> Teacher:
                    json.loads((path / "teacher.json").read_text()))
 
 
-def _read_info(path: Path) -> dict[str, Any]:
+def read_teacher_info(path: Path) -> dict[str, Any]:
     """A teacher folder's ``teacher.json`` (an unreadable one says so, and is not reused)."""
     try:
         info = json.loads((path / "teacher.json").read_text(encoding="utf-8"))
@@ -156,7 +142,7 @@ def cached_teacher_path(weights_hash: str | None, root: Path | None = None) -> P
     if not weights_hash or not teachers.is_dir():
         return None
     for info_file in sorted(teachers.glob("*/teacher.json")):
-        if _read_info(info_file.parent).get("weights_hash") == weights_hash:
+        if read_teacher_info(info_file.parent).get("weights_hash") == weights_hash:
             return info_file.parent
     return None
 
@@ -176,7 +162,7 @@ def get_teacher(model_name: str, task: TaskSpec | str, data_dir: str | None, set
         log.info("using cached teacher %s", path)
         return load_teacher(path)
     legacy = teachers / teacher_key(model_name, task, settings)  # cached before the data was part of the key
-    if (legacy / "teacher.json").is_file() and "data" not in _read_info(legacy):
+    if (legacy / "teacher.json").is_file() and "data" not in read_teacher_info(legacy):
         log.warning("using teacher %s, cached by an older autosqueeze that did not record its training data; "
                     "delete it if %s changed since", legacy, data_dir or "the hub's data")
         return load_teacher(legacy)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -11,11 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import Batch
 from .typecheck import seed_problem
 
 log = logging.getLogger(__name__)
-Batch = dict[str, torch.Tensor]
+# a training run's progress: (what, steps done, steps in all, running stats), called after each step
 Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+def progress_printer(every_s: float = 30.0) -> Progress:
+    """A :data:`Progress` that prints one line (what, steps done of all, the running stats) at most
+    every ``every_s`` seconds and at each run's last step: for scripts without a progress bar."""
+    last = {"t": 0.0}
+
+    def report(what: str, done: int, total: int, stats: dict[str, float]) -> None:
+        if time.time() - last["t"] > every_s or done == total:
+            last["t"] = time.time()
+            print(f"  {what} {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in stats.items()), flush=True)
+
+    return report
 
 
 @dataclass(frozen=True)

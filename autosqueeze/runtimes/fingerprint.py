@@ -46,6 +46,7 @@ def cpu_has_bf16(features: list[str] | tuple[str, ...] | None = None) -> bool | 
 
 
 def library_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Python's version and each of ``packages``' installed version (one not installed is left out)."""
     out = {"python": platform.python_version()}
     for pkg in packages:
         try:

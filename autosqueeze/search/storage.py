@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ..atomic import pid_alive
 from ..errors import ConfigError, StorageError
 from .trial_record import TrialRecord
 
@@ -236,20 +237,6 @@ def open_study_for_reading(storage: str, name: str, study_file: str | Path | Non
                                 f"{study_file if study_file is not None else '<study file>'}` first") from None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet reaped is a zombie: dead for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose worker process on this host has ended; returns their numbers."""
     host, me = socket.gethostname(), os.getpid()
@@ -257,7 +244,7 @@ def fail_dead_local_trials(study: optuna.Study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = TrialRecord.from_trial(t).worker or {}
         pid = worker.get("pid")
-        if worker.get("host") != host or not isinstance(pid, int) or pid == me or _pid_alive(pid):
+        if worker.get("host") != host or not isinstance(pid, int) or pid == me or pid_alive(pid):
             continue
         try:
             study._storage.set_trial_system_attr(

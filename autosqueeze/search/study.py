@@ -14,7 +14,6 @@ import os
 import socket
 import warnings
 import zlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,15 +21,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from ..data import load_task_data
 from ..errors import TrialsKeepFailing
 from ..measure.latency import HardwareProfile, fixed_threads
 from ..measure.metrics import majority_reference
 from ..models import DEFAULT_MODEL
-from ..recipe import library_versions
-from ..runtimes.fingerprint import hardware_fingerprint
+from ..runtimes.fingerprint import hardware_fingerprint, library_versions
 from ..study_config import ConfigError, StudyConfig, check_machine, check_name
 from ..tasks import get_task
-from ..teacher import get_teacher, load_task_data
+from ..teacher import get_teacher
+from ..train import Progress
 from .deploy_choice import study_variant
 from .early_stop import EarlyStopSettings
 from .machine import drop_slow_steps, int8_not_faster, probe_machine
@@ -49,7 +49,7 @@ from .trial_record import TrialRecord
 from .validate import validate_for_model
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int, dict[str, float]], None]
+STUDY_PACKAGES = ("autosqueeze", "torch", "transformers", "optuna")  # the study's recorded versions
 DONE_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # complete, over budget, stopped early: not failures
 MAX_FAILURES_IN_A_ROW = 5
@@ -133,7 +133,7 @@ def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
         "data": {"recovery": config.recovery.to_dict(), "dev_subset": config.eval.dev_subset,
                  "eval_batch_size": config.eval.batch_size, "train_threads": train_threads,
                  "latency": asdict(config.latency)},
-        "profile": profile.to_dict(), "versions": library_versions(),
+        "profile": profile.to_dict(), "versions": library_versions(STUDY_PACKAGES),
     }
     sc = SearchContext(teacher=teacher, data=data, extra_dev=extra, profile=profile, main_metric=task.main_metric,
                        provenance=provenance, budget_ms=budget_ms,

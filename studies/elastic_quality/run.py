@@ -145,17 +145,6 @@ def alone_recipe(struct: dict[str, Any], finalize: Any) -> tuple[Any, str]:
 
 
 # --- running -------------------------------------------------------------------------------
-def progress_printer():
-    last = {"t": 0.0}
-
-    def report(what: str, done: int, total: int, stats: dict[str, float]) -> None:
-        if time.time() - last["t"] > 30 or done == total:
-            last["t"] = time.time()
-            print(f"  {what} {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in stats.items()), flush=True)
-
-    return report
-
-
 class Runner:
     def __init__(self, config: Any, data_dir: str | None, out: Path) -> None:
         from autosqueeze.runtimes.fingerprint import hardware_fingerprint
@@ -170,6 +159,7 @@ class Runner:
 
     def student(self, overrides: dict[str, Any]) -> Any:
         """The elastic student of the study's settings with ``overrides`` (cached on disk; trained once)."""
+        from autosqueeze import progress_printer
         from autosqueeze.elastic import get_elastic_student
         from autosqueeze.measure.latency import fixed_threads
 

@@ -23,23 +23,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("headline")
-
-
-def _progress() -> Callable[[str, int, int, dict[str, float]], None]:
-    last = {"t": 0.0}
-
-    def report(what: str, done: int, total: int, stats: dict[str, float]) -> None:
-        if time.time() - last["t"] > 30 or done == total:
-            last["t"] = time.time()
-            print(f"  {what} {done}/{total} " + " ".join(f"{k}={v:.4f}" for k, v in stats.items()), flush=True)
-
-    return report
 
 
 def trial_line(study: Any, trial: Any) -> None:
@@ -50,16 +38,18 @@ def trial_line(study: Any, trial: Any) -> None:
 
 
 def stage_search(config: Any, data_dir: str) -> None:
+    from autosqueeze import progress_printer
     from autosqueeze.search.study import run_search
 
-    summary = run_search(config, data_dir, progress=_progress(), callbacks=[trial_line])
+    summary = run_search(config, data_dir, progress=progress_printer(), callbacks=[trial_line])
     print(f"search: {summary.done} finished trials (target {summary.target}), {summary.ran} run now")
 
 
 def stage_finalize(config: Any, data_dir: str, work: Path) -> None:
+    from autosqueeze import progress_printer
     from autosqueeze.search.finalize import run_finalize
 
-    summary = run_finalize(config, data_dir, progress=_progress(), save_dir=work / "final")
+    summary = run_finalize(config, data_dir, progress=progress_printer(), save_dir=work / "final")
     print(f"finalize: {summary['finalized']} candidates, Kendall tau {summary['kendall_tau']}")
 
 
