@@ -224,14 +224,31 @@ def write_exit_study(folder, model, trials: int = 3):
 
 
 def test_an_elastic_study_picks_exit_thresholds_and_apply_and_load_reproduce_them(
-        tiny_model_dir, glue_dir, tmp_path, isolated_cache):
+        tiny_model_dir, glue_dir, tmp_path, isolated_cache, monkeypatch):
+    import autosqueeze.methods.early_exit as early_exit
     from autosqueeze.data import load_task_data
     from autosqueeze.measure.metrics import evaluate_deployed
     from autosqueeze.tasks import get_task
 
+    seen = []  # every input an exit model ran on in the search (timing and evaluation): one dev sentence each
+    forward = early_exit._early_exit_forward
+
+    def spy(self, input_ids=None, attention_mask=None, **kwargs):
+        seen.append(tuple(input_ids[0][attention_mask[0].bool()].tolist()) if input_ids.shape[0] == 1 else None)
+        return forward(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    monkeypatch.setattr(early_exit, "_early_exit_forward", spy)
     study_file = write_exit_study(tmp_path, tiny_model_dir)
     data = ["--data-dir", str(glue_dir)]
     assert main(["search", str(study_file), *data]) == 0
+    settings = SimpleNamespace(train_subset=None, seed=0, max_seq_len=16, batch_size=4)
+    from transformers import AutoTokenizer
+
+    task_data, extra = load_task_data(get_task("sst2"), AutoTokenizer.from_pretrained(tiny_model_dir), str(glue_dir),
+                                      settings, with_train=False)
+    sentences = {tuple(b["input_ids"][0][b["attention_mask"][0].bool()].tolist())
+                 for b in task_data.eval_batches(batch_size=1)}
+    assert len(seen) > len(sentences) and set(seen) <= sentences  # timed and evaluated at batch 1 on real sentences
     students = list((isolated_cache / "elastic").iterdir())
     assert len(students) == 1 and (students[0] / EXITS).is_file()
     study = optuna.load_study(study_name="ex", storage=f"sqlite:///{tmp_path / 'ex.db'}")
@@ -255,11 +272,6 @@ def test_an_elastic_study_picks_exit_thresholds_and_apply_and_load_reproduce_the
     assert manifest["onnx"]["file"] is None and "early exit" in manifest["onnx"]["reason"]
     model = autosqueeze.load(out)
     assert needs_real_inputs(model)
-    settings = SimpleNamespace(train_subset=None, seed=0, max_seq_len=16, batch_size=4)
-    from transformers import AutoTokenizer
-
-    task_data, extra = load_task_data(get_task("sst2"), AutoTokenizer.from_pretrained(tiny_model_dir), str(glue_dir),
-                                      settings, with_train=False)
     metrics, stats = evaluate_deployed(model, task_data, extra, 64, 1)
     assert metrics[get_task("sst2").main_metric] == recorded
     assert stats == chosen.user_attrs["exit_stats"]
