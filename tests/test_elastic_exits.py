@@ -85,6 +85,41 @@ def test_a_subnetworks_exits_are_its_kept_layers_heads_weighted_by_depth():
     assert student.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0  # into the backbone
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "distilbert", "mpnet", "deberta-v2"])
+def test_a_sliced_exit_equals_the_trained_one_on_the_activated_subnetwork_in_every_family(arch):
+    """What training computes (head on the activated sub-network's layer output, first k hidden columns)
+    is what the sliced model's early-exit forward computes (layer by layer, sliced head)."""
+    from autosqueeze.elastic import slice_subnet
+    from autosqueeze.elastic.reorder import reorder, reorder_hidden
+    from autosqueeze.elastic.subnet import slice_exit_heads
+    from autosqueeze.elastic.train import add_exit_heads
+    from autosqueeze.methods import MethodContext
+    from autosqueeze.methods.early_exit import EarlyExitConfig
+
+    student = tiny.tiny_model(arch, layers=3)
+    adapter = get_adapter(student)
+    g = torch.Generator().manual_seed(1)
+    reorder_hidden(student, adapter, torch.rand(32, generator=g))  # as a student is: hidden, heads, neurons ordered
+    reorder(student, adapter, [torch.rand(4, generator=g) for _ in range(3)], [torch.rand(64, generator=g)
+                                                                              for _ in range(3)])
+    heads = add_exit_heads(student, adapter, _fake_data())  # copies of the reordered classifier
+    delattr(student, EXITS_ATTR)
+    with torch.no_grad():
+        for p in heads.parameters():  # heads unlike the classifier they were copied from, and unlike each other
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    state = {f"heads.{k}": v for k, v in heads.state_dict().items()}
+    subnet = Subnet((0, 2), (2, 2), (32, 32), hidden=24)
+    b = batch(batch_size=1, seed=4)
+    full = copy.deepcopy(student)
+    with torch.inference_mode(), elastic_mode(full, adapter), activate(full, adapter, subnet):
+        want = heads[0].prefix_forward(full(**_inputs(b), output_hidden_states=True).hidden_states[1])
+    sliced = slice_subnet(copy.deepcopy(student), get_adapter(student), subnet)
+    ctx = MethodContext(adapter=get_adapter(sliced), exit_heads=slice_exit_heads(state, subnet))
+    model = get_method("early_exit").apply(sliced, EarlyExitConfig(training="elastic", threshold=1.0), ctx)
+    assert torch.allclose(logits(model, b), want, atol=1e-5)
+    assert model.autosqueeze_exit_stats()["histogram"] == [1, 0]
+
+
 def test_settings_and_cache_keys():
     data = {"batch_size": 4}
     assert "exits" not in ElasticSettings().key_dict()  # students cached before exits existed keep their keys
