@@ -237,6 +237,25 @@ def test_saved_and_loaded_back_with_its_exits_and_onnx_refuses_in_one_line(stude
     assert step_refusal("early_exit", recipe.steps[1].params, "onnxruntime")  # never offered ONNX in a search
 
 
+@pytest.mark.parametrize("step", [Step("quantize_weights", {"bits": 4, "group_size": 8}),
+                                  Step("cast_precision", {"dtype": "bf16", "parts": ["attention", "ffn"]}),
+                                  Step("quantize_embeddings", {"bits": 4})])
+def test_exits_compose_with_the_joint_spaces_no_training_steps(students, monkeypatch, tmp_path, step):
+    from autosqueeze.artifact import save_compressed
+
+    monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(students.root))
+    teacher = students.teacher
+    recipe = _recipe(students.key, {"threshold": 0.9})
+    recipe.steps.append(step)
+    built = build(recipe, teacher, tiny.context(teacher))
+    loaded = autosqueeze.load(save_compressed(built, recipe, None, teacher.config, tmp_path / "m", {"recorded": {}}))
+    assert needs_real_inputs(built.model) and needs_real_inputs(loaded)
+    for seed in range(4):
+        b = batch(batch_size=1, seed=seed)
+        assert torch.allclose(logits(loaded, b), logits(built.model, b), atol=1e-5)
+    assert loaded.autosqueeze_exit_stats()["histogram"] == built.model.autosqueeze_exit_stats()["histogram"]
+
+
 def write_exit_study(folder, model, trials: int = 3):
     """An elastic study whose trials pick the sub-network's widths and the exit rule and threshold."""
     (folder / "space.yaml").write_text(yaml.safe_dump({"steps": [
