@@ -181,3 +181,30 @@ def test_builtin_elastic_spaces_ship_in_the_package(name):
     assert '"autosqueeze.search_spaces": "search_spaces"' in (root / "setup.py").read_text()
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert data["autosqueeze.search_spaces"] == ["*.yaml"] and (root / "search_spaces" / f"{name}.yaml").is_file()
+
+
+def test_the_registry_names_the_units_a_step_computes_with(tmp_path):
+    """bf16 compute is the registry's knowledge (``MethodSpec.units``), so weight-only bf16 compute is
+    refused by ONNX Runtime and dropped on a CPU without bf16 units like a bf16 cast, with no name check."""
+    from autosqueeze.runtimes import offered_runtimes
+
+    assert get_method("cast_precision").units({"dtype": "bf16"}) == ("bf16",)
+    assert get_method("cast_precision").units({"dtype": "fp16"}) == ()
+    assert get_method("quantize_weights").units({"compute": "bf16", "bits": 4}) == ("bf16",)
+    assert get_method("quantize_weights").units({"bits": 4}) == ()
+    assert get_method("quantize_dynamic").units({}) == ()
+    assert get_method("cast_precision").units({"dtype": "int3"}) == ()  # no config: the config check says why
+    assert offered_runtimes([Step("quantize_weights", {"compute": "bf16"})], BOTH) == ["torch"]
+    assert offered_runtimes([Step("quantize_weights", {"compute": "fp32"})], BOTH) == list(BOTH)
+    assert get_method("quantize_static").runtime_refusal({}, "torch") == "quantize_static deploys only with onnxruntime"
+    (tmp_path / "s.yaml").write_text(
+        "steps:\n"
+        "  - {method: quantize_weights, id: w_bf16, choice: q, params: {compute: bf16}}\n"
+        "  - {method: quantize_weights, id: w_any, choice: q, params: {compute: {type: categorical, "
+        "choices: [fp32, bf16]}}}\n"
+        "  - {method: quantize_dynamic, choice: q}\n")
+    space = load_space(tmp_path / "s.yaml")
+    no_units = {"device": "cpu", "bf16_units": False}
+    assert [s.id for s in drop_slow_steps(space, no_units).steps] == ["w_any", "quantize_dynamic"]
+    assert [s.id for s in space.for_runtime("onnxruntime").steps] == ["w_any", "quantize_dynamic"]
+    assert drop_slow_steps(space, {"device": "cpu", "bf16_units": None}) is space  # unknown: kept

@@ -121,4 +121,5 @@ SPEC = register(
     data_free=True,
     family="quantization",
     summary="bf16 / fp16 weights by part (embeddings, attention, FFN, classifier), fp32 in between",
+    units_of=lambda config: ("bf16",) if config.dtype == "bf16" else (),
 )

@@ -178,4 +178,5 @@ SPEC = register(
     data_free=True,  # from the weights alone: the probe build is the final model
     family="quantization",
     summary="weight-only int8/int4 (group-wise symmetric), dequantized on the fly; buys size, not speed",
+    units_of=lambda config: ("bf16",) if config.compute == "bf16" else (),
 )

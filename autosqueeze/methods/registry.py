@@ -39,6 +39,11 @@ class MethodError(UserError, ValueError):
 ApplyFn = Callable[[nn.Module, Any, MethodContext], nn.Module]
 # (model, config) -> why the config cannot be applied to the model (None: it can), from its shapes alone
 ShapeCheck = Callable[[nn.Module, Any], str | None]
+# config -> the machine units it computes with, beyond what every CPU has ("bf16": bf16 matmul units)
+UnitsOf = Callable[[Any], tuple[str, ...]]
+UNIT_REFUSALS = {  # unit -> (runtime, why that runtime cannot deploy a step computing with it)
+    "bf16": ("onnxruntime", "ONNX Runtime's CPU provider has no bf16 MatMul kernel"),
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,30 @@ class MethodSpec:
     # a cheap model-aware check that search-space validation runs instead of applying the method
     # (None: validation applies it to a small stand-in of the model)
     check_shapes: ShapeCheck | None = None
+    # the units a config computes with (None: none beyond plain fp32 / int8): the machine probe drops a
+    # step whose every choice needs a unit the CPU lacks, and a runtime without kernels for it is not offered
+    units_of: UnitsOf | None = None
+
+    def units(self, params: dict[str, Any] | None) -> tuple[str, ...]:
+        """The machine units a step with ``params`` computes with (``("bf16",)``; () for none, or for
+        params that make no valid config: the config check says why elsewhere)."""
+        if self.units_of is None:
+            return ()
+        try:
+            return tuple(self.units_of(self.make_config(params)))
+        except MethodError:
+            return ()
+
+    def runtime_refusal(self, params: dict[str, Any] | None, runtime: str) -> str | None:
+        """Why a step with ``params`` cannot deploy in ``runtime``, from the registry alone: the method's
+        own runtime, or a unit it computes with that the runtime has no kernel for (None: it may)."""
+        if self.runtime is not None and self.runtime != runtime:
+            return f"{self.name} deploys only with {self.runtime}"
+        for unit in self.units(params):
+            refused, why = UNIT_REFUSALS.get(unit, ("", ""))
+            if refused == runtime:
+                return why
+        return None
 
     def make_config(self, params: dict[str, Any] | None) -> Any:
         """Build and validate the method's Config from a plain dict (recipe or search)."""
@@ -91,13 +120,14 @@ def register(
     family: str = "",
     summary: str = "",
     check_shapes: ShapeCheck | None = None,
+    units_of: UnitsOf | None = None,
 ) -> MethodSpec:
     if name in _REGISTRY:
         raise MethodError(f"method {name!r} is already registered")
     if not dataclasses.is_dataclass(config_cls):
         raise MethodError(f"method {name!r}: config must be a dataclass")
     spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, runtime, family, summary,
-                      check_shapes)
+                      check_shapes, units_of)
     _REGISTRY[name] = spec
     return spec
 

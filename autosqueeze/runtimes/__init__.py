@@ -95,20 +95,19 @@ def ort_runner(model: nn.Module, profile: HardwareProfile, *, float_model: nn.Mo
 def step_refusal(method: str, params: dict[str, Any], runtime: str) -> str | None:
     """Why a recipe step cannot deploy in ``runtime``, known from the step alone (None: it may).
 
-    The method's own runtime (``MethodSpec.runtime``: quantize_static is ONNX Runtime only),
-    and for ONNX Runtime the structures no graph expresses (see
+    The registry's answer first (``MethodSpec.runtime_refusal``: the method's own runtime, as
+    quantize_static is ONNX Runtime only, and the units its params compute with, as bf16 has no
+    ONNX Runtime kernel), then for ONNX Runtime the structures no graph expresses (see
     :func:`autosqueeze.runtimes.onnx_export.unsupported_reason`, which checks the built model).
     """
     from ..methods import get_method
 
-    need = get_method(method).runtime
-    if need is not None and need != runtime:
-        return f"{method} deploys only with {need}"
+    why = get_method(method).runtime_refusal(params, runtime)
+    if why is not None:
+        return why
     if runtime == "onnxruntime":
         if method == "early_exit":
             return "early exit decides its depth per batch: an ONNX graph would freeze one path"
-        if method == "cast_precision" and params.get("dtype", "bf16") == "bf16":
-            return "ONNX Runtime's CPU provider has no bf16 MatMul kernel"
         if method == "prune_unstructured" and params.get("kernel") == "csr":
             return "CSR sparse kernels have no ONNX operator"
     return None

@@ -1,9 +1,10 @@
 """What this machine cannot run faster, probed once per study, and the steps a space drops for it.
 
 A step whose kernels this machine lacks spends trials on points that cannot win: bf16
-(``cast_precision`` with ``dtype: bf16``) on a CPU without bf16 units runs slower than the fp32
-teacher (0.2–0.7x measured on AVX2 CPUs), while it is 1.5–1.7x on CPUs with AMX. The probe
-(:func:`probe_machine`, from the fingerprint's CPU flags) is recorded with the study's
+(``cast_precision`` with ``dtype: bf16``, ``quantize_weights`` with ``compute: bf16``; the units
+a method's params compute with are the registry's, ``MethodSpec.units``) on a CPU without bf16
+units runs slower than the fp32 teacher (0.2–0.7x measured on AVX2 CPUs), while it is 1.5–1.7x
+on CPUs with AMX. The probe (:func:`probe_machine`, from the fingerprint's CPU flags) is recorded with the study's
 fingerprint (``fingerprint.probe``) when the study is created, and the study drops such steps
 from its space before the first trial (:func:`drop_slow_steps`), saying so in one log line.
 The study's dynamic int8 references (the teacher's PyTorch and ONNX Runtime int8 copies, timed
@@ -20,10 +21,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .space import SearchSpace, SpaceError, StepSpace
+from ..methods import get_method
+from .space import SearchSpace, SpaceError, StepSpace, param_choices
 
 log = logging.getLogger(__name__)
-__all__ = ["drop_slow_steps", "int8_not_faster", "probe_machine", "slow_steps"]
+__all__ = ["drop_slow_steps", "int8_not_faster", "missing_units", "probe_machine", "slow_steps"]
 
 
 def probe_machine(device: str = "cpu", features: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -34,12 +36,17 @@ def probe_machine(device: str = "cpu", features: list[str] | tuple[str, ...] | N
     return {"device": device, "bf16_units": cpu_has_bf16(features) if device == "cpu" else None}
 
 
-def _dtypes(step: StepSpace) -> list[Any]:
-    """The dtypes a cast_precision step may take (its fixed value, its choices, or the default bf16)."""
-    dist = step.dists.get("dtype")
-    if dist is not None:
-        return list(dist.choices) if dist.type == "categorical" else []
-    return [step.fixed.get("dtype", "bf16")]
+UNIT_WHY = {"bf16": "bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16) runs slower than fp32"}
+
+
+def missing_units(step: StepSpace, probe: Mapping[str, Any]) -> list[str]:
+    """The units every choice of ``step`` computes with (the registry's ``MethodSpec.units``: bf16 for
+    ``cast_precision`` dtype bf16 or ``quantize_weights`` compute bf16) that the probe says this CPU
+    lacks (``<unit>_units: false``; unknown counts as present)."""
+    spec = get_method(step.method)
+    needed = [set(spec.units(params)) for params in param_choices(step)]
+    always = set.intersection(*needed) if needed else set()
+    return sorted(u for u in always if probe.get(f"{u}_units") is False)
 
 
 def int8_not_faster(probe: Mapping[str, Any] | None) -> dict[str, float]:
@@ -55,11 +62,8 @@ def slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None,
     bf16 without bf16 units; dynamic int8 when no runtime of ``runtimes`` runs its int8 teacher faster."""
     if not probe or probe.get("device", "cpu") != "cpu":
         return {}
-    out: dict[str, str] = {}
-    if probe.get("bf16_units") is False:
-        out.update({s.id: "bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16) runs slower than fp32"
-                    for s in space.steps
-                    if s.method == "cast_precision" and (d := _dtypes(s)) and all(x == "bf16" for x in d)})
+    out: dict[str, str] = {s.id: "; ".join(UNIT_WHY.get(u, f"{u} without {u} units") for u in units)
+                           for s in space.steps for units in [missing_units(s, probe)] if units}
     slow8 = int8_not_faster(probe)
     if runtimes and all(r in slow8 for r in runtimes):
         why = ", ".join(f"{r} {slow8[r]:.2f}x" for r in runtimes)
