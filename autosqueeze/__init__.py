@@ -42,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "HardwareProfile": "measure", "LatencySettings": "measure", "LatencyStats": "measure",
     "SizeReport": "measure", "measure_latency": "measure", "model_size": "measure",
     "Timing": "measure.paired", "paired_latency": "measure.paired",
-    "timing_against_teacher": "measure.paired", "evaluate": "measure.metrics",
+    "timing_against_teacher": "runtimes.timing", "evaluate": "measure.metrics",
     # search, report, export, apply
     "SearchSummary": "search.study", "open_study": "search.study", "run_search": "search.study",
     "TrialRecord": "search.trial_record", "trial_records": "search.trial_record",
@@ -94,12 +94,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .errors import ConfigError, UserError
     from .measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, measure_latency, model_size
     from .measure.metrics import evaluate
-    from .measure.paired import Timing, paired_latency, timing_against_teacher
+    from .measure.paired import Timing, paired_latency
     from .methods import MethodContext, get_method, method_names, register
     from .models import base_model_hash, load_classifier, load_tokenizer, weights_hash
     from .recipe import Recipe, Step, load_recipe
     from .report.build import write_report
     from .report.export import export_recipe
+    from .runtimes.timing import timing_against_teacher
     from .search.pareto import pareto_front
     from .search.space import SearchSpace, load_space
     from .search.storage import open_study_for_reading

@@ -30,7 +30,7 @@ from .errors import ModelFolderError, UserError
 from .measure import HardwareProfile, LatencySettings, model_size
 from .measure.latency import fixed_threads
 from .measure.metrics import evaluate, evaluate_deployed
-from .measure.paired import baseline_settings, timing_against_teacher, timing_inputs
+from .measure.paired import baseline_settings, timing_inputs
 from .methods import MethodContext
 from .models import (
     base_model_hash,
@@ -41,6 +41,7 @@ from .models import (
     weights_hash,
 )
 from .recipe import Recipe, RecipeError, load_recipe
+from .runtimes.timing import timing_against_teacher
 from .runtimes.variants import RECIPE_KEY as VARIANT_KEY
 from .runtimes.variants import variant_of_recipe
 from .tasks import TaskSpec, get_task

@@ -26,7 +26,8 @@ from torch import nn
 
 from .artifact import MANIFEST, ONNX, load_compressed, read_manifest, teacher_structure
 from .measure import HardwareProfile, LatencySettings, LatencyStats, measure_latency, model_size
-from .measure.paired import baseline_settings, timing_against_teacher
+from .measure.paired import baseline_settings
+from .runtimes.timing import timing_against_teacher
 
 log = logging.getLogger(__name__)
 UNPAIRED = "unpaired: teacher not found"

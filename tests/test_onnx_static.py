@@ -58,7 +58,7 @@ def test_the_qdq_graph_computes_what_the_pytorch_model_simulates(built, tmp_path
 
 
 def test_static_int8_is_timed_only_in_onnx_runtime(built):
-    from autosqueeze.measure.paired import timing_against_teacher
+    from autosqueeze.runtimes.timing import timing_against_teacher
 
     recipe, b = built
     torch_profile = HardwareProfile(threads=1, seq_len=16)

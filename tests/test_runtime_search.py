@@ -16,6 +16,7 @@ from autosqueeze.measure import paired as paired_mod
 from autosqueeze.methods import MethodContext
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.runtimes import offered_runtimes
+from autosqueeze.runtimes.timing import timing_against_teacher
 from autosqueeze.search.space import SpaceError, suggest_runtime
 from autosqueeze.study_config import ConfigError, load_study_config
 from tests.test_search_trials import load, write_study
@@ -49,8 +50,8 @@ def test_an_onnxruntime_candidate_is_paired_with_the_pytorch_teacher(monkeypatch
                         real_session(*a, **k))
     monkeypatch.setattr(paired_mod, "paired_latency", lambda c, t, *a, **k: pairs.append((c, t)) or
                         real_paired(c, t, *a, **k))
-    timing = paired_mod.timing_against_teacher(built.model, teacher, ORT, FAST, 10.0,
-                                               float_model=built.float_model, recipe=recipe)
+    timing = timing_against_teacher(built.model, teacher, ORT, FAST, 10.0,
+                                    float_model=built.float_model, recipe=recipe)
     assert spins == [False]  # interleaved with PyTorch: no spinning pool threads
     assert len(pairs) == 1 and isinstance(pairs[0][0], ort_mod.OrtRunner) and pairs[0][1] is teacher
     assert timing.speedup > 0 and timing.latency_ms == pytest.approx(10.0 / timing.speedup)

@@ -93,7 +93,7 @@ def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_d
 
 
 class FakeClock:
-    """perf_counter for measure/paired.py: models advance it by cost x the machine's current load."""
+    """perf_counter for measure/timing.py: models advance it by cost x the machine's current load."""
 
     def __init__(self) -> None:
         self.now, self.calls = 0.0, 0
@@ -108,11 +108,12 @@ class FakeClock:
 
 
 def test_paired_timing_cancels_changing_load(monkeypatch):
-    from autosqueeze.measure.latency import HardwareProfile, LatencySettings
     from autosqueeze.measure import paired as timing
+    from autosqueeze.measure import timing as kernel
+    from autosqueeze.measure.latency import HardwareProfile, LatencySettings
 
     clock = FakeClock()
-    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    monkeypatch.setattr(kernel.time, "perf_counter", clock)
 
     class Model(torch.nn.Module):
         def __init__(self, cost: float) -> None:
@@ -124,13 +125,14 @@ def test_paired_timing_cancels_changing_load(monkeypatch):
 
     settings = LatencySettings(warmup=0, repeats=40, min_time_s=0.0, idle_wait_s=0.0)
     cand, teach, ratio = timing.paired_latency(Model(2.0), Model(8.0), HardwareProfile(threads=1), settings)
-    assert ratio == 4.0  # the true speedup, although each model's own samples swing 3x
+    assert ratio.median == 4.0  # the true speedup, although each model's own samples swing 3x
     assert cand.p90_ms == 3 * cand.p10_ms
 
 
 def test_speedups_do_not_move_with_machine_load(tiny_model_dir, glue_dir, tmp_path, isolated_cache, monkeypatch):
     """A candidate timed while the machine is twice as busy keeps its speedup and latency."""
     from autosqueeze.measure.latency import LatencyStats
+    from autosqueeze.measure.timing import Ratio
 
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     load = {"factor": 1.0}
@@ -140,7 +142,7 @@ def test_speedups_do_not_move_with_machine_load(tiny_model_dir, glue_dir, tmp_pa
 
     def fake(model, teacher, *args, **kwargs):
         c, t = 2.5 * len(model.bert.encoder.layer) * load["factor"], 10.0 * load["factor"]
-        return stats(c), stats(t), t / c
+        return stats(c), stats(t), Ratio.exact(t / c)
 
     monkeypatch.setattr(timing_mod, "paired_latency", fake)
     sc.baseline = stats(10.0)

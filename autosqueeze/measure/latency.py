@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .timing import time_rounds
+
 log = logging.getLogger(__name__)
 
 
@@ -122,33 +124,32 @@ def wait_until_idle(threads: int, max_wait_s: float = 10.0) -> bool:
     return idle
 
 
-def time_callable(
-    fn: Callable[[], Any], *, warmup: int, repeats: int, min_time_s: float, sync: Callable[[], None] | None = None
-) -> np.ndarray:
-    """Call ``fn`` warmup times, then at least ``repeats`` times and ``min_time_s`` seconds; ms per call."""
-    for _ in range(warmup):
-        fn()
-    if sync:
-        sync()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < repeats or (time.perf_counter() - start) < min_time_s:
-        t0 = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        samples.append((time.perf_counter() - t0) * 1e3)
-        if len(samples) >= 20 * repeats:
-            break
-    return np.asarray(samples)
-
-
 def stats_from_samples(samples: np.ndarray, *, warmup: int, threads: int, noisy_spread: float = 0.5) -> LatencyStats:
     med = float(np.median(samples))
     p10, p90 = (float(x) for x in np.percentile(samples, [10, 90]))
     noisy = med > 0 and (p90 - p10) / med > noisy_spread
     return LatencyStats(med, p10, p90, float(samples.mean()), float(samples.std()), len(samples), warmup, threads,
                         noisy)
+
+
+def latency_of(call: Callable[[], Any], *, threads: int, settings: LatencySettings,
+               sync: Callable[[], None] | None = None) -> LatencyStats:
+    """The latency of ``call`` alone: after waiting (briefly) for an idle machine, timed by
+    :func:`autosqueeze.measure.timing.time_rounds` with ``settings``; a noisy result (large spread)
+    is measured once more with twice the repeats and seconds."""
+    st = settings
+    wait_until_idle(threads, st.idle_wait_s)
+
+    def timed(repeats: int, min_time_s: float) -> LatencyStats:
+        ms = time_rounds({"call": lambda _round: call()}, warmup=st.warmup, repeats=repeats, min_time_s=min_time_s,
+                         sync=sync)["call"]
+        return stats_from_samples(ms, warmup=st.warmup, threads=threads)
+
+    stats = timed(st.repeats, st.min_time_s)
+    if stats.noisy:
+        log.info("latency spread %.0f%%: measuring again", 100 * stats.spread)
+        stats = timed(2 * st.repeats, 2 * st.min_time_s)
+    return stats
 
 
 def measure_latency(
@@ -166,7 +167,6 @@ def measure_latency(
     (large spread) is re-measured once with more repeats.
     """
     st = settings or LatencySettings()
-    warmup, repeats, min_time_s = st.warmup, st.repeats, st.min_time_s
     if vocab_size is None:
         vocab_size = int(getattr(getattr(model, "config", None), "vocab_size", 1000))
     batches = inputs if isinstance(inputs, list) else [inputs or synthetic_inputs(profile, vocab_size)]
@@ -183,15 +183,4 @@ def measure_latency(
         model(**batches[next(counter) % len(batches)])
 
     with fixed_threads(profile.threads), torch.inference_mode():
-        wait_until_idle(profile.threads, st.idle_wait_s)
-        stats = stats_from_samples(
-            time_callable(call, warmup=warmup, repeats=repeats, min_time_s=min_time_s, sync=sync),
-            warmup=warmup, threads=profile.threads,
-        )
-        if stats.noisy:
-            log.info("latency spread %.0f%%: measuring again", 100 * stats.spread)
-            stats = stats_from_samples(
-                time_callable(call, warmup=warmup, repeats=2 * repeats, min_time_s=2 * min_time_s, sync=sync),
-                warmup=warmup, threads=profile.threads,
-            )
-    return stats
+        return latency_of(call, threads=profile.threads, settings=st, sync=sync)

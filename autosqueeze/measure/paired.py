@@ -15,14 +15,13 @@ the same sentences, so the ratio compares like with like (:func:`timing_inputs`)
 
 Used alike by the search (every trial), ``apply`` and the studies: :func:`baseline_settings`
 is how carefully the teacher baseline is timed, :func:`needs_real_inputs` the one test for a
-model whose cost depends on its inputs. On ONNX Runtime the candidate is the exported graph's
-session (:func:`autosqueeze.runtimes.ort_runner`, imported when needed: the runtimes build on
-:mod:`autosqueeze.measure.latency`, not the other way round), paired with the same fp32
+model whose cost depends on its inputs. This module times callables only: a runtime supplies
+the candidate (:func:`autosqueeze.runtimes.timing_against_teacher`: the model itself for
+PyTorch, the exported graph's session for ONNX Runtime), always paired with the same fp32
 PyTorch teacher, so speedups of both runtimes are on one scale.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +41,10 @@ from .latency import (
     synthetic_inputs,
     wait_until_idle,
 )
+from .timing import Ratio, time_rounds
 
-__all__ = ["PairedSpeedup", "Timing", "baseline_settings", "needs_real_inputs", "paired_latency", "paired_ratios",
-           "timing_against_teacher", "timing_inputs"]
+__all__ = ["Ratio", "Timing", "baseline_settings", "needs_real_inputs", "paired_latency", "paired_ratios",
+           "paired_timing", "timing_inputs"]
 REAL_BATCHES = 200  # at most this many dev batches time a data-dependent model
 
 
@@ -86,27 +86,25 @@ class Timing:
             out["speedup_spread"] = {"p10": self.speedup_p10, "p90": self.speedup_p90}
         return out
 
+    @classmethod
+    def paired(cls, stats: LatencyStats, teacher_stats: LatencyStats, speedup: Ratio, baseline_ms: float) -> Timing:
+        """From :func:`paired_latency`'s result: the speedup's median and spread, ``baseline_ms / speedup``."""
+        return cls(stats, speedup.median, baseline_ms / speedup.median, teacher_stats.median_ms,
+                   speedup.p10, speedup.p90)
+
+    @classmethod
+    def unpaired(cls, stats: LatencyStats, baseline_ms: float) -> Timing:
+        """A candidate timed alone: the speedup is ``baseline_ms`` over its own median (no spread)."""
+        return cls(stats, baseline_ms / stats.median_ms, stats.median_ms, baseline_ms)
+
 
 def paired_latency(candidate: nn.Module | Callable[..., Any], teacher: nn.Module, profile: HardwareProfile,
                    settings: LatencySettings | None = None,
-                   inputs: list[dict[str, torch.Tensor]] | None = None) -> tuple[LatencyStats, LatencyStats, float]:
-    """(candidate stats, teacher stats, median per-pair ratio teacher / candidate — a
-    :class:`PairedSpeedup`, which also carries the p10 / p90 of the ratios); see :func:`paired_ratios`."""
+                   inputs: list[dict[str, torch.Tensor]] | None = None) -> tuple[LatencyStats, LatencyStats, Ratio]:
+    """(candidate stats, teacher stats, the per-pair ratios teacher / candidate summarized: their
+    median, p10 and p90); see :func:`paired_ratios`."""
     cand, teach, ratios = paired_ratios(candidate, teacher, profile, settings, inputs)
-    return cand, teach, PairedSpeedup.of(ratios)
-
-
-class PairedSpeedup(float):
-    """The median per-pair ratio, a float, with the ratios' p10 and p90 as attributes."""
-
-    p10: float
-    p90: float
-
-    @classmethod
-    def of(cls, ratios: np.ndarray) -> PairedSpeedup:
-        out = cls(float(np.median(ratios)))
-        out.p10, out.p90 = float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))
-        return out
+    return cand, teach, Ratio.of_ratios(ratios)
 
 
 def paired_ratios(candidate: nn.Module | Callable[..., Any], teacher: nn.Module, profile: HardwareProfile,
@@ -125,71 +123,25 @@ def paired_ratios(candidate: nn.Module | Callable[..., Any], teacher: nn.Module,
     vocab = int(getattr(getattr(teacher, "config", None), "vocab_size", 1000))
     device = torch.device(profile.device)
     batches = [{k: v.to(device) for k, v in b.items()} for b in (inputs or [synthetic_inputs(profile, vocab)])]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
     if isinstance(candidate, nn.Module):
         candidate.eval()
     teacher.eval()
-    cand_ms: list[float] = []
-    teach_ms: list[float] = []
-
-    def timed(model: Callable[..., Any], batch: dict[str, torch.Tensor]) -> float:
-        t0 = time.perf_counter()
-        model(**batch)
-        sync()
-        return (time.perf_counter() - t0) * 1e3
-
+    pair = {"candidate": lambda r: candidate(**batches[r % len(batches)]),
+            "teacher": lambda r: teacher(**batches[r % len(batches)])}
     with fixed_threads(profile.threads), torch.inference_mode():
         wait_until_idle(profile.threads, st.idle_wait_s)
-        for i in range(st.warmup):
-            candidate(**batches[i % len(batches)])
-            teacher(**batches[i % len(batches)])
-        sync()
-        start, i = time.perf_counter(), 0
-        while len(cand_ms) < st.repeats or time.perf_counter() - start < st.min_time_s:
-            batch = batches[i % len(batches)]
-            if i % 2:
-                t, c = timed(teacher, batch), timed(candidate, batch)
-            else:
-                c, t = timed(candidate, batch), timed(teacher, batch)
-            cand_ms.append(c)
-            teach_ms.append(t)
-            i += 1
-            if len(cand_ms) >= 20 * st.repeats:
-                break
-    c_arr, t_arr = np.asarray(cand_ms), np.asarray(teach_ms)
+        ms = time_rounds(pair, warmup=st.warmup, repeats=st.repeats, min_time_s=st.min_time_s, order="alternate",
+                         sync=sync)
+    c_arr, t_arr = ms["candidate"], ms["teacher"]
     return (stats_from_samples(c_arr, warmup=st.warmup, threads=profile.threads),
             stats_from_samples(t_arr, warmup=st.warmup, threads=profile.threads), t_arr / c_arr)
 
 
-def _timing(stats: LatencyStats, teacher_stats: LatencyStats, speedup: float, baseline_ms: float) -> Timing:
-    """A :class:`Timing` from :func:`paired_latency`'s result (the ratios' spread when it carries one)."""
-    return Timing(stats, float(speedup), baseline_ms / speedup, teacher_stats.median_ms,
-                  getattr(speedup, "p10", None), getattr(speedup, "p90", None))
-
-
-def timing_against_teacher(model: nn.Module, teacher: nn.Module, profile: HardwareProfile, settings: LatencySettings,
-                           baseline_ms: float, inputs: list[dict[str, torch.Tensor]] | None = None, *,
-                           paired: bool = True, float_model: nn.Module | None = None, recipe: Any = None,
-                           onnx_path: Any = None) -> Timing:
-    """The :class:`Timing` of ``model`` in ``profile.runtime`` against ``baseline_ms`` (the fp32
-    PyTorch teacher's latency measured once for the study or in this process).
-
-    Paired with the fp32 PyTorch ``teacher`` whatever the runtime: on ONNX Runtime the model is
-    exported as the recipe deploys it (``onnx_path``: an exported graph to use instead) and its
-    session, spinning off, alternates call by call with the PyTorch teacher, so every speedup
-    is a same-process ratio. ``paired=False`` times the model alone in its runtime.
-    """
-    from ..runtimes import check_runtime, deployed_latency
-
-    check_runtime(model, profile.runtime)  # e.g. quantize_static: ONNX Runtime only
-    if paired and profile.runtime == "torch":
-        return _timing(*paired_latency(model, teacher, profile, settings, inputs), baseline_ms)
-    if paired:
-        from ..runtimes import ort_runner
-
-        with ort_runner(model, profile, float_model=float_model, recipe=recipe, onnx_path=onnx_path) as runner:
-            measured = paired_latency(runner, teacher, profile, settings, inputs)
-        return _timing(*measured, baseline_ms)
-    stats = deployed_latency(model, profile, settings, inputs, float_model=float_model, recipe=recipe,
-                             onnx_path=onnx_path)
-    return Timing(stats, baseline_ms / stats.median_ms, stats.median_ms, baseline_ms)
+def paired_timing(candidate: nn.Module | Callable[..., Any], teacher: nn.Module, profile: HardwareProfile,
+                  settings: LatencySettings, baseline_ms: float,
+                  inputs: list[dict[str, torch.Tensor]] | None = None) -> Timing:
+    """The :class:`Timing` of ``candidate`` (a model, or what a runtime deploys it as: any callable
+    taking the batch as keyword tensors) paired call by call with the fp32 PyTorch ``teacher``,
+    against ``baseline_ms`` (the teacher's latency measured once for the study or in this process)."""
+    return Timing.paired(*paired_latency(candidate, teacher, profile, settings, inputs), baseline_ms)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from ..measure.latency import HardwareProfile, fixed_threads, synthetic_inputs
+from ..measure.timing import Ratio, time_rounds
 from .onnx_export import OnnxUnavailable, OnnxUnsupported, export_for_deployment, one_line
 from .variants import DEFAULT_VARIANT, LEGACY_VARIANT, PLAIN_VARIANT, DeployVariant
 
@@ -122,22 +122,9 @@ def time_sessions(calls: dict[str, Callable[[], Any]], rounds: int, warmup: int 
                   block_rounds: int = 5) -> dict[str, list[float]]:
     """Milliseconds per call of each callable, round-robin, the order rotated every round;
     ``block`` (e.g. pausing other work) wraps every ``block_rounds`` rounds."""
-    names = list(calls)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    done = -warmup
-    while done < rounds:
-        with (block() if block is not None else contextlib.nullcontext()):
-            for _ in range(block_rounds if done >= 0 else warmup):
-                k = done % len(names)
-                for name in names[k:] + names[:k]:
-                    t0 = time.perf_counter()
-                    calls[name]()
-                    if done >= 0:
-                        times[name].append(1000 * (time.perf_counter() - t0))
-                done += 1
-                if done >= rounds:
-                    break
-    return times
+    ms = time_rounds({name: (lambda c: (lambda _round: c()))(call) for name, call in calls.items()},
+                     warmup=warmup, repeats=rounds, order="rotate", block=block, block_rounds=block_rounds)
+    return {name: t.tolist() for name, t in ms.items()}
 
 
 def predictions(session: Any, batches: Sequence[dict[str, torch.Tensor]]) -> np.ndarray:
@@ -155,8 +142,7 @@ def _torch_predictions(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
 
 
 def _ratio(ref: list[float], cand: list[float]) -> dict[str, float]:
-    r = np.asarray(ref) / np.asarray(cand)
-    return {"median": float(np.median(r)), "p10": float(np.percentile(r, 10)), "p90": float(np.percentile(r, 90))}
+    return Ratio.of(ref, cand).to_dict()
 
 
 def choose_variant(model: nn.Module, teacher: nn.Module, profile: HardwareProfile, folder: str | Path, *,

@@ -24,9 +24,10 @@ from torch import nn
 
 from ..measure.latency import HardwareProfile, LatencySettings
 from ..measure.metrics import evaluate
-from ..measure.paired import Timing, timing_against_teacher
+from ..measure.paired import Timing
 from . import onnx_export
 from .onnx_export import OnnxInfo
+from .timing import timing_against_teacher
 from .variants import DeployVariant, resolve_variant
 
 __all__ = ["OrtDeployment"]

@@ -22,10 +22,8 @@ from ..measure.latency import (
     HardwareProfile,
     LatencySettings,
     LatencyStats,
-    stats_from_samples,
+    latency_of,
     synthetic_inputs,
-    time_callable,
-    wait_until_idle,
 )
 from .onnx_export import OnnxUnavailable, require
 
@@ -106,15 +104,7 @@ def ort_latency(session: Any, profile: HardwareProfile, inputs: list[dict[str, t
     def call() -> None:
         session.run(None, feeds[next(counter) % len(feeds)])
 
-    wait_until_idle(profile.threads, st.idle_wait_s)
-    stats = stats_from_samples(time_callable(call, warmup=st.warmup, repeats=st.repeats, min_time_s=st.min_time_s),
-                               warmup=st.warmup, threads=profile.threads)
-    if stats.noisy:
-        log.info("latency spread %.0f%%: measuring again", 100 * stats.spread)
-        stats = stats_from_samples(
-            time_callable(call, warmup=st.warmup, repeats=2 * st.repeats, min_time_s=2 * st.min_time_s),
-            warmup=st.warmup, threads=profile.threads)
-    return stats
+    return latency_of(call, threads=profile.threads, settings=st)
 
 
 class OrtRunner:

@@ -37,13 +37,14 @@ from ..data import TaskData
 from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, model_size
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate, evaluate_deployed
-from ..measure.paired import Timing, baseline_settings, needs_real_inputs, timing_against_teacher, timing_inputs
+from ..measure.paired import Timing, baseline_settings, needs_real_inputs, timing_inputs
 from ..methods import MethodContext, get_method
 from ..methods.context import TeacherOutputCache
 from ..recipe import Recipe, Step
 from ..runtimes import OnnxUnavailable, deployed_latency
 from ..runtimes.deployed import OrtDeployment
 from ..runtimes.predict import evaluate_in_runtime
+from ..runtimes.timing import timing_against_teacher
 from ..runtimes.variants import PLAIN_VARIANT
 from ..runtimes.variants import RECIPE_KEY as VARIANT_KEY
 from ..tasks import compute_metrics

@@ -6,7 +6,7 @@
 Each process (this script with ``--worker``) loads the model (the packaged MiniLM-L6 by
 default, with a classification head; the weights do not change the cost), builds the
 structures below, and times each one paired with the fp32 PyTorch teacher exactly as a
-search trial is timed (``measure.paired.timing_against_teacher``: call by call, alternating,
+search trial is timed (``runtimes.timing.timing_against_teacher``: call by call, alternating,
 median of the per-pair ratios; ONNX Runtime sessions with spinning off):
 
 - ``torch_int8``: the teacher's PyTorch dynamic int8 (``quantize_dynamic``);
@@ -98,10 +98,11 @@ def worker(model_name: str | None, profile: Any, settings: Any, model: Any = Non
     from autosqueeze.arch import get_adapter
     from autosqueeze.builder import build
     from autosqueeze.measure.latency import measure_latency
-    from autosqueeze.measure.paired import baseline_settings, timing_against_teacher
+    from autosqueeze.measure.paired import baseline_settings
     from autosqueeze.methods import MethodContext
     from autosqueeze.recipe import Recipe, Step
     from autosqueeze.runtimes import OnnxUnavailable
+    from autosqueeze.runtimes.timing import timing_against_teacher
 
     if model is None:
         from autosqueeze.models import load_classifier
