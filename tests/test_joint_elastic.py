@@ -208,3 +208,30 @@ def test_the_registry_names_the_units_a_step_computes_with(tmp_path):
     assert [s.id for s in drop_slow_steps(space, no_units).steps] == ["w_any", "quantize_dynamic"]
     assert [s.id for s in space.for_runtime("onnxruntime").steps] == ["w_any", "quantize_dynamic"]
     assert drop_slow_steps(space, {"device": "cpu", "bf16_units": None}) is space  # unknown: kept
+
+
+def test_a_search_process_tokenizes_the_training_set_once_for_vocabulary_pruning():
+    """prune_vocab counts every training token; tokenizing SST-2 takes seconds, a slice milliseconds:
+    the search context keeps the ids after the first trial that asks, and every trial's context reads them."""
+    from types import SimpleNamespace
+
+    from autosqueeze.measure import HardwareProfile
+    from autosqueeze.methods.prune_vocab import PruneVocabConfig, choose_kept
+    from autosqueeze.search.objective import SearchContext
+
+    calls = []
+
+    def token_ids():
+        calls.append(1)
+        yield torch.tensor([[2, 7, 9, 3, 0]])
+        yield torch.tensor([[2, 9, 11, 3, 0]])
+
+    data = SimpleNamespace(train_token_ids=token_ids, train_batches=tiny.batches,
+                           task=SimpleNamespace(num_labels=2, is_regression=False))
+    teacher = SimpleNamespace(model=tiny.tiny_bert(), tokenizer=None)
+    sc = SearchContext(teacher=teacher, data=data, extra_dev={}, profile=HardwareProfile(), main_metric="accuracy",
+                       provenance={})
+    kept = [choose_kept(30, PruneVocabConfig(unk_token_id=1), sc.method_context(seed, probe=False), 0)[0].tolist()
+            for seed in range(3)]
+    assert kept[0] == kept[1] == kept[2] == [0, 1, 2, 3, 7, 9, 11]
+    assert len(calls) == 1 and all(t.dtype == torch.int32 for t in sc.train_ids)
