@@ -185,7 +185,8 @@ def test_the_empty_recipe_is_never_sampled(tmp_path):
 
 def test_bf16_is_dropped_on_a_cpu_without_bf16_units(tmp_path, caplog):
     space = _space(tmp_path)
-    assert probe_machine(features=["avx2", "avx512f"]) == {"device": "cpu", "bf16_units": False}
+    assert probe_machine(features=["avx2", "avx512f"]) == {"device": "cpu", "bf16_units": False,
+                                                           "units_rule": "registry"}
     assert probe_machine(features=["avx2", "amx_bf16"])["bf16_units"] is True
     assert probe_machine(features=[])["bf16_units"] is None  # unknown CPU: nothing is dropped
     with caplog.at_level(logging.WARNING, logger="autosqueeze"):

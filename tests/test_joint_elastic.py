@@ -16,7 +16,7 @@ from autosqueeze.builtin_spaces import builtin_space, builtin_space_names
 from autosqueeze.methods import Stage, get_method
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.search.finalize import final_recipe, pick_candidates, search_choices
-from autosqueeze.search.machine import drop_slow_steps
+from autosqueeze.search.machine import drop_slow_steps, probe_machine
 from autosqueeze.search.objective import is_data_free
 from autosqueeze.search.space import load_space, param_choices, suggest_runtime
 from autosqueeze.search.trial_record import TrialRecord
@@ -70,7 +70,7 @@ def test_one_runtime_drops_what_it_cannot_deploy_from_the_registry_and_the_param
 
 def test_the_machine_probe_drops_bf16_and_keeps_the_rest():
     space = joint()
-    slow = drop_slow_steps(space, {"device": "cpu", "bf16_units": False})
+    slow = drop_slow_steps(space, probe_machine(features=["avx2"]))
     assert [s.method for s in slow.steps] == [s.method for s in space.steps if s.method != "cast_precision"]
     assert drop_slow_steps(space, {"device": "cpu", "bf16_units": True}) is space
 
@@ -204,8 +204,10 @@ def test_the_registry_names_the_units_a_step_computes_with(tmp_path):
         "choices: [fp32, bf16]}}}\n"
         "  - {method: quantize_dynamic, choice: q}\n")
     space = load_space(tmp_path / "s.yaml")
-    no_units = {"device": "cpu", "bf16_units": False}
+    no_units = {"device": "cpu", "bf16_units": False, "units_rule": "registry"}
     assert [s.id for s in drop_slow_steps(space, no_units).steps] == ["w_any", "quantize_dynamic"]
+    # a probe a study recorded before the rule drops the bf16 casts only: a resumed space keeps its choices
+    assert drop_slow_steps(space, {"device": "cpu", "bf16_units": False}) is space
     assert [s.id for s in space.for_runtime("onnxruntime").steps] == ["w_any", "quantize_dynamic"]
     assert drop_slow_steps(space, {"device": "cpu", "bf16_units": None}) is space  # unknown: kept
 

@@ -28,12 +28,19 @@ log = logging.getLogger(__name__)
 __all__ = ["drop_slow_steps", "int8_not_faster", "missing_units", "probe_machine", "slow_steps"]
 
 
+UNITS_RULE = "registry"  # a probe recorded with it drops every step whose units the CPU lacks (MethodSpec.units)
+
+
 def probe_machine(device: str = "cpu", features: list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
-    """What the study's machine runs fast: ``{"device", "bf16_units"}`` (``bf16_units`` None: unknown).
-    ``features`` (CPU flags) default to this machine's (runtimes.fingerprint.cpu_info)."""
+    """What the study's machine runs fast: ``{"device", "bf16_units", "units_rule"}`` (``bf16_units``
+    None: unknown). ``features`` (CPU flags) default to this machine's (runtimes.fingerprint.cpu_info).
+    ``units_rule`` says which steps a missing unit drops: every step whose params compute with it (the
+    registry's ``MethodSpec.units``); a probe recorded without it (a study created before) drops the
+    bf16 casts only, as it did then, so a resumed study's space keeps its choices."""
     from ..runtimes.fingerprint import cpu_has_bf16
 
-    return {"device": device, "bf16_units": cpu_has_bf16(features) if device == "cpu" else None}
+    return {"device": device, "bf16_units": cpu_has_bf16(features) if device == "cpu" else None,
+            "units_rule": UNITS_RULE}
 
 
 UNIT_WHY = {"bf16": "bf16 on a CPU without bf16 units (no avx512_bf16 / amx_bf16) runs slower than fp32"}
@@ -44,6 +51,8 @@ def missing_units(step: StepSpace, probe: Mapping[str, Any]) -> list[str]:
     ``cast_precision`` dtype bf16 or ``quantize_weights`` compute bf16) that the probe says this CPU
     lacks (``<unit>_units: false``; unknown counts as present)."""
     spec = get_method(step.method)
+    if probe.get("units_rule") != UNITS_RULE and step.method != "cast_precision":
+        return []  # a study's probe from before the rule: its space stays as it was created
     needed = [set(spec.units(params)) for params in param_choices(step)]
     always = set.intersection(*needed) if needed else set()
     return sorted(u for u in always if probe.get(f"{u}_units") is False)
