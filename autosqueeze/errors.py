@@ -12,6 +12,10 @@ class UserError(Exception):
     """Bad input from the user: a file, a value, a data row, a model folder, a storage."""
 
 
+class UnsupportedArchitectureError(UserError, ValueError):
+    """The model's architecture has no adapter, or the adapter refuses a method for it."""
+
+
 class ConfigError(UserError, ValueError):
     """The study file, a command-line value or a setting is invalid."""
 

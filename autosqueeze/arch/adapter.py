@@ -14,12 +14,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UnsupportedArchitectureError
 from . import runners
-
-
-class UnsupportedArchitectureError(UserError, ValueError):
-    """The model's architecture has no adapter, or the adapter refuses a method for it."""
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-if TYPE_CHECKING:
-    from .adapter import ArchAdapter
+from ..errors import UnsupportedArchitectureError
 
 HEAD_INDEX = "autosqueeze_head_index"  # buffer on a head-indexed attention: its heads' columns of the shared bias
+
+
+class ArchAdapter(Protocol):
+    """What running layer by layer reads of :class:`autosqueeze.arch.adapter.ArchAdapter` (which
+    imports this module: the protocol keeps the two from importing each other)."""
+
+    @property
+    def family(self) -> str: ...
+    @property
+    def runner(self) -> str: ...
+    def backbone(self, model: nn.Module) -> nn.Module: ...
+    def embeddings(self, model: nn.Module) -> nn.Module: ...
 
 
 @functools.cache
@@ -43,8 +54,6 @@ def embed(adapter: ArchAdapter, model: nn.Module, inputs: dict[str, Any]) -> tup
     if adapter.runner == "deberta":
         encoder = backbone.encoder
         if getattr(encoder, "conv", None) is not None:
-            from .adapter import UnsupportedArchitectureError
-
             raise UnsupportedArchitectureError("early_exit is not supported for deberta-v2 models with a "
                                                "convolution after the first layer (conv_kernel_size > 0)")
         ids = inputs.get("input_ids")
@@ -64,8 +73,6 @@ def embed(adapter: ArchAdapter, model: nn.Module, inputs: dict[str, Any]) -> tup
     if adapter.runner == "mpnet":
         return hidden, (mask, backbone.encoder.compute_position_bias(hidden))
     if adapter.runner != "bert":
-        from .adapter import UnsupportedArchitectureError
-
         raise UnsupportedArchitectureError(f"{adapter.family} models cannot be run layer by layer")
     return hidden, mask
 

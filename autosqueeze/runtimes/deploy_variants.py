@@ -36,7 +36,8 @@ from torch import nn
 
 from ..measure.latency import HardwareProfile, fixed_threads, synthetic_inputs
 from ..measure.timing import Ratio, time_rounds
-from .onnx_export import OnnxUnavailable, OnnxUnsupported, export_for_deployment, one_line
+from .onnx_base import OnnxUnavailable, OnnxUnsupported, one_line
+from .onnx_export import export_for_deployment
 from .variants import DEFAULT_VARIANT, LEGACY_VARIANT, PLAIN_VARIANT, DeployVariant
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .onnx_export import check_export, example_inputs, one_line, quiet_fds, require
+from .onnx_base import check_export, example_inputs, one_line, quiet_fds, require
 
 log = logging.getLogger(__name__)
 

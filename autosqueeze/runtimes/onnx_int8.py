@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_export import OnnxUnsupported, require
+from .onnx_base import OnnxUnsupported, require
 
 log = logging.getLogger(__name__)
 ACTIVATION_TYPES = ("quint8", "qint8")

@@ -25,7 +25,7 @@ from ..measure.latency import (
     latency_of,
     synthetic_inputs,
 )
-from .onnx_export import OnnxUnavailable, require
+from .onnx_base import OnnxUnavailable, require
 
 log = logging.getLogger(__name__)
 
