@@ -8,28 +8,39 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from autosqueeze.measure import HardwareProfile
 from autosqueeze.measure.latency import fixed_threads, synthetic_inputs
+from autosqueeze.runtimes.fingerprint import hardware_fingerprint
 from autosqueeze.runtimes.ort import OrtClassifier, make_session
 
 HERE = Path(__file__).resolve().parent
 folder = HERE / "work" / "trial-36"
-import optuna
 
 s = optuna.load_study(study_name="runtime_choice", storage=f"sqlite:///{HERE / 'results' / 'runtime_choice.db'}")
 teacher = AutoModelForSequenceClassification.from_pretrained(s.user_attrs["teacher"]["path"]).eval()
 prof = HardwareProfile(threads=2, batch_size=1, seq_len=128, runtime="onnxruntime")
 batch = synthetic_inputs(prof, teacher.config.vocab_size)
-def run(m): return lambda: m(**batch)
+
+
+def run(m):
+    return lambda: m(**batch)
+
+
 def alone(f, n=200):
-    for _ in range(10): f()
+    for _ in range(10):
+        f()
     ts = []
     for _ in range(n):
-        t0 = time.perf_counter(); f(); ts.append(1e3 * (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        f()
+        ts.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(ts)
+
+
 with fixed_threads(2), torch.inference_mode():
     T = run(teacher)
     on = OrtClassifier(make_session(folder / "model.onnx", prof, spinning=True), None)
@@ -41,23 +52,34 @@ with fixed_threads(2), torch.inference_mode():
         res[f"ort_spin_off_alone_{rnd}"] = alone(run(off))
     for name, m in (("off", off), ("on", on)):
         c, t = [], []
-        for i in range(200):
-            t0 = time.perf_counter(); T(); t1 = time.perf_counter(); m(**batch); t2 = time.perf_counter()
-            t.append(t1 - t0); c.append(t2 - t1)
+        for _ in range(200):
+            t0 = time.perf_counter()
+            T()
+            t1 = time.perf_counter()
+            m(**batch)
+            t2 = time.perf_counter()
+            t.append(t1 - t0)
+            c.append(t2 - t1)
         r = np.array(t) / np.array(c)
-        res[f"paired_spin_{name}"] = {"teacher_ms": 1e3 * np.median(t), "cand_ms": 1e3 * np.median(c), "ratio": float(np.median(r))}
+        res[f"paired_spin_{name}"] = {"teacher_ms": 1e3 * np.median(t), "cand_ms": 1e3 * np.median(c),
+                                      "ratio": float(np.median(r))}
         # blocks of 20
         c, t = [], []
-        for b in range(10):
-            tb = [0] * 20
+        for _ in range(10):
+            tb = [0.0] * 20
             for i in range(20):
-                t0 = time.perf_counter(); T(); tb[i] = time.perf_counter() - t0
-            cb = [0] * 20
+                t0 = time.perf_counter()
+                T()
+                tb[i] = time.perf_counter() - t0
+            cb = [0.0] * 20
             for i in range(20):
-                t0 = time.perf_counter(); m(**batch); cb[i] = time.perf_counter() - t0
-            t.append(np.median(tb[2:])); c.append(np.median(cb[2:]))
-        res[f"blocks_spin_{name}"] = {"teacher_ms": 1e3 * np.median(t), "cand_ms": 1e3 * np.median(c), "ratio": float(np.median(np.array(t) / np.array(c)))}
-from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+                t0 = time.perf_counter()
+                m(**batch)
+                cb[i] = time.perf_counter() - t0
+            t.append(np.median(tb[2:]))
+            c.append(np.median(cb[2:]))
+        res[f"blocks_spin_{name}"] = {"teacher_ms": 1e3 * np.median(t), "cand_ms": 1e3 * np.median(c),
+                                      "ratio": float(np.median(np.array(t) / np.array(c)))}
 
 res["fingerprint"] = hardware_fingerprint(2, "onnxruntime")
 (HERE / "results" / "pairing_check.json").write_text(json.dumps(res, indent=1) + "\n")

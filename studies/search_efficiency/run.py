@@ -13,7 +13,7 @@ speedup 1.0), and the best accuracy within two latency budgets (teacher latency 
 / 3, i.e. speedup >= 2x and >= 3x). Written to results/: results.md, results.csv and
 results.json (every trial's point, for re-analysis).
 
-    python studies/search_efficiency/run.py --data-dir ../shared/data/glue                     # full: 40 trials x 3 seeds
+    python studies/search_efficiency/run.py --data-dir ../shared/data/glue                   # full: 40 trials x 3 seeds
     python studies/search_efficiency/run.py --data-dir ... --trials 12 --seeds 3 --steps-scale 0.25 \\
         --dev-subset 200 --train-subset 20000 --threads 1                                      # reduced
 """
@@ -151,12 +151,13 @@ def write_results(out: Path, rows: dict[tuple[str, int], dict[str, Any]], meta: 
 
 
 def main() -> int:
+    import optuna
+
     from autosqueeze import load_space, load_study_config, resolve_data_dir
     from autosqueeze.search.objective import make_objective, reference_points
     from autosqueeze.search.storage import fail_dead_local_trials, make_storage
     from autosqueeze.search.study import make_sampler, prepare
     from autosqueeze.search.validate import validate_for_model
-    import optuna
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -204,7 +205,7 @@ def main() -> int:
     meta_file = work / "meta.json"
     if not args.analyze_only:
         sc = prepare(config, resolve_data_dir(args.data_dir or config.data_dir), None)
-        for arm, space in spaces.items():
+        for space in spaces.values():
             validate_for_model(space, sc.teacher.model, lambda: sc.method_context(config.seed, probe=True))
         refs = reference_points(sc) if not meta_file.exists() else json.loads(meta_file.read_text())["references"]
         meta_file.write_text(json.dumps({"references": refs, "teacher_ms": sc.baseline.median_ms,
