@@ -210,6 +210,12 @@ def test_a_student_without_exits_or_a_step_between_is_refused_in_one_line(studen
     with pytest.raises(MethodError, match="exit head"):
         build(between, teacher, tiny.context(teacher))
     assert get_method("early_exit").make_config({"training": "elastic", "steps": 50}).steps == 0  # trains nothing
+    from autosqueeze.search.objective import is_data_free
+
+    assert get_method("early_exit").is_data_free({"training": "elastic"})  # the probe build is the final model
+    assert not get_method("early_exit").is_data_free({"training": "joint"})
+    assert is_data_free(_recipe(students.key, {"threshold": 0.5}))
+    assert not is_data_free(_recipe(students.key, {"training": "frozen"}))
 
 
 @pytest.mark.parametrize("exit_params", [{"threshold": 0.9}, {"rule": "patience", "patience": 1}])
@@ -292,9 +298,18 @@ def test_an_elastic_study_picks_exit_thresholds_and_apply_and_load_reproduce_the
         return forward(self, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     monkeypatch.setattr(early_exit, "_early_exit_forward", spy)
+    loads = []  # (probe?) of each installation of the student's heads: a trial's probe is its final model
+    load_heads = early_exit._load_elastic_heads
+
+    def count(heads, ctx):
+        loads.append(ctx.probe)
+        return load_heads(heads, ctx)
+
+    monkeypatch.setattr(early_exit, "_load_elastic_heads", count)
     study_file = write_exit_study(tmp_path, tiny_model_dir)
     data = ["--data-dir", str(glue_dir)]
     assert main(["search", str(study_file), *data]) == 0
+    assert loads and all(loads)  # one build per trial (the probe, exits on), never a second one
     settings = SimpleNamespace(train_subset=None, seed=0, max_seq_len=16, batch_size=4)
     from transformers import AutoTokenizer
 

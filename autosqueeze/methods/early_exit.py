@@ -47,7 +47,9 @@ copies of the classifier head) and skips training, so the method is registered w
 ``trains=False`` (apply_recipe would otherwise skip it and the structure would be missing).
 In probe mode the untrained heads would exit arbitrarily, so exits are disabled there (the
 heads are not run): the probe's latency is that of the full-depth model, the worst case
-but for the exit checks' small overhead.
+but for the exit checks' small overhead. ``training: elastic`` is the exception: its heads come
+trained, the probe is the final model with its exits on, and the registry counts the step as
+data-free for that config (``data_free_when``: a trial builds it once, times it once).
 
 Size: + (depth−1) · (hidden² + hidden·(labels+1) + labels) parameters, none in the
 embeddings. Latency: data dependent — the profile's latency must be measured on real dev
@@ -402,7 +404,8 @@ def apply(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> nn.M
         return model  # a one-layer sub-network has no layer to exit after: exactly the model (a search may pick it)
     ee = _build(model, config, ctx)
     model.add_module(ATTR, ee)
-    ee.enabled = not ctx.probe
+    trained = config.training == "elastic" and not ctx.replay and ctx.exit_heads is not None  # the student's
+    ee.enabled = not ctx.probe or trained  # untrained heads in a probe would exit arbitrarily
     model.forward = MethodType(_early_exit_forward, model)  # before training: an early stopper sees the exits
     model.autosqueeze_exit_stats = ee.stats
     model.autosqueeze_reset_exit_stats = ee.reset_stats
@@ -423,4 +426,5 @@ SPEC = register(
     trains=False,  # builds structure (heads + forward) even in probe/replay; trains only otherwise
     family="dynamic inference",
     summary="exit heads after each layer; a batch stops at the first confident layer (entropy or patience)",
+    data_free_when=lambda config: config.training == "elastic",  # the student's heads: the probe is the model
 )

@@ -64,6 +64,19 @@ class MethodSpec:
     # the units a config computes with (None: none beyond plain fp32 / int8): the machine probe drops a
     # step whose every choice needs a unit the CPU lacks, and a runtime without kernels for it is not offered
     units_of: UnitsOf | None = None
+    # a method data-free for some configs only (early_exit with training: elastic): which ones (``data_free``
+    # True: all of them)
+    data_free_when: Callable[[Any], bool] | None = None
+
+    def is_data_free(self, params: dict[str, Any] | None) -> bool:
+        """Whether a step with ``params`` is data-free (applying it in probe mode gives the final model):
+        ``data_free``, or ``data_free_when`` of its config (False for params that make no valid config)."""
+        if self.data_free or self.data_free_when is None:
+            return self.data_free
+        try:
+            return bool(self.data_free_when(self.make_config(params)))
+        except MethodError:
+            return False
 
     def units(self, params: dict[str, Any] | None) -> tuple[str, ...]:
         """The machine units a step with ``params`` computes with (``("bf16",)``; () for none, or for
@@ -121,13 +134,14 @@ def register(
     summary: str = "",
     check_shapes: ShapeCheck | None = None,
     units_of: UnitsOf | None = None,
+    data_free_when: Callable[[Any], bool] | None = None,
 ) -> MethodSpec:
     if name in _REGISTRY:
         raise MethodError(f"method {name!r} is already registered")
     if not dataclasses.is_dataclass(config_cls):
         raise MethodError(f"method {name!r}: config must be a dataclass")
     spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, runtime, family, summary,
-                      check_shapes, units_of)
+                      check_shapes, units_of, data_free_when)
     _REGISTRY[name] = spec
     return spec
 

@@ -158,7 +158,7 @@ class SearchContext:
 
 def is_data_free(recipe: Recipe) -> bool:
     """Whether building in probe mode already gives the final model (no training, no data-dependent choice)."""
-    return all(get_method(s.method).data_free for s in recipe.steps)
+    return all(get_method(s.method).is_data_free(s.params) for s in recipe.steps)
 
 
 def bind_elastic(recipe: Recipe, key: str | None) -> Recipe:
@@ -248,7 +248,8 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
     result: dict[str, Any] = {**lat.to_result(sc.baseline_ms), "probe_s": time.perf_counter() - t0,
                               "runtime": profile.runtime}
     # a data-dependent cost (early exit) was probed at full depth, its worst case: judged on its real latency
-    if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms and not data_dependent:
+    # (unless the probe is the final model, exits on: early_exit with the elastic student's heads)
+    if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms and (not data_dependent or reuse is not None):
         result["status"] = "over_budget"
         result["trial_s"] = time.perf_counter() - t0
         return result
@@ -277,7 +278,7 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
         return result
     if stopper is not None:
         result["early_stop"] = stopper.history
-    if data_dependent:
+    if data_dependent and reuse is None:  # (a reused probe was timed as the final model, on real inputs)
         result.update(sc.timing(built.model, None, built.float_model, recipe).to_result(sc.baseline_ms))
     if exit_stats is not None:
         result["exit_stats"] = exit_stats
