@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter
+from ..data import Batch
 
-Batch = dict[str, torch.Tensor]  # tokenizer output (+ "labels")
 StopCheck = Callable[[nn.Module, int], bool]  # (the whole model being trained, steps done) -> stop now?
 
 
