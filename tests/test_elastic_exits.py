@@ -344,3 +344,14 @@ def test_an_elastic_study_picks_exit_thresholds_and_apply_and_load_reproduce_the
     metrics, stats = evaluate_deployed(model, task_data, extra, 64, 1)
     assert metrics[get_task("sst2").main_metric] == recorded
     assert stats == chosen.user_attrs["exit_stats"]
+
+
+def test_a_space_with_student_exits_needs_a_student_trained_with_them(tiny_model_dir, tmp_path, isolated_cache,
+                                                                      capsys):
+    study_file = write_exit_study(tmp_path, tiny_model_dir)
+    study = yaml.safe_load(study_file.read_text())
+    study["elastic"]["exits"] = False
+    study_file.write_text(yaml.safe_dump(study))
+    assert main(["search", str(study_file), "--data-dir", str(tmp_path / "none")]) == 2  # before the teacher
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "exits: true" in err[0] and not (isolated_cache / "teachers").exists()
