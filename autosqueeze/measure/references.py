@@ -13,16 +13,6 @@ records the same three points through its trial path (``search.objective.referen
 """
 from __future__ import annotations
 
-from typing import Any
-
 from .timing import REFERENCES, interleaved, paired_speedup, summarize
 
-__all__ = ["REFERENCES", "interleaved", "paired_speedup", "summarize", "time_references"]
-
-
-def time_references(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """:func:`autosqueeze.runtimes.references.time_references`, kept here for the scripts that
-    import it from this module (studies/headline/run.py): the references are built by a runtime."""
-    from ..runtimes.references import time_references as timed
-
-    return timed(*args, **kwargs)
+__all__ = ["REFERENCES", "interleaved", "paired_speedup", "summarize"]

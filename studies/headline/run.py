@@ -56,7 +56,7 @@ def stage_finalize(config: Any, data_dir: str, work: Path) -> None:
 # --- references ------------------------------------------------------------------------------
 def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dict[str, Any]:
     from autosqueeze.artifact import load_compressed
-    from autosqueeze.measure.references import time_references
+    from autosqueeze.runtimes.references import time_references
     from autosqueeze.teacher import get_teacher
 
     teacher = get_teacher(config.model, config.task, data_dir, config.teacher)
