@@ -237,3 +237,35 @@ def test_a_search_process_tokenizes_the_training_set_once_for_vocabulary_pruning
             for seed in range(3)]
     assert kept[0] == kept[1] == kept[2] == [0, 1, 2, 3, 7, 9, 11]
     assert len(calls) == 1 and all(t.dtype == torch.int32 for t in sc.train_ids)
+
+
+def test_a_trial_that_trains_nothing_builds_once_and_exports_once(tiny_model_dir, glue_dir, tmp_path, isolated_cache,
+                                                                  monkeypatch):
+    """A pruned vocabulary and static int8 read training data but train nothing: the trial builds the final
+    model once (its calibration on the configured sentences, its vocabulary from the training tokens) and
+    times and evaluates that same model, one ONNX Runtime graph; a recipe that trains still probes first."""
+    pytest.importorskip("onnxruntime")
+    from autosqueeze.search import objective as objective_mod
+    from autosqueeze.search.study import prepare
+    from autosqueeze.study_config import load_study_config
+    from tests.test_objective_ort import count_exports
+    from tests.test_search_trials import write_study
+
+    sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
+    builds: list[bool] = []
+    real_build = objective_mod.build
+    monkeypatch.setattr(objective_mod, "build", lambda r, m, ctx: builds.append(ctx.probe) or real_build(r, m, ctx))
+    exports = count_exports(monkeypatch)
+    recipe = Recipe(steps=[Step("prune_vocab", {}), Step("quantize_static", {"sentences": 12})],
+                    profile={"runtime": "onnxruntime"})
+    assert objective_mod.trains_nothing(recipe) and not objective_mod.is_data_free(recipe)
+    keep: dict = {}
+    result = objective_mod.evaluate_recipe(recipe, sc, keep=keep)
+    assert result["status"] == "complete" and builds == [False] and len(exports) == 1
+    vocab, static = keep["built"].decisions
+    assert "kept_bitmap" in vocab and static["sentences"] == 12  # the final choices, not a probe's
+    trained = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 1})])
+    assert not objective_mod.trains_nothing(trained)
+    builds.clear()
+    objective_mod.evaluate_recipe(trained, sc)
+    assert builds == [True, False]  # probed (timed before training), then trained

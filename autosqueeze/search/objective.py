@@ -2,7 +2,9 @@
 
 The latency of the final structure is measured first, right after the structural steps and
 before any training: a trial over the latency budget stops there (seconds), recorded as
-infeasible through Optuna's constraints (``latency_budget_ms`` > 0), never dropped. A trial
+infeasible through Optuna's constraints (``latency_budget_ms`` > 0), never dropped. A recipe
+that trains nothing (:func:`trains_nothing`: a joint elastic slice with static int8 or a pruned
+vocabulary) is built once, final, and timed as it is. A trial
 whose cost depends on the input (early exit: the probe runs the full depth, its worst case)
 skips both shortcuts, this one and early stopping: it trains, and its real latency on dev
 sentences decides whether it is within the budget. A trial within budget recovers by its
@@ -161,6 +163,14 @@ def is_data_free(recipe: Recipe) -> bool:
     return all(get_method(s.method).is_data_free(s.params) for s in recipe.steps)
 
 
+def trains_nothing(recipe: Recipe) -> bool:
+    """Whether no step of the recipe trains (no recovery method, and no method with training steps, as
+    early exit's joint training): its final model costs seconds to build even where a step reads data
+    (a vocabulary pruned to the training tokens, static int8's calibration ranges)."""
+    return not any(get_method(s.method).trains for s in recipe.steps) and \
+        total_training_steps([(s.method, s.params) for s in recipe.steps]) == 0
+
+
 def bind_elastic(recipe: Recipe, key: str | None) -> Recipe:
     """Name the study's elastic student in the recipe's ``elastic`` step (a space leaves it open)."""
     if not any(s.method == "elastic" for s in recipe.steps):
@@ -235,10 +245,13 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
                      reference: Callable[[float], float | None] | None, keep: dict[str, Any] | None) -> dict[str, Any]:
     assert sc.baseline is not None and sc.teacher_size is not None, "call measure_baseline first"
     t0 = time.perf_counter()
-    probe_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
+    # a recipe that trains nothing but reads data (a joint elastic slice with a pruned vocabulary or static
+    # int8) is built once, final, and timed as it is: no probe first, one ONNX Runtime export
+    final_first = not is_data_free(recipe) and trains_nothing(recipe)
+    probe_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=not final_first))
     probe = probe_built.model
     profile = sc.profile_for(recipe)
-    reuse = probe_built if is_data_free(recipe) else None  # the probe already is the final model
+    reuse = probe_built if final_first or is_data_free(recipe) else None  # the probe already is the final model
     graph = None  # an ONNX Runtime trial whose probe is final: one export, timed and evaluated
     if reuse is not None and profile.runtime == "onnxruntime":
         graph = cleanup.enter_context(OrtDeployment(probe, float_model=probe_built.float_model, recipe=recipe))
