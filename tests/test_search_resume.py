@@ -126,3 +126,17 @@ def test_a_vanished_workers_trial_is_failed_by_its_heartbeat(tiny_model_dir, glu
     trials = load(study_file).trials
     assert trials[0].state == TrialState.FAIL and summary.stale_failed == []  # not ours: failed by heartbeat
     assert summary.done == 2 and trials[1].state == TrialState.COMPLETE
+
+
+def test_a_new_studys_storage_folder_is_made_and_a_missing_one_is_not_read(tmp_path):
+    """``storage: results/NAME.db`` in a fresh checkout: the search makes ``results/``; reading a
+    study (``create=False``) from a folder that does not exist is one clear error, nothing made."""
+    from autosqueeze.errors import UserError
+    from autosqueeze.search.storage import make_storage
+
+    url = f"sqlite:///{tmp_path / 'results' / 'deep' / 'study.db'}"
+    with pytest.raises(UserError, match="does not exist"):
+        make_storage(url, create=False)
+    assert not (tmp_path / "results").exists()
+    make_storage(url)
+    assert (tmp_path / "results" / "deep").is_dir()

@@ -181,7 +181,12 @@ def make_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     if is_sqlite(url):
         path = sqlite_file(url)
         if path is not None and not path.parent.is_dir():
-            raise StorageError(f"storage {url}: folder {path.parent} does not exist")
+            if not create:
+                raise StorageError(f"storage {url}: folder {path.parent} does not exist")
+            try:  # a new study's results folder (``storage: results/NAME.db``) is made, as any output folder
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StorageError(f"storage {url}: cannot make its folder {path.parent}: {err.strerror}") from err
         if path is not None and path.exists():
             check_sqlite_file(path)
             if not create and path.is_file() and path.stat().st_size == 0:  # opening it would write the tables

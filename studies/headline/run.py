@@ -77,7 +77,8 @@ def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dic
     with tempfile.TemporaryDirectory(prefix="headline-ort-") as tmp:
         deployed, ort_metrics = ort_deployments(config, data, extra, folders, Path(tmp))
         return {**time_references(teacher.model.eval(), config.hardware, rounds, {**finals, **deployed}),
-                "ort_metrics": ort_metrics, "majority": majority, "macs": macs}
+                "ort_metrics": ort_metrics, "majority": majority, "macs": macs,
+                "params": sum(p.numel() for p in teacher.model.parameters())}
 
 
 def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
@@ -157,7 +158,8 @@ def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
     summary = ua.get("finalize") or {}
     elastic = elastic_info(finals)
     return {
-        "study": config.name, "task": config.task, "model": config.model, "teacher_metric": teacher_metric,
+        "study": config.name, "task": config.task, "model": config.model, "params": refs.get("params"),
+        "teacher_metric": teacher_metric,
         "majority_metric": refs.get("majority"),
         "teacher_latency_ms": refs.get("teacher_fp32", {}).get("median_ms"),
         "references": {k: refs[k] for k in ("teacher_fp32", "teacher_torch_int8", "teacher_ort_int8") if k in refs},
