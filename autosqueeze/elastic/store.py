@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from ..atomic import atomic_dir
 from ..data import TaskData
 from ..teacher import cache_root
+from ..train import Progress
 from .train import EXITS_ATTR, ElasticSettings, resolve_steps, train_elastic
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ WEIGHTS = "model.safetensors"
 EXITS = "exits.safetensors"  # the exit heads of a student trained with ``exits``
 INFO = "elastic.json"
 KEY_RE = re.compile(r"^[a-z0-9_-]+-[0-9a-f]{12}$")
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 class ElasticStudentMissing(LookupError):

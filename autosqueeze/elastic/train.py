@@ -63,7 +63,7 @@ from ..arch import ArchAdapter, get_adapter
 from ..data import Batch, TaskData
 from ..errors import ConfigError
 from ..methods.context import MethodContext
-from ..train import _lr_lambda, seed_everything
+from ..train import Progress, _lr_lambda, seed_everything
 from .reorder import hidden_importance, importance_scores, reorder, reorder_hidden
 from .subnet import (
     Subnet,
@@ -77,7 +77,6 @@ from .subnet import (
     resolve_count,
 )
 
-Progress = Callable[[str, int, int, dict[str, float]], None]
 EXITS_ATTR = "autosqueeze_elastic_exits"  # the exit heads' child module on a student trained with ``exits``
 Timer = Callable[[str], contextlib.AbstractContextManager[Any]]
 log = logging.getLogger(__name__)

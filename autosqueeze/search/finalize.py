@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,12 @@ from typing import Any
 from ..methods import Stage, get_method
 from ..recipe import Recipe, Step
 from ..study_config import FinalizeSettings, StudyConfig
+from ..train import Progress
 from .objective import evaluate_recipe
 from .pareto import kendall_tau, pareto_front
 from .trial_record import FINAL_ATTR, TrialRecord, trial_records
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int, dict[str, float]], None]
 
 
 def final_recipe(recipe: Recipe, settings: FinalizeSettings) -> Recipe:

@@ -52,13 +52,13 @@ from ..runtimes.variants import PLAIN_VARIANT
 from ..runtimes.variants import RECIPE_KEY as VARIANT_KEY
 from ..tasks import compute_metrics
 from ..teacher import Teacher
+from ..train import Progress
 from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, total_training_steps
 from .pareto import Baselines
 from .space import suggest_runtime
 from .trial_record import TrialRecord
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int, dict[str, float]], None]
 INFEASIBLE_METRIC = 0.0  # objective value reported for trials stopped by the budget
 
 
