@@ -32,7 +32,8 @@ def test_replay_rebuilds_the_structure_from_decisions_alone():
     teacher, built = _built()
     fresh = tiny.tiny_bert(layers=3)  # other weights: only the decisions say which heads were kept
     float_model = replay(RECIPE, fresh, built.decisions, part="float")
-    assert [tuple(p.shape) for p in float_model.parameters()] == [tuple(p.shape) for p in built.float_model.parameters()]
+    shapes = [tuple(p.shape) for p in built.float_model.parameters()]
+    assert [tuple(p.shape) for p in float_model.parameters()] == shapes
     float_model.load_state_dict(built.float_model.state_dict())
     b = tiny.batch()
     assert torch.equal(tiny.logits(float_model, b), tiny.logits(built.float_model, b))

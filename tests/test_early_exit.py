@@ -6,8 +6,14 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_model, save_model
-from transformers import (DistilBertConfig, DistilBertForSequenceClassification, ElectraConfig,
-                          ElectraForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from autosqueeze.measure import HardwareProfile, LatencySettings, measure_latency
 from autosqueeze.methods import MethodError, get_method

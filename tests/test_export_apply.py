@@ -175,7 +175,8 @@ def test_a_recipe_for_another_base_model_is_refused_unless_forced(searched, tmp_
 
 
 def test_another_teacher_or_a_corrupt_one_is_refused(searched, tmp_path, capsys):
-    recipe = _export(searched, "best.yaml") if not (searched.root / "best.yaml").exists() else searched.root / "best.yaml"
+    recipe = _export(searched,
+                     "best.yaml") if not (searched.root / "best.yaml").exists() else searched.root / "best.yaml"
     teacher = tmp_path / "teacher"
     assert main(["finetune", "--task", "sst2", "--model", str(searched.model), "--data-dir", str(searched.glue),
                  "--out", str(teacher), "--max-steps", "2", "--batch-size", "4", "--max-seq-len", "16",

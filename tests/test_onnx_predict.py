@@ -6,8 +6,8 @@ import random
 import pytest
 
 from autosqueeze.arch import get_adapter
-from autosqueeze.data import TaskData
 from autosqueeze.builder import build
+from autosqueeze.data import TaskData
 from autosqueeze.measure import HardwareProfile
 from autosqueeze.measure.metrics import evaluate
 from autosqueeze.methods import MethodContext

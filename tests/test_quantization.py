@@ -8,7 +8,12 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from transformers import DistilBertConfig, DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from autosqueeze.measure import model_size
 from autosqueeze.methods import MethodError, get_method
@@ -75,7 +80,8 @@ def test_validation_errors(name, params, match):
 
 def test_yaml_lists_become_tuples():
     cfg = get_method("cast_precision").make_config({"parts": ["ffn", "attention"]})
-    assert cfg.parts == ("ffn", "attention") and cfg == get_method("cast_precision").make_config({"parts": ("ffn", "attention")})
+    assert cfg.parts == ("ffn", "attention")
+    assert cfg == get_method("cast_precision").make_config({"parts": ("ffn", "attention")})
 
 
 def test_bf16_int8_int4_fp16_outputs_close_to_fp32():
@@ -118,7 +124,8 @@ def test_weight_only_storage_and_grids():
         x = torch.randn(3, 64)
         assert torch.allclose(wo(x), nn.functional.linear(x, wo.dequantized_weight(), lin.bias), atol=1e-6)
         lo = -(2 ** (bits - 1))
-        q = wo.qweight if bits == 8 else (torch.stack((wo.qweight & 15, wo.qweight >> 4), -1).flatten(-2).to(torch.int8) - 8)
+        q = wo.qweight if bits == 8 else (torch.stack((wo.qweight & 15, wo.qweight >> 4),
+                                                      -1).flatten(-2).to(torch.int8) - 8)
         assert int(q.min()) >= lo and int(q.max()) <= -lo - 1
     emb = nn.Embedding(10, 32)
     woe = WeightOnlyEmbedding(emb, 4, 8)
@@ -146,7 +153,8 @@ def test_mixed_precision_two_quantize_steps_on_different_parts():
     s_t, s_m = model_size(t), model_size(model)
     assert s_m.embedding_bytes < 0.6 * s_t.embedding_bytes and s_m.non_embedding_bytes < 0.5 * s_t.non_embedding_bytes
     # three steps, three precisions: int8 FFN, int4 attention, bf16 classifier
-    model, _ = run(t, ("quantize_dynamic", {"parts": ["ffn"]}), ("quantize_weights", {"bits": 4, "parts": ["attention"]}),
+    model, _ = run(t, ("quantize_dynamic", {"parts": ["ffn"]}), ("quantize_weights", {"bits": 4,
+                                                                                      "parts": ["attention"]}),
                    ("cast_precision", {"parts": ["classifier"]}))
     layer = model.bert.encoder.layer[0]
     assert isinstance(layer.output.dense, DynLinear) and isinstance(layer.attention.output.dense, WeightOnlyLinear)
@@ -168,7 +176,8 @@ def test_replay_is_deterministic_on_loaded_float_weights():
     """Save = float weights before the quantization steps; load = replay + load + re-quantize."""
     t = tiny.tiny_bert()
     steps = [("drop_layers", {"keep": 3}), ("qat", {"steps": 3}), ("cast_precision", {"parts": ["embeddings"]}),
-             ("quantize_weights", {"bits": 4, "group_size": 16, "parts": ["attention"]}), ("quantize_dynamic", {"parts": ["ffn"]})]
+             ("quantize_weights", {"bits": 4, "group_size": 16, "parts": ["attention"]}), ("quantize_dynamic",
+                                                                                           {"parts": ["ffn"]})]
     recipe = Recipe(steps=[Step(m, p) for m, p in steps])
     ctx = tiny.context(t)
     float_model, dec = apply_recipe(recipe, t, ctx, upto=2)
@@ -191,7 +200,8 @@ def test_qat_then_quantize_reproduces_the_trained_grid():
     lin = model.bert.encoder.layer[0].intermediate.dense
     assert isinstance(lin, WeightOnlyLinear)
     # qat keeps float weights whose rounding is the quantized model's weights
-    float_model, _ = run(t, ("qat", {"steps": 4, "lr": 1e-3, "target": "quantize_weights", "bits": 4, "group_size": 16}))
+    float_model, _ = run(t, ("qat", {"steps": 4, "lr": 1e-3, "target": "quantize_weights", "bits": 4,
+                                     "group_size": 16}))
     w = float_model.bert.encoder.layer[0].intermediate.dense.weight.detach()
     assert not torch.equal(w, t.bert.encoder.layer[0].intermediate.dense.weight)
     assert torch.equal(lin.dequantized_weight(), fake_quantize(w, 4, 16))
@@ -245,7 +255,8 @@ def test_adapter_is_used_for_distilbert_and_roberta():
 def test_composes_with_low_rank_factorization():
     t = tiny.tiny_bert()
     model, _ = run(t, ("decompose_svd", {"rank": 8, "parts": ["ffn"], "embedding_rank": 8}),
-                   ("cast_precision", {"parts": ["embeddings"]}), ("quantize_weights", {"parts": ["ffn"], "group_size": 8}))
+                   ("cast_precision", {"parts": ["embeddings"]}), ("quantize_weights", {"parts": ["ffn"],
+                                                                                        "group_size": 8}))
     up = model.bert.encoder.layer[0].intermediate.dense
     assert all(isinstance(m, WeightOnlyLinear) for m in (up.first, up.second))
     emb = model.bert.embeddings.word_embeddings

@@ -12,11 +12,11 @@ import yaml
 from optuna.trial import TrialState
 
 from autosqueeze.errors import TrialsKeepFailing
+from autosqueeze.measure import paired as timing_mod
 from autosqueeze.methods import distill as distill_mod
 from autosqueeze.methods import registry
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.search import objective as objective_mod
-from autosqueeze.measure import paired as timing_mod
 from autosqueeze.search.early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly
 from autosqueeze.search.study import prepare, run_search
 from autosqueeze.study_config import load_study_config
@@ -245,7 +245,8 @@ def test_failing_trials_are_recorded_with_their_reason_and_the_study_goes_on(tin
         return spec.apply(model, config, ctx)
 
     def nan_loss(config, teacher, layer_map, hidden_index=None):
-        return lambda student, batch: student(**{k: v for k, v in batch.items() if k != "labels"}).logits.sum() * math.nan
+        return lambda student, batch: student(**{k: v for k,
+                                                 v in batch.items() if k != "labels"}).logits.sum() * math.nan
 
     config = load_study_config(write_study(tmp_path, tiny_model_dir, trials=3))
     with monkeypatch.context() as m, pytest.raises(TrialsKeepFailing, match=r"1 trials in a row failed.*out of memory"):

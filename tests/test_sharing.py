@@ -6,7 +6,12 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_model, save_model
-from transformers import DistilBertConfig, DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from autosqueeze.arch import get_adapter
 from autosqueeze.measure import model_size

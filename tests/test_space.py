@@ -81,8 +81,10 @@ def test_sampled_recipes_only_hold_knobs_of_steps_that_are_on(tmp_path):
 @pytest.mark.parametrize("steps, needle", [
     ([{"method": "nope"}], "unknown method 'nope'"),
     ([{"method": "drop_layers", "params": {"kep": 2}}], "no parameter(s) ['kep']"),
-    ([{"method": "drop_layers", "params": {"keep": {"type": "int", "low": 4, "high": 2}}}], "drop_layers.keep: empty range"),
-    ([{"method": "drop_layers", "params": {"keep": {"type": "int", "low": 1.5, "high": 2}}}], "drop_layers.keep: an int range"),
+    ([{"method": "drop_layers", "params": {"keep": {"type": "int", "low": 4, "high": 2}}}],
+     "drop_layers.keep: empty range"),
+    ([{"method": "drop_layers", "params": {"keep": {"type": "int", "low": 1.5, "high": 2}}}],
+     "drop_layers.keep: an int range"),
     ([{"method": "drop_layers", "params": {"keep": 2}, "requires_any": ["distill"], "excludes": []},
       {"method": "distill", "requires_any": ["drop_layers"]}], "cycle"),
     ([{"method": "quantize_dynamic", "choice": "q", "optional": True},

@@ -61,7 +61,8 @@ def test_sparsity_is_exact_per_scope(sparsity):
 
 def _with_teacher_abs(teacher, model):
     adapter = tiny.context(teacher).adapter
-    pairs = zip(part_weights(teacher, adapter, ("attention", "ffn")), part_weights(model, adapter, ("attention", "ffn")))
+    pairs = zip(part_weights(teacher, adapter, ("attention", "ffn")), part_weights(model, adapter, ("attention",
+                                                                                                    "ffn")))
     out = []
     for (_, _, old), (_, _, new) in pairs:
         new.teacher_abs = old.weight.detach().abs()
@@ -110,7 +111,8 @@ def test_size_counts_a_real_sparse_format():
         for m in sparse(model):
             rows, cols = m.weight.shape
             nnz = int(m.weight.count_nonzero())
-            expect = {"dense": 4 * rows * cols, "bitmap": 4 * nnz + -(-rows * cols // 8), "csr": 8 * nnz + 4 * (rows + 1)}
+            expect = {"dense": 4 * rows * cols, "bitmap": 4 * nnz + -(-rows * cols // 8),
+                      "csr": 8 * nnz + 4 * (rows + 1)}
             chosen = fmt or min(expect, key=expect.__getitem__)  # the smallest real format
             assert m.storage_format() == chosen
             assert m.autosqueeze_nbytes() == expect[chosen] + 4 * m.bias.numel()
@@ -143,7 +145,8 @@ def test_csr_kernel_matches_dense(batch_size):
 
 def test_csr_model_trains_dense_and_masked():
     t = tiny.tiny_bert()
-    model, dec = run(t, ("prune_unstructured", {"sparsity": 0.9, "kernel": "csr"}), ("distill", {"steps": 3, "lr": 1e-2}))
+    model, dec = run(t, ("prune_unstructured", {"sparsity": 0.9, "kernel": "csr"}), ("distill", {"steps": 3,
+                                                                                                 "lr": 1e-2}))
     assert dec[1]["steps_done"] == 3
     assert all(int((m.weight == 0).sum()) == round(0.9 * m.weight.numel()) for m in sparse(model))
     b = tiny.batch()
@@ -155,7 +158,8 @@ def test_csr_model_trains_dense_and_masked():
 
 def test_second_pruning_step_only_raises_sparsity():
     t = tiny.tiny_bert()
-    model, dec = run(t, ("prune_unstructured", {"sparsity": 0.5}), ("prune_unstructured", {"sparsity": 0.8, "kernel": "csr"}))
+    model, dec = run(t, ("prune_unstructured", {"sparsity": 0.5}), ("prune_unstructured", {"sparsity": 0.8,
+                                                                                           "kernel": "csr"}))
     assert all(int((m.weight == 0).sum()) == round(0.8 * m.weight.numel()) and m.kernel == "csr" for m in sparse(model))
     model, dec = run(t, ("prune_unstructured", {"sparsity": 0.7}), ("prune_unstructured", {"sparsity": 0.2}))
     assert all(int((m.weight == 0).sum()) == round(0.7 * m.weight.numel()) for m in sparse(model))
@@ -192,7 +196,8 @@ def test_quantization_after_pruning_is_dense_and_honest():
     assert not sparse(model) and isinstance(model.bert.encoder.layer[0].intermediate.dense, DynLinear)
     w = model.bert.encoder.layer[0].intermediate.dense.weight().dequantize()
     assert float((w == 0).float().mean()) >= 0.5  # the zeros are still there, stored densely
-    model, _ = run(t, ("prune_unstructured", {"sparsity": 0.5, "parts": ["ffn"]}), ("cast_precision", {"parts": ["ffn"]}))
+    model, _ = run(t, ("prune_unstructured", {"sparsity": 0.5, "parts": ["ffn"]}), ("cast_precision",
+                                                                                    {"parts": ["ffn"]}))
     assert not sparse(model)
     assert torch.isfinite(tiny.logits(model, tiny.batch())).all()
 
@@ -221,7 +226,8 @@ def test_saved_and_loaded_through_the_artifact(tmp_path):
     from autosqueeze.builder import build
 
     t = tiny.tiny_bert()
-    recipe = Recipe(steps=[Step("prune_unstructured", {"sparsity": 0.8, "kernel": "csr"}), Step("distill", {"steps": 2}),
+    recipe = Recipe(steps=[Step("prune_unstructured", {"sparsity": 0.8, "kernel": "csr"}), Step("distill",
+                                                                                                {"steps": 2}),
                            Step("cast_precision", {"parts": ["embeddings"]}),
                            Step("quantize_weights", {"bits": 4, "group_size": 16, "parts": ["classifier"]})])
     built = build(recipe, t, tiny.context(t))
