@@ -355,3 +355,29 @@ def test_a_space_with_student_exits_needs_a_student_trained_with_them(tiny_model
     assert main(["search", str(study_file), "--data-dir", str(tmp_path / "none")]) == 2  # before the teacher
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "exits: true" in err[0] and not (isolated_cache / "teachers").exists()
+
+
+def test_exits_left_out_follow_the_space(tiny_model_dir, tmp_path):
+    """``elastic.exits`` left out of the study file: on for a space that installs the student's exit
+    heads (the built-in joint_elastic), off (and the student's key unchanged) for one that does not;
+    ``exits: false`` with such a space is refused in one line."""
+    import dataclasses
+
+    from autosqueeze.builtin_spaces import builtin_space
+    from autosqueeze.elastic.train import ElasticSettings
+    from autosqueeze.search.space import load_space
+    from autosqueeze.search.study import resolve_elastic_exits
+    from autosqueeze.study_config import ConfigError, load_study_config
+
+    config = load_study_config(write_exit_study(tmp_path, tiny_model_dir))
+    config = dataclasses.replace(config, elastic=dataclasses.replace(config.elastic, exits=None))
+    joint, plain = load_space(builtin_space("joint_elastic")), load_space(builtin_space("elastic"))
+    assert resolve_elastic_exits(joint, config).elastic.exits is True
+    left = resolve_elastic_exits(plain, config)
+    assert left.elastic.exits is None
+    assert left.elastic.key_dict() == dataclasses.replace(left.elastic, exits=False).key_dict()
+    assert ElasticSettings().key_dict() == ElasticSettings(exits=False).key_dict() != \
+        ElasticSettings(exits=True).key_dict()
+    with pytest.raises(ConfigError, match="leave exits out"):
+        resolve_elastic_exits(joint, dataclasses.replace(config, elastic=dataclasses.replace(config.elastic,
+                                                                                            exits=False)))

@@ -25,7 +25,7 @@ from tests import tiny
 
 BOTH = ("torch", "onnxruntime")
 NO_TRAINING = {"prune_vocab", "quantize_dynamic", "quantize_static", "quantize_weights", "cast_precision",
-               "quantize_embeddings"}
+               "quantize_embeddings", "early_exit"}  # early_exit with training: elastic (the student's heads)
 
 
 def joint():
@@ -43,6 +43,9 @@ def test_joint_elastic_is_a_builtin_space_with_every_no_training_step_in_stage_o
     stages = [get_method(m).stage for m in methods]
     assert stages == sorted(stages) and stages[0] == Stage.DEPTH
     assert not any(get_method(m).trains for m in methods)  # a trial trains nothing
+    exits = space.step("early_exit")  # the student's own exit heads: data-free, no training in the trial
+    assert exits.fixed["training"] == "elastic" and get_method("early_exit").is_data_free(exits.fixed)
+    assert exits.excludes == ("quantize_static",)  # PyTorch only; static int8 is ONNX Runtime only
     precision = {m.method for m in space.groups()["precision"]}
     assert precision == {"quantize_dynamic", "quantize_static", "quantize_weights", "cast_precision"}
     assert all(s.optional for s in space.steps[1:])

@@ -24,13 +24,13 @@ from tests.test_elastic_study import write_elastic_study
 BIT_WIDTH = ("quantize_dynamic", "quantize_weights", "quantize_static", "cast_precision")
 # what the trials pick besides the slice (the sampler fills in the slice's own knobs)
 PICKS = [{"prune_vocab.on": True, "choice.precision": "quantize_weights", "quantize_embeddings.on": True,
-          "quantize_embeddings.bits": 4},
+          "quantize_embeddings.bits": 4, "early_exit.on": False},
          {"prune_vocab.on": False, "choice.precision": "quantize_dynamic", "quantize_embeddings.on": True,
-          "quantize_embeddings.bits": 8},
+          "quantize_embeddings.bits": 8, "early_exit.on": False},
          {"prune_vocab.on": True, "choice.precision": "quantize_dynamic", "quantize_embeddings.on": True,
-          "quantize_embeddings.bits": 4},
+          "quantize_embeddings.bits": 4, "early_exit.on": False},
          {"prune_vocab.on": False, "choice.precision": "quantize_weights", "quantize_embeddings.on": True,
-          "quantize_embeddings.bits": 8}]
+          "quantize_embeddings.bits": 8, "early_exit.on": False}]
 
 
 def _loaded_metric(folder, glue_dir, recipe: dict) -> float:
@@ -120,9 +120,9 @@ def test_joint_elastic_study_picks_bit_widths_and_embeddings_and_reproduces_them
 
 
 ORT_PICKS = [{"prune_vocab.on": True, "choice.precision": "quantize_static", "quantize_embeddings.on": True,
-              "quantize_embeddings.bits": 8},
+              "quantize_embeddings.bits": 8, "early_exit.on": False},
              {"prune_vocab.on": False, "choice.precision": "quantize_weights", "quantize_embeddings.on": True,
-              "quantize_embeddings.bits": 4, "runtime": "onnxruntime"}]
+              "quantize_embeddings.bits": 4, "early_exit.on": False, "runtime": "onnxruntime"}]
 
 
 def test_joint_elastic_static_int8_and_the_runtime_choice_in_onnxruntime(tiny_model_dir, glue_dir, tmp_path,
@@ -171,3 +171,49 @@ def test_joint_elastic_static_int8_and_the_runtime_choice_in_onnxruntime(tiny_mo
             ref = model(**b).logits
         graph = OrtClassifier(make_session(rebuilt.out / "model.onnx", HardwareProfile(threads=1)))(**b).logits
         assert (torch.as_tensor(graph) - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-4
+
+
+def test_joint_elastic_trial_with_exits_a_bit_width_and_an_embedding_step_reproduces(tiny_model_dir, glue_dir,
+                                                                                     tmp_path, isolated_cache):
+    """Issue 24's whole joint space in one trial: the built-in ``joint_elastic`` space (its student
+    trains exit heads: ``elastic.exits`` left out follows the space), a trial that picks an exit rule and
+    threshold, int8 and an int4 embedding table; exported by number, ``apply`` and ``autosqueeze.load``
+    reproduce its metric exactly, exits included (evaluated at batch 1, as the search did)."""
+    from transformers import AutoTokenizer
+
+    from autosqueeze.elastic.store import EXITS
+    from autosqueeze.measure.metrics import evaluate_deployed
+
+    study_file = write_elastic_study(tmp_path, tiny_model_dir, trials=1)
+    config = yaml.safe_load(study_file.read_text())
+    config.update(name="jx", search_space="joint_elastic")
+    config.get("elastic", {}).pop("exits", None)
+    study_file.write_text(yaml.safe_dump(config))
+    storage = f"sqlite:///{tmp_path / 'jx.db'}"
+    queued = optuna.create_study(study_name="jx", storage=storage, directions=["maximize", "minimize"])
+    queued.enqueue_trial({"prune_vocab.on": False, "early_exit.on": True, "early_exit.rule": "entropy",
+                          "early_exit.threshold": 0.5, "choice.precision": "quantize_dynamic",
+                          "quantize_embeddings.on": True, "quantize_embeddings.bits": 4})
+    data = ["--data-dir", str(glue_dir)]
+    assert main(["search", str(study_file), *data]) == 0
+    assert any((s / EXITS).is_file() for s in (isolated_cache / "elastic").iterdir())  # trained with exits
+    study = optuna.load_study(study_name="jx", storage=storage)
+    trial = next(t for t in study.trials if t.user_attrs.get("status") == "complete")
+    steps = trial.user_attrs["recipe"]["steps"]
+    assert [s["method"] for s in steps] == ["elastic", "early_exit", "quantize_dynamic", "quantize_embeddings"]
+    assert steps[1]["params"]["training"] == "elastic" and steps[1]["params"]["threshold"] == 0.5
+    assert trial.user_attrs["exit_stats"]["calls"] > 0
+
+    recipe_path = tmp_path / "jx.yaml"
+    assert main(["export", str(study_file), "--trial", str(trial.number), "-o", str(recipe_path)]) == 0
+    recorded = yaml.safe_load(recipe_path.read_text())["measured"]["metric"]
+    assert recorded == trial.user_attrs["metric"]
+    out = tmp_path / "jx-model"
+    assert main(["apply", str(recipe_path), "-o", str(out), "--no-onnx", *data]) == 0
+    manifest = json.loads((out / "autosqueeze.json").read_text())
+    assert manifest["measured"]["reproduced"]["metric"] == recorded
+    model = autosqueeze.load(out)
+    task_data, extra = load_task_data(get_task("sst2"), AutoTokenizer.from_pretrained(out), str(glue_dir),
+                                      TrainSettings(batch_size=4, max_seq_len=16), with_train=False)
+    metrics, stats = evaluate_deployed(model, task_data, extra, 64, 1)
+    assert metrics[get_task("sst2").main_metric] == recorded and stats == trial.user_attrs["exit_stats"]

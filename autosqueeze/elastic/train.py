@@ -116,7 +116,9 @@ class ElasticSettings:
     schedule: str = "sandwich"  # or "progressive": full depth only for the first width_phase of the steps
     width_phase: float = 0.5  # fraction of the steps that shrink width only (schedule: progressive)
     layer_choice: str = "even"  # layers a shallow sub-network keeps: even | first | mixed
-    exits: bool = False  # train exit heads after every layer with the sub-networks (early_exit training: elastic)
+    # train exit heads after every layer with the sub-networks (early_exit training: elastic); None (left out of
+    # the study file): as the search space needs, on when it has such a step (search.study.resolve_elastic_exits)
+    exits: bool | None = None
     exit_weight: float = 1.0  # weight of the exits' distillation (exit j of n kept layers: exit_weight * j / n)
 
     def __post_init__(self) -> None:
@@ -151,6 +153,8 @@ class ElasticSettings:
                 not math.isfinite(self.exit_weight) or not self.exit_weight > 0:
             raise ValueError(f"elastic.exit_weight must be a number > 0, got {self.exit_weight!r}")
         for name in ("bf16", "inplace_distill", "inplace_hidden", "exits"):
+            if name == "exits" and self.exits is None:
+                continue
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"elastic.{name} must be true or false, got {getattr(self, name)!r}")
         if self.schedule not in SCHEDULES:
@@ -167,6 +171,7 @@ class ElasticSettings:
         without ``inplace_distill``, ...); ``steps`` as 600 when neither ``steps`` nor ``epochs`` is
         given (the old default, same student)."""
         d = self.to_dict()
+        d["exits"] = bool(self.exits)  # left to the space and no space asking: the student without exits
         if not self.inplace_distill:  # no effect without in-place distillation / the progressive schedule
             d.pop("inplace_weight"), d.pop("inplace_hidden")
         if self.schedule != "progressive":

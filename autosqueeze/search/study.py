@@ -9,6 +9,7 @@ each trial a worker counts the finished trials plus those running elsewhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -149,20 +150,26 @@ def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
     return sc
 
 
-def check_elastic_exits(space: SearchSpace, config: StudyConfig) -> None:
-    """A space whose ``early_exit`` step takes the elastic student's heads (``training: elastic``) needs
-    an ``elastic`` step and a student trained with them (``elastic.exits: true``): refused in one line
-    before any work, not trial by trial."""
+def resolve_elastic_exits(space: SearchSpace, config: StudyConfig) -> StudyConfig:
+    """The study with its elastic student's exits settled by the space. A space whose ``early_exit``
+    step takes the elastic student's heads (``training: elastic``) needs an ``elastic`` step and a
+    student trained with them: ``elastic.exits`` left out of the study file turns them on, ``false``
+    is refused in one line before any work, not trial by trial. Without such a step the study is
+    returned as it is (``exits`` left out: a student without exits)."""
     steps = [s for s in space.steps if s.method == "early_exit" and (
         s.fixed_params().get("training") == "elastic" or "elastic" in getattr(s.dists.get("training"), "choices", ()))]
     if not steps:
-        return
+        return config
     what = (f"{config.search_space}: step {steps[0].id!r} (early_exit training: elastic) installs the elastic "
             f"student's exit heads")
     if not any(s.method == "elastic" for s in space.steps):
         raise ConfigError(f"{what}: the space needs an elastic step before it")
-    if not config.elastic.exits:
-        raise ConfigError(f"{what}: train the student with them (elastic: {{exits: true}} in {config.path})")
+    if config.elastic.exits is False:
+        raise ConfigError(f"{what}: train the student with them (elastic: {{exits: true}} in {config.path}, or "
+                          f"leave exits out: it follows the space)")
+    if config.elastic.exits is None:
+        return dataclasses.replace(config, elastic=dataclasses.replace(config.elastic, exits=True))
+    return config
 
 
 def prepare_elastic(sc: SearchContext, config: StudyConfig, progress: Progress | None) -> None:
@@ -279,7 +286,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     check_name(config.name, str(config.path))  # before the teacher: the name is the database's file name
     check_machine(config)
     space = load_space(config.search_space)  # validated before any work
-    check_elastic_exits(space, config)
+    config = resolve_elastic_exits(space, config)  # the student trains exit heads where the space uses them
     if len(config.search_runtimes) == 1:  # several: each trial is offered the runtimes its steps allow
         space = space.for_runtime(config.search_runtimes[0])
     budget = budget_ms if budget_ms is not None else config.latency_budget_ms
