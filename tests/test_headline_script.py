@@ -31,6 +31,10 @@ def test_headline_script_on_a_tiny_study(tiny_model_dir, glue_dir, tmp_path, iso
     assert result["front"] and all(POINT_FIELDS <= set(p) for p in result["front"])
     assert all(p["fidelity"] == "final" and p["speedup_vs_ort_int8"] > 0 for p in result["front"])
     assert (tmp_path / "results" / f"{name}.md").read_text().startswith(f"# {name}:")
+    (tmp_path / "results" / f"{name}.md").unlink()  # the page is rewritten from the JSON alone
+    assert module.main(["--data-dir", str(glue_dir), "--study", str(study), "--stage", "markdown"]) == 0
+    page = (tmp_path / "results" / f"{name}.md").read_text()
+    assert page.startswith(f"# {name}:") and "Search-time front" in page and result["search_front"]
     for p in result["front"]:  # each point against the limit its multiply-adds set
         assert p["macs"] > 0 and p["mac_ratio"] >= 1.0  # a slice of the teacher never costs more
         assert p["fraction_vs"] in {"fp32", "torch_int8", "ort_int8"}

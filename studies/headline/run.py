@@ -244,9 +244,21 @@ def read_targets(study_path: Path) -> dict[str, float]:
     return {**DEFAULT_TARGETS, **{k: float(v) for k, v in raw.items()}}
 
 
+def deployments(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every final point in every runtime it was timed in (a PyTorch int8 model and its ONNX Runtime
+    graph are two deployments of the same point, each with its own metric and paired speedups)."""
+    out = []
+    for p in result["front"]:
+        for runtime, d in (p.get("runtimes") or {p["runtime"]: p}).items():
+            out.append({"trial": p["trial"], "runtime": runtime, "delta_pts": d["delta_pts"],
+                        **{k: d.get(k) for k in ("speedup_vs_fp32", "speedup_vs_torch_int8", "speedup_vs_ort_int8")}})
+    return out
+
+
 def targets(result: dict[str, Any]) -> list[str]:
-    """One line per target, ``reached`` or ``not reached``, with the best point that was in reach."""
-    pts = result["front"]
+    """One line per target, ``reached`` or ``not reached``, with the fastest deployment in reach (any
+    final point in any runtime it was timed in)."""
+    pts = deployments(result)
     goal = result.get("targets") or DEFAULT_TARGETS
     t1, t3, vs_ort = goal["within_1pt"], goal["within_3pt"], goal["within_1pt_vs_ort_int8"]
     a = [p for p in pts if p["delta_pts"] >= -1.0 and (p["speedup_vs_fp32"] or 0) >= t1
@@ -256,7 +268,7 @@ def targets(result: dict[str, Any]) -> list[str]:
     best3 = max((p for p in pts if p["delta_pts"] >= -3.0), key=lambda p: p["speedup_vs_fp32"] or 0, default=None)
 
     def show(p: dict[str, Any] | None) -> str:
-        return "none" if p is None else (f"trial {p['trial']}: {p['speedup_vs_fp32']:.2f}x vs fp32, "
+        return "none" if p is None else (f"trial {p['trial']} in {p['runtime']}: {p['speedup_vs_fp32']:.2f}x vs fp32, "
                                          f"{p['speedup_vs_ort_int8']:.2f}x vs ORT int8, {p['delta_pts']:+.2f} pts")
 
     vs = f" and >= {vs_ort:g}x vs ORT int8" if vs_ort else ""
@@ -301,6 +313,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                      f"{p.get('mac_ratio') or 0:.2f} | {p.get('fraction_of_mac_ratio') or 0:.2f} "
                      f"(vs {p.get('fraction_vs', '-')}) | "
                      f"{100 * pt.get('metric', 0):.2f}, {pt.get('speedup_vs_fp32') or 0:.2f} |")
+    search = result.get("search_front") or []
+    if search:  # what the search saw: raw slices, no training, timed in the study's runtime
+        lines += ["", f"Search-time front ({len(search)} points: slices of the elastic student, no training per "
+                  "trial, speedup paired with the fp32 teacher in the search):", "",
+                  "| trial | recipe | metric | Δ pts | ×fp32 |", "|---|---|---|---|---|"]
+        for q in sorted(search, key=lambda q: q["latency_ms"] or 0.0):
+            lines.append(f"| {q['trial']} | {q['recipe']} | {100 * q['metric']:.2f} | "
+                         f"{100 * (q['metric'] - result['teacher_metric']):+.2f} | {q['speedup'] or 0:.2f} |")
     lines += ["", "MACs ratio: the teacher's multiply-adds over the point's (one forward, batch 1, seq "
               f"{result.get('seq_len', 128)}); share of it reached: the point's speedup over the teacher at the "
               "same precision and runtime, divided by that ratio (what embedding lookups, LayerNorm, softmax, GELU and "
@@ -315,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, help="GLUE folder (glue_data layout)")
     p.add_argument("--study", default=str(HERE / "study.yaml"))
-    p.add_argument("--stage", choices=("all", "search", "finalize", "references"), default="all")
+    p.add_argument("--stage", choices=("all", "search", "finalize", "references", "markdown"), default="all",
+                   help="markdown: rewrite results/<name>.md from results/<name>.json (no timing)")
     p.add_argument("--rounds", type=int, default=300, help="interleaved timing rounds in the reference stage")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -329,6 +350,14 @@ def main(argv: list[str] | None = None) -> int:
         stage_search(config, args.data_dir)
     if "finalize" in stages:
         stage_finalize(config, args.data_dir, work)
+    if "markdown" in stages:
+        out = Path(args.study).resolve().parent / "results" / f"{config.name}.json"
+        if not out.is_file():
+            raise SystemExit(f"{out}: no results yet; run the references stage first")
+        result = json.loads(out.read_text())
+        result["target_lines"] = targets(result)
+        out.write_text(json.dumps(result, indent=2, default=str))
+        write_markdown(result, out.with_suffix(".md"))
     if "references" in stages:
         refs = stage_references(config, args.data_dir, work, args.rounds)
         result = collect(config, refs)
