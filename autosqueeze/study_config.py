@@ -41,6 +41,7 @@ class FinalizeSettings:
     temperature: float = 1.0
     alpha_hidden: float = 1.0
     top_k: int = 8  # at most this many candidates (front points spread over latency, plus the best in budget)
+    bf16: bool = False  # the distillation's forward passes under bf16 autocast (the recipe's distill step says so)
 
     def __post_init__(self) -> None:
         for name in ("steps", "top_k"):
@@ -51,6 +52,8 @@ class FinalizeSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"finalize.{name} must be a number > 0, got {value!r}")
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"finalize.bf16 must be true or false, got {self.bf16!r}")
         if isinstance(self.alpha_hidden, bool) or not isinstance(self.alpha_hidden, (int, float)) or \
                 self.alpha_hidden < 0:
             raise ValueError(f"finalize.alpha_hidden must be a number >= 0, got {self.alpha_hidden!r}")

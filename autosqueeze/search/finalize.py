@@ -40,13 +40,14 @@ def final_recipe(recipe: Recipe, settings: FinalizeSettings) -> Recipe:
     result equals that of ``recipe`` (``run_finalize`` checks it)."""
     steps = list(recipe.steps)
     methods = [s.method for s in steps]
+    bf16 = {"bf16": True} if settings.bf16 else {}  # left out when off: recipes finalized before keep their form
     params = {"steps": settings.steps, "lr": settings.lr, "temperature": settings.temperature,
-              "alpha_logits": 1.0, "alpha_hidden": settings.alpha_hidden}
+              "alpha_logits": 1.0, "alpha_hidden": settings.alpha_hidden, **bf16}
     if "qat" in methods or settings.steps == 0:
         return recipe
     if "distill" in methods:
         i = methods.index("distill")
-        steps[i] = Step("distill", {**steps[i].params, "steps": settings.steps}, steps[i].version)
+        steps[i] = Step("distill", {**steps[i].params, "steps": settings.steps, **bf16}, steps[i].version)
     else:
         structural = [i for i, s in enumerate(steps) if get_method(s.method).stage < Stage.TRAIN]
         if not structural:
