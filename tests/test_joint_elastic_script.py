@@ -1,0 +1,91 @@
+"""studies/joint_elastic/run.py (issue 24, item 4): the search clock and the table on made-up trials,
+and the whole script in its ``--smoke`` mode (a tiny model, both arms, resumed with a longer budget)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "joint_elastic" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("joint_elastic_run", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trials(*seconds: float) -> list[SimpleNamespace]:
+    start = datetime(2025, 1, 1)
+    return [SimpleNamespace(number=i, datetime_start=start, datetime_complete=start + timedelta(seconds=s),
+                            user_attrs={}) for i, s in enumerate(seconds)]
+
+
+def test_the_clock_counts_trial_wall_times_and_stops_once_the_budget_is_reached(script):
+    kept, used = script.within_budget(_trials(4, 5, 3, 2), budget_s=10)
+    assert [t.number for t in kept] == [0, 1] and used == 9  # the trial that crosses the budget is not scored
+    callback = script.stop_at(budget_s=10, used_s=6)
+    callback(None, _trials(3)[0])  # 9 s: goes on
+    with pytest.raises(script.TimeUp):
+        callback(None, _trials(1)[0])  # 10 s: stops
+
+
+def test_the_hypervolume_is_search_efficiency_s(script):
+    assert tuple(script.REFERENCE) == (0.5, 1.0)
+    assert script.hypervolume([(0.9, 3.0), (0.8, 5.0)]) == pytest.approx(2 * 0.4 + 2 * 0.3)
+
+
+def test_the_table_summarizes_each_arm_with_median_and_range(script, tmp_path):
+    def row(arm: str, seed: int, hv: float, size: float | None) -> dict:
+        near = None if size is None else {"trial": 1, "metric": 0.9, "delta_pts": -0.5, "speedup": 4.0,
+                                          "size_pct": size, "size_no_emb_pct": size / 2}
+        return {"id": f"{arm}/seed{seed}/10min", "arm": arm, "seed": seed, "minutes": 10.0, "trials": 100,
+                "trials_per_hour": 600.0 + seed, "distinct_per_hour": 500.0, "hypervolume": hv,
+                "smallest_within_1pt": near, "smallest_no_emb_within_1pt": near, "fastest_within_1pt": near,
+                "machine": {"cpu": {"model": "AMD EPYC"}}}
+
+    rows = [row("elastic_int8", s, 1.0 + s, 50.0 + s) for s in range(3)] + \
+           [row("joint_elastic", 0, 2.0, 10.0), row("joint_elastic", 1, 3.0, None)]
+    script.write_table(tmp_path, rows)
+    table = (tmp_path / "table.md").read_text()
+    assert "| elastic_int8 | 10 | 3 | 2.0000 [1.0000–3.0000] | 601 [600–602] | 500 [500–500] | 51.0 [50.0–52.0] |" \
+        in table
+    assert "| joint_elastic | 10 | 2 | 2.5000 [2.0000–3.0000] |" in table and "10.0 [10.0–10.0] (1/2)" in table
+
+
+@pytest.mark.slow
+def test_smoke_runs_both_arms_and_a_rerun_continues_never_overwrites(script, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(tmp_path / "cache"))  # the script sets it; restored after the test
+    args = ["--smoke", "--out", str(tmp_path), "--seeds", "1", "--minutes", "0.1"]
+    assert script.main(args) == 0
+    results = tmp_path / "results"
+    rows = [json.loads(line) for line in (results / "rows.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["elastic_int8/seed0/0.1min", "joint_elastic/seed0/0.1min"]
+    for r in rows:
+        assert r["machine"]["cpu"] and r["search_s"] <= 6.0 and r["stopped"] == "time"
+        assert {"hypervolume", "trials_per_hour", "smallest_within_1pt", "smallest_no_emb_within_1pt"} <= set(r)
+    assert rows[0]["student"] != rows[1]["student"]  # the joint space's student carries exit heads: its own key
+
+    def study(arm: str) -> optuna.Study:
+        return optuna.load_study(study_name=f"{arm}-seed0", storage=f"sqlite:///{results / f'{arm}-seed0.db'}")
+
+    before = {arm: len(study(arm).trials) for arm in script.ARMS}
+    assert script.main(args) == 0  # done already: nothing runs, nothing is rewritten
+    assert {arm: len(study(arm).trials) for arm in script.ARMS} == before
+    assert len((results / "rows.jsonl").read_text().splitlines()) == 2
+    assert script.main([*args[:-1], "0.2"]) == 0  # a longer budget continues the same studies
+    for arm in script.ARMS:  # up to 12 s of trials (one exit trial of the tiny model may take longer alone)
+        searched = script.within_budget(script.clocked_trials(study(arm)), float("inf"))[1]
+        assert len(study(arm).trials) > before[arm] or searched >= 12.0
+    assert len((results / "rows.jsonl").read_text().splitlines()) == 4
+    (results / "table.md").unlink()
+    assert script.main(["--tables-only", "--out", str(results)]) == 0
+    assert "| joint_elastic | 0.2 | 1 |" in (results / "table.md").read_text()
