@@ -6,11 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from autosqueeze.elastic.train import ElasticSettings
+from autosqueeze.measure.latency import HardwareProfile
 from autosqueeze.methods import distill as distill_mod
 from autosqueeze.methods.distill import DistillConfig
 from autosqueeze.recipe import Recipe, Step
+from autosqueeze.runtimes import fingerprint
 from autosqueeze.search.finalize import final_recipe
-from autosqueeze.study_config import FinalizeSettings
+from autosqueeze.study_config import FinalizeSettings, StudyConfig, check_machine
 from autosqueeze.tasks import get_task
 from autosqueeze.teacher import teacher_key
 from autosqueeze.train import TrainSettings, train_loop
@@ -108,3 +111,19 @@ def test_distill_passes_bf16_to_the_training_loop(monkeypatch):
     monkeypatch.setattr(distill_mod, "has_quantized_layers", lambda m: False)
     distill_mod.apply(nn.Linear(2, 2), DistillConfig(steps=3, bf16=True), Ctx())
     assert got["bf16"] is True
+
+
+def test_bf16_training_on_a_cpu_without_bf16_units_is_warned(tmp_path, monkeypatch, caplog):
+    cfg = StudyConfig.__new__(StudyConfig)  # only the fields check_machine reads
+    cfg.path = tmp_path / "study.yaml"
+    cfg.hardware, cfg.teacher = HardwareProfile(), TrainSettings(bf16=True)
+    cfg.elastic, cfg.finalize = ElasticSettings(), FinalizeSettings(bf16=True)
+    monkeypatch.setattr(fingerprint, "cpu_has_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        check_machine(cfg)
+    assert "teacher.bf16, finalize.bf16 on a CPU without bf16 units" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(fingerprint, "cpu_has_bf16", lambda: True)
+    with caplog.at_level("WARNING"):
+        check_machine(cfg)
+    assert "bf16" not in caplog.text
