@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -30,8 +32,10 @@ from torch import nn
 
 from ..atomic import atomic_dir
 from ..data import TaskData
+from ..errors import ConfigError
 from ..teacher import cache_root
 from ..train import Progress
+from .checkpoint import Checkpointing
 from .train import EXITS_ATTR, ElasticSettings, resolve_steps, train_elastic
 
 log = logging.getLogger(__name__)
@@ -81,7 +85,9 @@ def get_elastic_student(teacher: nn.Module, teacher_hash: str, data: TaskData, s
         return ElasticStudent(key, path, json.loads((path / INFO).read_text()))
     log.info("no cached elastic student %s: training it (%d sandwich steps)", key,
              resolve_steps(settings, len(data.train), data.batch_size))
-    student, info = train_elastic(teacher, data, settings, progress)
+    partial = path.with_name(f"{key}.partial")  # the run's checkpoint: a killed run continues from it
+    student, info = train_elastic(teacher, data, settings, progress,
+                                  checkpoint=Checkpointing(partial, {"key": key}, checkpoint_every_s()))
     heads = getattr(student, EXITS_ATTR, None)
     if heads is not None:
         delattr(student, EXITS_ATTR)  # saved apart: the student itself keeps the teacher's architecture
@@ -92,7 +98,21 @@ def get_elastic_student(teacher: nn.Module, teacher_hash: str, data: TaskData, s
         if heads is not None:
             save_model(nn.ModuleDict({"heads": heads}), str(tmp / EXITS), metadata={"format": "pt"})
         (tmp / INFO).write_text(json.dumps(info, indent=2))
+    shutil.rmtree(partial, ignore_errors=True)
     return ElasticStudent(key, path, info)
+
+
+def checkpoint_every_s() -> float:
+    """Seconds of training between two checkpoints of an elastic run: ``AUTOSQUEEZE_CHECKPOINT_S``
+    (0: after every step), else 10 minutes."""
+    raw = os.environ.get("AUTOSQUEEZE_CHECKPOINT_S", "600")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"AUTOSQUEEZE_CHECKPOINT_S must be a number of seconds >= 0, got {raw!r}")
+    return value
 
 
 @lru_cache(maxsize=2)

@@ -64,6 +64,7 @@ from ..data import Batch, TaskData
 from ..errors import ConfigError
 from ..methods.context import MethodContext
 from ..train import Progress, _lr_lambda, seed_everything
+from .checkpoint import Checkpointing
 from .reorder import hidden_importance, importance_scores, reorder, reorder_hidden
 from .subnet import (
     Subnet,
@@ -345,12 +346,14 @@ def _no_timer(name: str) -> contextlib.AbstractContextManager[Any]:
 
 
 def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
-                  progress: Progress | None = None, timer: Timer | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  progress: Progress | None = None, timer: Timer | None = None,
+                  checkpoint: Checkpointing | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The elastic student of ``teacher``: reordered by importance, then sandwich-distilled.
 
     ``timer(name)`` (optional, for profiling) wraps each phase of a step in a context manager:
     ``data``, ``teacher``, ``forward.<sub-network>``, ``backward.<sub-network>`` (``largest``,
-    ``smallest``, ``random1``, ...), ``optimizer``."""
+    ``smallest``, ``random1``, ...), ``optimizer``. ``checkpoint``: the run saves its state there
+    every few minutes and, started again, continues from it (the same student as an unbroken run)."""
     t0 = time.perf_counter()
     if settings.exits:  # before the minutes of importance scoring
         check_exits_task(data)
@@ -382,10 +385,16 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
     student_hidden = want_hidden or heads is not None  # the student's (its exits read each kept layer's)
     names = ["largest", "smallest"] + [f"random{i + 1}" for i in range(settings.random_subnets)]
     ema = {"largest": math.nan, "smallest": math.nan}
+    start, earlier_s = 0, 0.0  # a resumed run: the steps and training seconds of the runs before
+    if checkpoint is not None and (state := checkpoint.load(student, opt, sched, rng)) is not None:
+        start, earlier_s = int(state["step"]), float(state["train_s"])
+        ema = {k: float(v) for k, v in state["ema"].items()}
     student.train()
     batches: Iterator[Batch] = iter(data.train_batches(total, settings.seed + 7))
+    for _ in range(start):  # a resumed run: the batches the earlier runs trained on (seconds to re-draw)
+        next(batches)
     with elastic_mode(student, adapter):
-        for step in range(total):
+        for step in range(start, total):
             with timer("data"):
                 batch = next(batches)
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -418,8 +427,11 @@ def train_elastic(teacher: nn.Module, data: TaskData, settings: ElasticSettings,
                 sched.step()
             if progress:
                 progress("elastic", step + 1, total, dict(ema))
+            if checkpoint is not None and checkpoint.due(step + 1, total):
+                checkpoint.save(step + 1, student, opt, sched, rng,
+                                {"ema": ema, "train_s": earlier_s + time.perf_counter() - t0})
     student.eval()
-    info = {"orders": orders, "space": asdict(space), "loss": ema, "train_s": time.perf_counter() - t0,
+    info = {"orders": orders, "space": asdict(space), "loss": ema, "train_s": earlier_s + time.perf_counter() - t0,
             "steps": total, "epochs": total * data.batch_size / max(1, len(data.train))}
     if heads is not None:
         info["exits"] = {"heads": len(heads), "activation": heads[0].activation}
