@@ -45,8 +45,7 @@ def _progress() -> Callable[[str, int, int, dict[str, float]], None]:
 
 def teacher_folder(config: Any, data_dir: str) -> Path | None:
     """The cached teacher's folder if it is complete (no model loaded)."""
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import cache_root, teacher_key, train_data_id
+    from autosqueeze import cache_root, get_task, teacher_key, train_data_id
 
     if config.teacher.steps == 0:  # a fine-tuned folder used as it is (teacher: {path: DIR}): nothing to train
         return Path(config.model)
@@ -57,7 +56,7 @@ def teacher_folder(config: Any, data_dir: str) -> Path | None:
 
 def elastic_folder(teacher_hash: str | None, config: Any) -> Path | None:
     """A complete cached elastic student of this teacher trained with the study's settings."""
-    from autosqueeze.teacher import cache_root
+    from autosqueeze import cache_root
 
     want = config.elastic.to_dict()
     for info_file in sorted((cache_root() / "elastic").glob("*/elastic.json")):
@@ -100,8 +99,7 @@ def stage_status(config: Any, data_dir: str, study_arg: str) -> int:
             return 0
         train_s = json.loads((student / "elastic.json").read_text()).get("train_s") or 0
         print(f"elastic student: {student} (trained in {train_s / 3600:.2f} h)")
-    from autosqueeze.search.storage import make_storage
-    from autosqueeze.search.study import finished_trials
+    from autosqueeze import finished_trials, make_storage
 
     db = Path(config.storage_url.removeprefix("sqlite:///"))
     if config.storage_url.startswith("sqlite:///") and not db.is_file():
@@ -135,8 +133,7 @@ def stage_status(config: Any, data_dir: str, study_arg: str) -> int:
 
 
 def stage_teacher(config: Any, data_dir: str) -> int:
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import get_teacher
+    from autosqueeze import get_task, get_teacher
 
     t0 = time.time()
     teacher = get_teacher(config.model, get_task(config.task), data_dir, config.teacher, _progress())
@@ -148,10 +145,7 @@ def stage_teacher(config: Any, data_dir: str) -> int:
 def stage_elastic(config: Any, data_dir: str) -> int:
     """What ``autosqueeze.search.study.prepare`` + ``prepare_elastic`` do before the first trial, less the
     timing: the same teacher, data and settings, so the same student key."""
-    from autosqueeze.elastic import get_elastic_student
-    from autosqueeze.measure.latency import fixed_threads
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import get_teacher, load_task_data
+    from autosqueeze import fixed_threads, get_elastic_student, get_task, get_teacher, load_task_data
 
     task = get_task(config.task)
     if teacher_folder(config, data_dir) is None:
@@ -174,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=str(HERE / "study.yaml"))
     p.add_argument("--stage", choices=("status", "teacher", "elastic"), required=True)
     args = p.parse_args(argv)
-    from autosqueeze.errors import UserError
-    from autosqueeze.study_config import check_machine, load_study_config
+    from autosqueeze import UserError, check_machine, load_study_config
 
     try:
         config = load_study_config(args.study)

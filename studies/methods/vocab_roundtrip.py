@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,16 +21,17 @@ import yaml
 HERE = Path(__file__).resolve().parent
 
 
+def cli(*args: str) -> int:
+    """``autosqueeze ARGS`` as the user runs it (this interpreter); its exit status."""
+    return subprocess.run([sys.executable, "-m", "autosqueeze.cli", *args], check=False).returncode
+
+
 def main() -> int:
     import numpy as np
     from transformers import AutoTokenizer
 
     import autosqueeze
-    from autosqueeze import load_study_config, resolve_data_dir
-    from autosqueeze.cli import main as cli
-    from autosqueeze.measure.metrics import predict
-    from autosqueeze.search.objective import evaluate_recipe, with_provenance
-    from autosqueeze.search.study import prepare
+    from autosqueeze import evaluate_recipe, predict, start_study_script, with_provenance
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -41,10 +43,10 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     from run import row_recipe
 
-    config = load_study_config(args.study)
-    data_dir = resolve_data_dir(args.data_dir or config.data_dir)
+    script = start_study_script(args.study, args.data_dir)
+    config, data_dir = script.config, script.data_dir
     rows = {r["name"]: r for r in yaml.safe_load((HERE / "rows.yaml").read_text())["rows"]}
-    sc = prepare(config, data_dir, None)
+    sc = script.prepare()
     recipe = with_provenance(row_recipe(rows[args.row]), sc)
     keep: dict = {}
     res = evaluate_recipe(recipe, sc, keep=keep)
@@ -53,7 +55,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vocab-roundtrip-") as tmp:
         path = recipe.save(Path(tmp) / "recipe.yaml")
         folder = Path(tmp) / "model"
-        if cli(["apply", str(path), "-o", str(folder), "--data-dir", data_dir, "--no-onnx"]) != 0:
+        if cli("apply", str(path), "-o", str(folder), *(["--data-dir", data_dir] if data_dir else []), "--no-onnx"):
             print("apply failed", file=sys.stderr)
             return 1
         loaded = autosqueeze.load(folder)

@@ -49,8 +49,7 @@ def study_front(study_file: Path) -> tuple[list, dict]:
     study's attributes (teacher, references)."""
     import optuna
 
-    from autosqueeze import load_study_config, pareto_front, trial_records
-    from autosqueeze.search.pareto import Baselines
+    from autosqueeze import Baselines, load_study_config, pareto_front, trial_records
 
     config = load_study_config(study_file)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -132,7 +131,7 @@ def main() -> int:
             for k in ("int8_baseline", "ort_int8_baseline", "majority_baseline") if attrs.get(k)}
     points = [{"trial": p.number, "methods": " + ".join(p.methods), "metric": p.metric, "speedup": p.speedup}
               for p in front]
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze import hardware_fingerprint
 
     (out / "check.json").write_text(json.dumps({
         "times_s": times, "recipes": recipes, "teacher": {"metric": teacher.get("search_metric"),

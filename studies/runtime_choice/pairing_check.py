@@ -12,10 +12,14 @@ import optuna
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from autosqueeze.measure import HardwareProfile
-from autosqueeze.measure.latency import fixed_threads, synthetic_inputs
-from autosqueeze.runtimes.fingerprint import hardware_fingerprint
-from autosqueeze.runtimes.ort import OrtClassifier, make_session
+from autosqueeze import (
+    HardwareProfile,
+    OrtClassifier,
+    fixed_threads,
+    hardware_fingerprint,
+    make_session,
+    synthetic_inputs,
+)
 
 HERE = Path(__file__).resolve().parent
 folder = HERE / "work" / "trial-36"

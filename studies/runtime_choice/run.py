@@ -79,16 +79,15 @@ def cli(*args: str) -> str:
 def main() -> int:
     import optuna
 
-    from autosqueeze import load_study_config, resolve_data_dir
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze import hardware_fingerprint, start_study_script
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
     p.add_argument("--study", default=str(HERE / "study.yaml"))
     p.add_argument("--repeats", type=int, default=300, help="bench repeats per model")
     args = p.parse_args()
-    config = load_study_config(args.study)
-    data_dir = resolve_data_dir(args.data_dir or config.data_dir)
+    script = start_study_script(args.study, args.data_dir)
+    config, data_dir = script.config, script.data_dir
     work, results = HERE / "work", HERE / "results"
     work.mkdir(exist_ok=True)
     results.mkdir(exist_ok=True)
