@@ -98,7 +98,7 @@ def plan(structures: dict[str, dict[str, Any]], budgets: list[dict[str, Any]], o
     """Rows grouped by elastic student (each student trained once, then every structure sliced from it)."""
     hidden_ok = has_param("elastic", "hidden_keep")
     names = [n for n, st in structures.items() if hidden_ok or "hidden_keep" not in st]  # else not sliceable here
-    rows = []
+    rows: list[dict[str, Any]] = []
     for b in budgets:
         rows += [{"id": f"budget/{budget_name(b)}/{s}/even", "kind": "budget", "variant": budget_name(b),
                   "structure": s, "layer_set": "even", "elastic": dict(b)} for s in names]
@@ -264,7 +264,7 @@ def write_table(out: Path, recs: list[dict[str, Any]]) -> None:
 # --- smoke: a tiny model, a synthetic SST-2, a tiny study ------------------------------------
 def smoke_setup(root: Path) -> Path:
     """A tiny 6-layer BERT with a word-level vocabulary, a synthetic SST-2 and a study naming both."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast  # type: ignore[attr-defined]
 
     rng = random.Random(0)
     good, bad = ["good", "great", "fine", "charming", "lovely"], ["bad", "dull", "awful", "bleak", "weak"]

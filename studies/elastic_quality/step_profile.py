@@ -54,7 +54,8 @@ def load_model(args: argparse.Namespace) -> Any:
         import transformers
 
         cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                                      intermediate_size=64, max_position_embeddings=max(64, args.seq), num_labels=2)
+                                      intermediate_size=64, max_position_embeddings=max(64, args.seq),
+                                      num_labels=2)  # type: ignore[call-arg]  # a PretrainedConfig kwarg, not typed
         return transformers.BertForSequenceClassification(cfg).eval()
     from autosqueeze import load_classifier
 

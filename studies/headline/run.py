@@ -108,11 +108,11 @@ def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
 def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
     import optuna
 
-    from autosqueeze import final_records, hardware_fingerprint, open_study, pareto_front, trial_records
+    from autosqueeze import StudyRecord, final_records, hardware_fingerprint, open_study, pareto_front, trial_records
 
     study = open_study(config, create=False)
-    ua = study.user_attrs
-    teacher_metric = float(ua["teacher"]["search_metric"])
+    record = StudyRecord.from_study(study)
+    teacher_metric = float(record.teacher_info["search_metric"])
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.user_attrs.get("status") == "complete"]
     trial_s = [float(t.user_attrs["trial_s"]) for t in done if "trial_s" in t.user_attrs]
@@ -142,7 +142,7 @@ def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
         })
     search_front = [{"trial": r.number, "metric": r.metric, "latency_ms": r.latency_ms, "speedup": r.speedup,
                      "recipe": r.recipe_summary} for r in pareto_front(trial_records(study))]
-    summary = ua.get("finalize") or {}
+    summary = record.finalize or {}
     elastic = elastic_info(finals)
     return {
         "study": config.name, "task": config.task, "model": config.model, "params": refs.get("params"),

@@ -99,28 +99,29 @@ def stage_status(config: Any, data_dir: str, study_arg: str) -> int:
             return 0
         train_s = json.loads((student / "elastic.json").read_text()).get("train_s") or 0
         print(f"elastic student: {student} (trained in {train_s / 3600:.2f} h)")
-    from autosqueeze import finished_trials, make_storage
+    from autosqueeze import StudyRecord, finished_trials, make_storage
 
     db = Path(config.storage_url.removeprefix("sqlite:///"))
     if config.storage_url.startswith("sqlite:///") and not db.is_file():
         print(f"search: not started; next: {RUN} {common} --stage search")
         return 0
     try:
-        study = optuna.load_study(study_name=config.name, storage=make_storage(config.storage_url, create=False))
+        search = optuna.load_study(study_name=config.name, storage=make_storage(config.storage_url, create=False))
     except KeyError:
         print(f"search: not started; next: {RUN} {common} --stage search")
         return 0
-    done = finished_trials(study)
+    done = finished_trials(search)
     print(f"search: {done}/{config.trials} trials")
     if done < config.trials:
         print(f"next: {RUN} {common} --stage search")
         return 0
     from dataclasses import asdict
 
-    summary = study.user_attrs.get("finalize") or {}
+    record = StudyRecord.from_study(search)
+    summary = record.finalize or {}
     finalized = summary.get("settings") == asdict(config.finalize)
     saved = sorted((Path(config.path).parent / "work" / "final").glob("trial-*"))
-    print(f"finalize: {'done' if finalized else 'not finished'} ({len(study.user_attrs.get('final') or {})} "
+    print(f"finalize: {'done' if finalized else 'not finished'} ({len(record.final or {})} "
           f"candidates stored, {len(saved)} final models saved under work/final)")
     if not finalized:
         print(f"next: {RUN} {common} --stage finalize")

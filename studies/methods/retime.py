@@ -35,6 +35,7 @@ def main() -> int:
     rows = [r for r in yaml.safe_load((HERE / "rows.yaml").read_text())["rows"]
             if (not args.only or r["name"] in args.only) and all(s["method"] != "early_exit" for s in r["steps"])]
     sc = script.prepare()
+    assert sc.baseline is not None  # measured by prepare
     lines = [f"# Speedups re-timed {args.repeats} times (structure only, paired with the teacher)", "",
              f"Teacher {sc.baseline.median_ms:.2f} ms at batch {sc.profile.batch_size}, seq {sc.profile.seq_len}, "
              f"{sc.profile.threads} threads. `python studies/methods/retime.py {' '.join(sys.argv[1:])}`", "",

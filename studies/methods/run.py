@@ -89,6 +89,7 @@ def main() -> int:
     print(f"{len(todo)} rows to run ({len(done)} already in {done_file})", flush=True)
 
     sc = script.prepare()
+    assert sc.baseline is not None  # measured by prepare
     machine = script.machine(sc)  # every row says where it was timed
     t_metric = sc.teacher.metrics[sc.main_metric]
     print(f"teacher: {sc.main_metric} {t_metric:.4f}, {sc.baseline.median_ms:.2f} ms "

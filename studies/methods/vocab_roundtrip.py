@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -64,10 +65,11 @@ def main() -> int:
         data = dataclasses.replace(sc.data, tokenizer=tokenizer, train=[])
         applied = predict(loaded, data, data.dev, sc.eval_batch_size)
         kept_rows = int(loaded.get_input_embeddings().inner.num_embeddings)
+    teacher_config: Any = sc.teacher.model.config  # a transformers config (torch types it Tensor | Module)
     labels = np.asarray([e.label for e in sc.data.dev])
     out = {
         "row": args.row, "study": config.name, "dev_examples": len(labels),
-        "vocab_rows_kept": kept_rows, "vocab_rows_teacher": int(sc.teacher.model.config.vocab_size),
+        "vocab_rows_kept": kept_rows, "vocab_rows_teacher": int(teacher_config.vocab_size),
         "search_metric": res["metric"], "applied_metric": float((applied == labels).mean()),
         "predictions_equal": int((applied == searched).sum()),
         "predictions_different": int((applied != searched).sum()),

@@ -89,6 +89,8 @@ def main() -> int:
                    help="keep --work's finished search (that took SECONDS) and redo the steps after it")
     args = p.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        raise SystemExit("no GLUE folder: give --data-dir or set $AUTOSQUEEZE_GLUE_DIR")
     work, out = Path(args.work).resolve(), Path(args.out)
     if work.exists() and not args.reuse_search:
         shutil.rmtree(work)

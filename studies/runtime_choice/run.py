@@ -79,7 +79,7 @@ def cli(*args: str) -> str:
 def main() -> int:
     import optuna
 
-    from autosqueeze import hardware_fingerprint, start_study_script
+    from autosqueeze import StudyRecord, hardware_fingerprint, start_study_script
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -92,11 +92,12 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     results.mkdir(exist_ok=True)
 
-    print(cli("search", args.study, "--data-dir", data_dir)[-2000:], flush=True)
+    data_args = ["--data-dir", data_dir] if data_dir else []  # none: $AUTOSQUEEZE_GLUE_DIR, as the CLI reads it
+    print(cli("search", args.study, *data_args)[-2000:], flush=True)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)
     trials = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
     front = front_points(study)
-    teacher_dir = study.user_attrs["teacher"]["path"]
+    teacher_dir = StudyRecord.from_study(study).teacher_info["path"]
     hw = config.hardware
     checks = []
     for point in chosen(front):
@@ -105,7 +106,7 @@ def main() -> int:
         if not recipe.exists():
             cli("export", args.study, "-o", str(recipe), "--trial", str(n))
         if not (folder / "autosqueeze.json").exists():
-            cli("apply", str(recipe), "-o", str(folder), "--data-dir", data_dir)
+            cli("apply", str(recipe), "-o", str(folder), *data_args)
         manifest = json.loads((folder / "autosqueeze.json").read_text())
         out = cli("bench", teacher_dir, str(folder), "--threads", str(hw.threads), "--batch-size",
                   str(hw.batch_size), "--seq-len", str(hw.seq_len), "--repeats", str(args.repeats))

@@ -208,6 +208,7 @@ def main() -> int:
     meta_file = work / "meta.json"
     if not args.analyze_only:
         sc = script.prepare()
+        assert sc.baseline is not None  # measured by prepare
         for space in spaces.values():
             validate_for_model(space, sc.teacher.model, lambda: sc.method_context(config.seed, probe=True))
         refs = reference_points(sc) if not meta_file.exists() else json.loads(meta_file.read_text())["references"]

@@ -35,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 0.05
-STRUCTURES = {  # name: (recipe steps, runtime)
+STRUCTURES: dict[str, tuple[list[tuple[str, dict[str, Any]]], str]] = {  # name: (recipe steps, runtime)
     "torch_int8": ([("quantize_dynamic", {})], "torch"),
     "sliced_3_layers": ([("drop_layers", {"keep": 3})], "torch"),
     "sliced_3_layers_int8": ([("drop_layers", {"keep": 3}), ("quantize_dynamic", {})], "torch"),
