@@ -24,8 +24,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from autosqueeze import StudyRecord
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,17 +48,18 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
     return secs
 
 
-def study_front(study_file: Path) -> tuple[list, dict]:
+def study_front(study_file: Path) -> tuple[list, StudyRecord]:
     """The front as the report and export see it (the references and the floor in it), and the
-    study's attributes (teacher, references)."""
+    study's record (teacher, references)."""
     import optuna
 
-    from autosqueeze import Baselines, load_study_config, pareto_front, trial_records
+    from autosqueeze import Baselines, StudyRecord, load_study_config, pareto_front, trial_records
 
     config = load_study_config(study_file)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)
-    return pareto_front(trial_records(study), Baselines.from_attrs(study.user_attrs)), dict(study.user_attrs)
+    record = StudyRecord.from_study(study)
+    return pareto_front(trial_records(study), Baselines.from_record(record)), record
 
 
 def budgets_from_front(front: list) -> list[float]:
@@ -108,7 +113,7 @@ def main() -> int:
     times = {"search": args.reuse_search or run([*cli, "search", str(study)], env, log),
              "report": run([*cli, "report", str(study)], env, log)}
     recipes = []
-    front, attrs = study_front(study)
+    front, record = study_front(study)
     for i, budget in enumerate(budgets_from_front(front)):
         recipe, model = work / f"recipe_{i}.yaml", work / f"model_{i}"
         times[f"export {budget} ms"] = run([*cli, "export", str(study), "--latency-budget", str(budget),
@@ -128,9 +133,9 @@ def main() -> int:
             "onnx_metric": manifest.get("onnx", {}).get("metric"),
             "weights_file_bytes": (model / "model.safetensors").stat().st_size,
         })
-    teacher = attrs.get("teacher") or {}
-    refs = {k: {"metric": (attrs.get(k) or {}).get("metric"), "speedup": (attrs.get(k) or {}).get("speedup")}
-            for k in ("int8_baseline", "ort_int8_baseline", "majority_baseline") if attrs.get(k)}
+    teacher = record.teacher_info
+    refs = {k: {"metric": record.reference(k).get("metric"), "speedup": record.reference(k).get("speedup")}
+            for k in ("int8_baseline", "ort_int8_baseline", "majority_baseline") if record.reference(k)}
     points = [{"trial": p.number, "methods": " + ".join(p.methods), "metric": p.metric, "speedup": p.speedup}
               for p in front]
     from autosqueeze import hardware_fingerprint

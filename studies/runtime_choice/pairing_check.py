@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification
 from autosqueeze import (
     HardwareProfile,
     OrtClassifier,
+    StudyRecord,
     fixed_threads,
     hardware_fingerprint,
     make_session,
@@ -25,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 folder = HERE / "work" / "trial-36"
 
 s = optuna.load_study(study_name="runtime_choice", storage=f"sqlite:///{HERE / 'results' / 'runtime_choice.db'}")
-teacher = AutoModelForSequenceClassification.from_pretrained(s.user_attrs["teacher"]["path"]).eval()
+teacher = AutoModelForSequenceClassification.from_pretrained(StudyRecord.from_study(s).teacher_info["path"]).eval()
 prof = HardwareProfile(threads=2, batch_size=1, seq_len=128, runtime="onnxruntime")
 batch = synthetic_inputs(prof, teacher.config.vocab_size)
 

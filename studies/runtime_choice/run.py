@@ -97,7 +97,8 @@ def main() -> int:
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)
     trials = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
     front = front_points(study)
-    teacher_dir = StudyRecord.from_study(study).teacher_info["path"]
+    record = StudyRecord.from_study(study)
+    teacher_dir = record.teacher_info["path"]
     hw = config.hardware
     checks = []
     for point in chosen(front):
@@ -127,8 +128,8 @@ def main() -> int:
         "study": config.name, "trials": len(trials), "trials_by_runtime": by_runtime,
         "front": front, "front_by_runtime": {rt: sum(1 for p in front if p["runtime"] == rt)
                                              for rt in config.search_runtimes},
-        "teacher_metric": study.user_attrs["teacher"].get("search_metric"),
-        "teacher_latency_ms": study.user_attrs["teacher"].get("latency_ms"),
+        "teacher_metric": record.teacher_info.get("search_metric"),
+        "teacher_latency_ms": record.teacher_info.get("latency_ms"),
         "reproductions": checks, "bench_repeats": args.repeats,
         "fingerprint": hardware_fingerprint(hw.threads, hw.runtime),
     }
