@@ -124,6 +124,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _study_counts(study: Any) -> dict[str, Any]:
     """Where a study stands: trials by status and its front (report.pareto.front_summary)."""
     from .report.pareto import front_summary, trial_records
+    from .search.study_record import StudyRecord
 
     records = trial_records(study)
     feasible = [r for r in records if r.feasible]
@@ -131,7 +132,7 @@ def _study_counts(study: Any) -> dict[str, Any]:
     counts["pruned"] = sum(r.state == "PRUNED" for r in records)
     counts["repeats"] = sum(r.duplicate_of is not None for r in records)
     return {"done": len(records) - counts["running"], "feasible": len(feasible),
-            "front": front_summary(records, study.user_attrs), **counts}
+            "front": front_summary(records, StudyRecord.from_study(study)), **counts}
 
 
 def _standing(c: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ def real_glue_dir() -> Path | None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 32) with a word-level vocabulary covering the fixtures."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast  # type: ignore[attr-defined]
 
     out = tmp_path_factory.mktemp("tiny_model")
     words = set()

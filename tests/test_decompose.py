@@ -17,7 +17,7 @@ from tests import tiny
 
 def tiny_distilbert(seed: int = 0) -> DistilBertForSequenceClassification:
     torch.manual_seed(seed)
-    cfg = DistilBertConfig(vocab_size=tiny.VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+    cfg = DistilBertConfig(vocab_size=tiny.VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,  # type: ignore[call-arg]
                            max_position_embeddings=64, dropout=0.0, attention_dropout=0.0, num_labels=2)
     return DistilBertForSequenceClassification(cfg).eval()
 

@@ -196,7 +196,7 @@ def _other_families():
     return [
         DistilBertForSequenceClassification(DistilBertConfig(
             vocab_size=tiny.VOCAB, dim=32, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=64)),
-        RobertaForSequenceClassification(RobertaConfig(
+        RobertaForSequenceClassification(RobertaConfig(  # type: ignore[call-arg]
             vocab_size=tiny.VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=70, num_labels=3)),
         ElectraForSequenceClassification(ElectraConfig(

@@ -215,7 +215,7 @@ def test_teacher_forward_once_per_step_and_timer_phases():
     calls = []
     handle = teacher.register_forward_hook(  # (the student is a deep copy: its copied hook sees itself as m)
         lambda m, i, o: calls.append(torch.is_grad_enabled()) if m is teacher else None)
-    phases = Counter()
+    phases: Counter[str] = Counter()
 
     @contextmanager
     def timer(name):

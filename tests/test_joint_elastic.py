@@ -257,7 +257,7 @@ def test_a_trial_that_trains_nothing_builds_once_and_exports_once(tiny_model_dir
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     builds: list[bool] = []
     real_build = objective_mod.build
-    monkeypatch.setattr(objective_mod, "build", lambda r, m, ctx: builds.append(ctx.probe) or real_build(r, m, ctx))
+    monkeypatch.setattr(objective_mod, "build", lambda r, m, ctx: builds.append(ctx.probe) or real_build(r, m, ctx))  # type: ignore[func-returns-value]
     exports = count_exports(monkeypatch)
     recipe = Recipe(steps=[Step("prune_vocab", {}), Step("quantize_static", {"sentences": 12})],
                     profile={"runtime": "onnxruntime"})

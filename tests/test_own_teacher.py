@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
 
 from autosqueeze import teacher as teacher_mod
 from autosqueeze.cli import main
@@ -37,7 +37,7 @@ def make_fine_tuned(out: Path, tokenizer_dir: Path, num_labels: int = 2, id2labe
     """A tiny BERT classifier folder as a user's fine-tuning run leaves it (save_pretrained)."""
     tok = BertTokenizerFast.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,  # type: ignore[call-arg]
                      intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
                      **({"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}} if id2label else {}))
     model = BertModel(cfg, add_pooling_layer=True) if bare else BertForSequenceClassification(cfg)
@@ -109,7 +109,7 @@ def test_a_study_uses_the_folder_as_it_is_and_measures_it_once(tiny_model_dir, g
     no_training(monkeypatch)
     measured = []
     real_evaluate = teacher_mod.evaluate
-    monkeypatch.setattr(teacher_mod, "evaluate", lambda *a, **k: measured.append(1) or real_evaluate(*a, **k))
+    monkeypatch.setattr(teacher_mod, "evaluate", lambda *a, **k: measured.append(1) or real_evaluate(*a, **k))  # type: ignore[func-returns-value]
 
     study = write_study(tmp_path, {"path": "my-finetuned-sst2", "max_seq_len": SEQ, "batch_size": 4})
     config = load_study_config(study)

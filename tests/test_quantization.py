@@ -102,7 +102,7 @@ def test_cast_keeps_fp32_between_layers_and_ffn_up_stays_low():
     layer = model.bert.encoder.layer[0]
     assert layer.intermediate.dense.keep_output and not layer.output.dense.keep_output
     assert not layer.attention.self.query.keep_output
-    seen = {}
+    seen: dict[str, torch.dtype] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, (CastLinear, CastEmbedding, nn.LayerNorm)):
             mod.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o.dtype))

@@ -46,9 +46,9 @@ def test_an_onnxruntime_candidate_is_paired_with_the_pytorch_teacher(monkeypatch
     built = build(recipe, teacher, MethodContext(adapter=get_adapter(teacher), teacher=teacher))
     spins, pairs = [], []
     real_session, real_paired = ort_mod.make_session, paired_mod.paired_latency
-    monkeypatch.setattr(ort_mod, "make_session", lambda *a, **k: spins.append(k.get("spinning")) or
+    monkeypatch.setattr(ort_mod, "make_session", lambda *a, **k: spins.append(k.get("spinning")) or  # type: ignore[func-returns-value]
                         real_session(*a, **k))
-    monkeypatch.setattr(paired_mod, "paired_latency", lambda c, t, *a, **k: pairs.append((c, t)) or
+    monkeypatch.setattr(paired_mod, "paired_latency", lambda c, t, *a, **k: pairs.append((c, t)) or  # type: ignore[func-returns-value]
                         real_paired(c, t, *a, **k))
     timing = timing_against_teacher(built.model, teacher, ORT, FAST, 10.0,
                                     float_model=built.float_model, recipe=recipe)
@@ -132,7 +132,7 @@ def test_a_study_over_both_runtimes(tiny_model_dir, glue_dir, tmp_path, isolated
     evaluated = []
     real_eval = predict_mod.evaluate_in_runtime
     monkeypatch.setattr(objective_mod, "evaluate_in_runtime",
-                        lambda m, p, *a, **k: evaluated.append(p.runtime) or real_eval(m, p, *a, **k))
+                        lambda m, p, *a, **k: evaluated.append(p.runtime) or real_eval(m, p, *a, **k))  # type: ignore[func-returns-value]
     path = write_study(tmp_path, tiny_model_dir, steps=MIXED_SPACE, trials=6,
                        hardware={"seq_len": 16, "threads": 1, "runtimes": ["torch", "onnxruntime"]})
     run_search(load_study_config(path), str(glue_dir))

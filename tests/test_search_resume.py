@@ -120,7 +120,7 @@ def test_a_vanished_workers_trial_is_failed_by_its_heartbeat(tiny_model_dir, glu
     study = open_study(config)
     trial = study.ask()  # a trial of a machine that disappeared: RUNNING, heartbeat long gone
     study._storage.set_trial_user_attr(trial._trial_id, "worker", {"host": "elsewhere", "pid": 1})
-    study._storage.record_heartbeat(trial._trial_id)
+    study._storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]  # an RDB storage's
     time.sleep(5)
     summary = run_search(config, str(glue_dir))
     trials = load(study_file).trials

@@ -82,7 +82,7 @@ def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_d
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), None)
     measured: list[int] = []
     real = timing_mod.paired_latency
-    monkeypatch.setattr(timing_mod, "paired_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))
+    monkeypatch.setattr(timing_mod, "paired_latency", lambda m, *a, **k: measured.append(1) or real(m, *a, **k))  # type: ignore[func-returns-value]
     a = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 2})])
     b = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 4, "temperature": 4.0})])
     ra, rb = objective_mod.evaluate_recipe(a, sc), objective_mod.evaluate_recipe(b, sc)

@@ -28,7 +28,7 @@ def _config(arch: str, layers: int, heads: int, hidden: int, ffn: int, num_label
                                              max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
                                              seq_classif_dropout=0.0, **common)
     if arch == "modernbert":
-        return transformers.ModernBertConfig(
+        return transformers.ModernBertConfig(  # type: ignore[call-arg]
             hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
             max_position_embeddings=64, global_attn_every_n_layers=2, local_attention=8,
             bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, embedding_dropout=0.0,
@@ -36,7 +36,7 @@ def _config(arch: str, layers: int, heads: int, hidden: int, ffn: int, num_label
     bert_like = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
                      max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **common)
     if arch == "deberta-v2":  # DeBERTa-v3's layout: shared relative embeddings, c2p + p2c, shared att keys
-        return transformers.DebertaV2Config(relative_attention=True, position_buckets=16, max_relative_positions=-1,
+        return transformers.DebertaV2Config(relative_attention=True, position_buckets=16, max_relative_positions=-1,  # type: ignore[call-arg]
                                             pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
                                             position_biased_input=False, type_vocab_size=0, **bert_like)
     if arch == "mpnet":
@@ -79,7 +79,7 @@ def save_model_dir(arch: str, vocab_file: Path, out: Path, layers: int = 2, head
         out.mkdir(parents=True, exist_ok=True)
         vocab_file = out / "vocab.txt"
         vocab_file.write_text("\n".join(words) + "\n")
-    tok = transformers.BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True,
+    tok = transformers.BertTokenizerFast(vocab=str(vocab_file), do_lower_case=True,  # type: ignore[attr-defined]
                                          model_input_names=["input_ids", "attention_mask"])
     tok.save_pretrained(out)
     model = tiny_model(arch, layers=layers, heads=heads, hidden=hidden, ffn=ffn)

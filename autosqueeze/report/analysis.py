@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import optuna
 
+from ..search.study_record import StudyRecord
 from ..tasks import TASKS
 from .pareto import TrialRecord
+
+StudyAttrs: TypeAlias = StudyRecord | Mapping[str, Any]  # a study's record, or its user attributes as stored
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 MAJORITY = "majority class"  # the reference of a constant predictor (measure.metrics.majority_reference)
@@ -33,39 +37,40 @@ class Reference:
     speedup_spread: dict[str, float] | None = None  # p10 / p90 of its per-pair ratios (when timed in pairs)
 
 
-def teacher_metric(attrs: dict[str, Any], metric_name: str) -> float | None:
+def teacher_metric(study: StudyAttrs, metric_name: str) -> float | None:
     """The teacher's metric on the study's dev data (the search subset when there is one)."""
-    teacher = attrs.get("teacher") or {}
+    teacher = StudyRecord.of(study).teacher_info
     value = teacher.get("search_metric")
     if value is None:
         value = (teacher.get("metrics") or {}).get(metric_name)
     return None if value is None else float(value)
 
 
-def references(attrs: dict[str, Any], metric_name: str) -> list[Reference]:
-    """Teacher and int8-baseline points from the study's user attributes (those present)."""
+def references(study: StudyAttrs, metric_name: str) -> list[Reference]:
+    """Teacher and int8-baseline points from the study's record (those present)."""
+    record = StudyRecord.of(study)
     out = []
-    teacher = attrs.get("teacher") or {}
+    teacher = record.teacher_info
     if teacher.get("latency_ms"):
-        out.append(Reference("teacher", float(teacher["latency_ms"]), teacher_metric(attrs, metric_name), 1.0,
+        out.append(Reference("teacher", float(teacher["latency_ms"]), teacher_metric(record, metric_name), 1.0,
                              dict(teacher.get("search_metrics") or teacher.get("metrics") or {}),
                              "(no compression)"))
-    base = attrs.get("int8_baseline") or {}
+    base = record.reference("int8_baseline")
     if base.get("latency_ms"):
         out.append(Reference("int8 baseline (quantize_dynamic)", float(base["latency_ms"]),
                              None if base.get("metric") is None else float(base["metric"]), base.get("speedup"),
                              dict(base.get("metrics") or {}), "quantize_dynamic()", base.get("speedup_spread")))
-    floor = attrs.get("majority_baseline") or {}
+    floor = record.reference("majority_baseline")
     if floor.get("metric") is not None:
         out.append(Reference(MAJORITY, None, float(floor["metric"]), None, dict(floor.get("metrics") or {}),
                              f"always predicting {floor.get('predicts', 'the most frequent label')}"))
     return out
 
 
-def official_metrics(attrs: dict[str, Any], metric_name: str) -> list[str]:
+def official_metrics(study: StudyAttrs, metric_name: str) -> list[str]:
     """The study task's official metrics besides ``metric_name`` (MRPC: accuracy; STS-B: spearmanr),
     with ``<metric>_<split>`` for a task's further dev splits (MNLI: ``accuracy_mismatched``)."""
-    spec = TASKS.get(str(attrs.get("task")))
+    spec = TASKS.get(str(StudyRecord.of(study).task))
     if spec is None:
         return []
     names = list(spec.metric_names) + [f"{m}_{s.replace('dev_', '')}" for s in spec.dev_splits[1:]
@@ -87,10 +92,10 @@ def trivial_teacher_note(refs: list[Reference], metric_name: str, margin: float 
 SHORT_TEACHER_PASSES = 0.5  # below half a pass over its training data a teacher is read as under-trained
 
 
-def short_teacher_note(attrs: dict[str, Any], passes: float = SHORT_TEACHER_PASSES) -> str | None:
+def short_teacher_note(study: StudyAttrs, passes: float = SHORT_TEACHER_PASSES) -> str | None:
     """A warning when the study's teacher was fine-tuned on less than ``passes`` of one pass over
     its training data (MiniLM-L6 on SST-2: 83.6% after 0.05 pass, 89% after 0.7 here)."""
-    training = (attrs.get("teacher") or {}).get("training") or {}
+    training = StudyRecord.of(study).teacher_info.get("training") or {}
     done = training.get("passes")
     if done is None or float(done) >= passes:
         return None
@@ -100,10 +105,10 @@ def short_teacher_note(attrs: dict[str, Any], passes: float = SHORT_TEACHER_PASS
             f"one (teacher.steps of at least {passes:g} pass for figures to quote)")
 
 
-def runtime_references(attrs: dict[str, Any]) -> list[Reference]:
+def runtime_references(study: StudyAttrs) -> list[Reference]:
     """The teacher's ONNX Runtime dynamic int8 (what a user deploys without autosqueeze), when the
     study measured it (``ort_int8_baseline``: paired with the fp32 PyTorch teacher, like trials)."""
-    base = attrs.get("ort_int8_baseline") or {}
+    base = StudyRecord.of(study).reference("ort_int8_baseline")
     if not base.get("latency_ms"):
         return []
     return [Reference("int8 baseline (ONNX Runtime dynamic int8)", float(base["latency_ms"]),

@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna
 
+from ..search.study_record import StudyRecord
 from ..study_config import StudyConfig
 from . import table
 from .analysis import (
@@ -61,15 +62,15 @@ def _frequency_table(counts: list[Any], n_front: int) -> str:
 def report_sections(study: optuna.Study, records: list[TrialRecord],
                     metric_name: str) -> tuple[list[Section], list[dict]]:
     """The page's sections and the effectiveness rows, from a study and its records."""
-    attrs = study.user_attrs
-    baselines = Baselines.from_attrs(attrs)
+    record = StudyRecord.from_study(study)
+    baselines = Baselines.from_record(record)
     front = pareto_front(records, baselines)
-    refs = references(attrs, metric_name) + runtime_references(attrs)
-    t_metric = teacher_metric(attrs, metric_name)
-    budget = attrs.get("latency_budget_ms")
-    rows = table.effectiveness_rows(front, records, t_metric, refs, official_metrics(attrs, metric_name), baselines)
+    refs = references(record, metric_name) + runtime_references(record)
+    t_metric = teacher_metric(record, metric_name)
+    budget = record.latency_budget_ms
+    rows = table.effectiveness_rows(front, records, t_metric, refs, official_metrics(record, metric_name), baselines)
     counts = status_counts(records)
-    notes = [n for n in (trivial_teacher_note(refs, metric_name), short_teacher_note(attrs)) if n]
+    notes = [n for n in (trivial_teacher_note(refs, metric_name), short_teacher_note(record)) if n]
     if not front:
         notes.append("no feasible completed trial yet: the front is empty (run `autosqueeze search`)"
                      if not any(r.feasible for r in records) else
@@ -100,7 +101,7 @@ def report_sections(study: optuna.Study, records: list[TrialRecord],
     ]
     finals = final_records(study)
     if finals:
-        summary = attrs.get("finalize") or {}
+        summary = record.finalize or {}
         tau = summary.get("kendall_tau")
         rows_html = "".join(
             f"<tr><td>{r.number}</td><td>{html.escape(r.recipe_summary)}</td>"
@@ -156,16 +157,16 @@ def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str 
 
     study = open_study_for_reading(storage or config.storage_url, config.name, config.path)
     records = trial_records(study)
-    attrs = study.user_attrs
-    metric_name = attrs.get("main_metric", "metric")
+    record = StudyRecord.from_study(study)
+    metric_name = record.main_metric or "metric"
     sections, rows = report_sections(study, records, metric_name)
     out_dir = Path(out_dir) if out_dir else config.report_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    profile = attrs.get("profile") or config.hardware.to_dict()
+    profile = record.profile or config.hardware.to_dict()
     counts = status_counts(records)
     meta = [f"model {config.model}, task {config.task} ({metric_name}), study file {config.path}",
             "hardware profile: " + ", ".join(f"{k} {v}" for k, v in profile.items()),
-            f"latency budget: {str(attrs['latency_budget_ms']) + ' ms' if attrs.get('latency_budget_ms') else 'none'}; "
+            f"latency budget: {str(record.latency_budget_ms) + ' ms' if record.latency_budget_ms else 'none'}; "
             "trials: "
             + ", ".join(f"{n} {s}" for s, n in counts.items())]
     title = f"autosqueeze study {config.name}: {config.task}, {len(records)} trials"
@@ -177,7 +178,7 @@ def write_report(config: StudyConfig, out_dir: Path | None = None, storage: str 
     csv_path = out_dir / "effectiveness.csv"
     _write_atomic(csv_path, table.to_csv(rows, metric_name))
     notes = [n for s in sections for n in s.notes]
-    return ReportFiles(html_path, md, csv_path, len(records), len(pareto_front(records, Baselines.from_attrs(attrs))),
+    return ReportFiles(html_path, md, csv_path, len(records), len(pareto_front(records, Baselines.from_record(record))),
                        notes)
 
 

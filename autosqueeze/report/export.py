@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 
 from ..recipe import Recipe
+from ..search.study_record import StudyRecord
 from ..study_config import StudyConfig
 from .fidelity import records_for_export
 from .pareto import (
@@ -29,11 +30,10 @@ from .provenance import add_provenance, selection_note
 
 
 def teacher_metric(study: optuna.Study) -> float:
-    teacher = study.user_attrs.get("teacher") or {}
-    value = teacher.get("search_metric")
+    value = StudyRecord.from_study(study).teacher_search_metric
     if value is None:
         raise NoTrialWithinBudget("the study recorded no teacher metric: run `autosqueeze search` on it again")
-    return float(value)
+    return value
 
 
 def fastest_within_drop(records: list[TrialRecord], reference: float, max_drop_pts: float,
@@ -70,7 +70,8 @@ def export_recipe(config: StudyConfig, out: Path, *, latency_budget_ms: float | 
 
     study = open_study_for_reading(storage or config.storage_url, config.name, config.path)
     records, fidelity = records_for_export(study)
-    baselines = Baselines.from_attrs(study.user_attrs)
+    study_record = StudyRecord.from_study(study)
+    baselines = Baselines.from_record(study_record)
     if max_drop is not None:
         if latency_budget_ms is not None or min_speedup is not None or trial_number is not None:
             raise NoTrialWithinBudget("give --max-drop alone (it picks the fastest point within the drop)")
@@ -81,7 +82,7 @@ def export_recipe(config: StudyConfig, out: Path, *, latency_budget_ms: float | 
                         trial_number=trial_number, baselines=baselines)
         selection = selection_note(latency_budget_ms, min_speedup, trial_number) + f" ({fidelity} fidelity)"
     recipe: Recipe = record.to_recipe()
-    add_provenance(recipe, record, study.user_attrs, study_name=config.name, study_path=str(config.path),
+    add_provenance(recipe, record, study_record, study_name=config.name, study_path=str(config.path),
                    selection=selection)
     recipe.measured = {**recipe.measured, "fidelity": fidelity}
     recipe.validate()

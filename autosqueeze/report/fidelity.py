@@ -13,14 +13,14 @@ from typing import Any
 import optuna
 
 from ..search.pareto import kendall_tau
+from ..search.study_record import StudyRecord
 from ..search.trial_record import FINAL_ATTR, TrialRecord, trial_records
 
 __all__ = ["FINAL_ATTR", "final_entries", "final_records", "kendall_tau", "records_for_export"]
 
 
 def final_entries(study: optuna.Study) -> dict[int, dict[str, Any]]:
-    raw = study.user_attrs.get(FINAL_ATTR) or {}
-    return {int(k): v for k, v in raw.items() if isinstance(v, dict) and v.get("status") == "complete"}
+    return StudyRecord.from_study(study).final_entries
 
 
 def final_records(study: optuna.Study) -> list[TrialRecord]:

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import UserError
 from ..search.pareto import Baselines, ReferencePoint, dominates, pareto_front
 from ..search.pareto import point as _point
+from ..search.study_record import StudyRecord
 from ..search.trial_record import TrialRecord, trial_records
 
 __all__ = ["Baselines", "NoTrialWithinBudget", "ReferencePoint", "TrialRecord", "front_summary", "pareto_front",
@@ -123,13 +124,14 @@ def select(records: list[TrialRecord], *, latency_budget_ms: float | None = None
     )
 
 
-def front_summary(records: list[TrialRecord], attrs: Mapping[str, Any]) -> str:
+def front_summary(records: list[TrialRecord], study: StudyRecord | Mapping[str, Any]) -> str:
     """Where a study's front stands, in one phrase for a progress line: with a budget, the most
     accurate point within it; without, the fastest point within 1 point of the teacher and the
     front's size (references and floor applied)."""
-    baselines = Baselines.from_attrs(attrs)
+    study = StudyRecord.of(study)
+    baselines = Baselines.from_record(study)
     front = pareto_front(records, baselines)
-    budget = attrs.get("latency_budget_ms")
+    budget = study.latency_budget_ms
     size = f"front {len(front)} point{'s' if len(front) != 1 else ''}"
     if not front and any(r.feasible and r.metric is not None for r in records):
         return f"{size}: every trial is dominated by a reference or at or below the majority-class floor"

@@ -8,12 +8,14 @@ library versions) and everything the trial measured (metric, latency with spread
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from ..models import base_model_hash
 from ..recipe import Recipe
 from ..runtimes.fingerprint import hardware_fingerprint
+from ..search.study_record import StudyRecord
 from .pareto import TrialRecord
 
 log = logging.getLogger(__name__)
@@ -29,19 +31,21 @@ def selection_note(latency_budget_ms: float | None, min_speedup: float | None, t
     return "the most accurate Pareto trial" + (f" with {' and '.join(wanted)}" if wanted else "")
 
 
-def add_provenance(recipe: Recipe, record: TrialRecord, study_attrs: dict[str, Any], *, study_name: str,
-                   study_path: str, selection: str) -> Recipe:
-    """Complete a trial's recipe with its provenance (in place; returns it)."""
+def add_provenance(recipe: Recipe, record: TrialRecord, study: StudyRecord | Mapping[str, Any], *,
+                   study_name: str, study_path: str, selection: str) -> Recipe:
+    """Complete a trial's recipe with its provenance (in place; returns it); ``study``: the study's record
+    (or its user attributes)."""
+    study = StudyRecord.of(study)
     teacher = dict(recipe.teacher)
-    study_teacher = study_attrs.get("teacher") or {}
+    study_teacher = study.teacher_info
     if not teacher.get("weights_hash") and study_teacher.get("weights_hash"):
         teacher["weights_hash"] = study_teacher["weights_hash"]
     base_hash = base_model_hash(recipe.base_model)
     if base_hash:
         teacher["base_weights_hash"] = base_hash
     recipe.teacher = teacher
-    profile = dict(recipe.profile or study_attrs.get("profile") or {})
-    recorded = study_attrs.get("fingerprint")
+    profile = dict(recipe.profile or study.profile or {})
+    recorded = study.fingerprint
     if recorded:
         profile["fingerprint"] = {**recorded, "source": "recorded by the search"}
     else:  # the study recorded none: describe the exporting machine, and say so

@@ -24,6 +24,7 @@ import optuna
 
 from ..recipe import Recipe, Step
 from ..runtimes.variants import DEFAULT_VARIANT, DeployVariant, parse_deploy_setting, set_active_variant
+from .study_record import StudyRecord
 
 log = logging.getLogger(__name__)
 ATTR = "deploy_variant"
@@ -37,7 +38,7 @@ def study_variant(study: optuna.Study, sc: Any, setting: Any) -> DeployVariant |
     when the study deploys in PyTorch only."""
     if ORT not in (sc.runtimes or (sc.profile.runtime,)):
         return None
-    recorded = study.user_attrs.get(ATTR)
+    recorded = StudyRecord.from_study(study).deploy_variant
     if recorded:
         variant = DeployVariant.from_dict(recorded["variant"])
     else:
@@ -54,7 +55,7 @@ def study_variant(study: optuna.Study, sc: Any, setting: Any) -> DeployVariant |
             assert isinstance(chosen, DeployVariant)
             record = {"how": "default" if setting in (None, "default") else "study file",
                       "variant": chosen.to_dict(), "label": chosen.label}
-        study.set_user_attr(ATTR, record)
+        StudyRecord(deploy_variant=record).write(study)
         variant = DeployVariant.from_dict(record["variant"])
         log.info("deployed ONNX Runtime graph (%s): %s", record["how"], variant.label)
     set_active_variant(variant)

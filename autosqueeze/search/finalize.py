@@ -24,7 +24,8 @@ from ..study_config import FinalizeSettings, StudyConfig
 from ..train import Progress
 from .objective import evaluate_recipe
 from .pareto import kendall_tau, pareto_front
-from .trial_record import FINAL_ATTR, TrialRecord, trial_records
+from .study_record import StudyRecord
+from .trial_record import TrialRecord, trial_records
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,11 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
 
         raise UserError(f"study {config.name!r} has no completed feasible trial to finalize: run "
                         f"`autosqueeze search {config.path}` first")
-    budget = study.user_attrs.get("latency_budget_ms")
+    budget = StudyRecord.from_study(study).latency_budget_ms
     sc = prepare(config, data_dir, budget, progress)
     use_study_reference(study, sc)  # final latencies on the scale of the search's
     study_variant(study, sc, config.deploy)  # the graph the search recorded
-    finals: dict[str, Any] = dict(study.user_attrs.get(FINAL_ATTR) or {})
+    finals: dict[str, Any] = dict(StudyRecord.from_study(study).final or {})
     t0 = time.perf_counter()
     for k, record in enumerate(candidates):
         old = finals.get(str(record.number))
@@ -134,7 +135,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
         final = TrialRecord(recipe=recipe.to_dict(), methods=tuple(s.method for s in recipe.steps)).with_result(result)
         finals[str(record.number)] = {**final.to_attrs(), "settings": asdict(settings), "search_metric": record.metric,
                                       "search_latency_ms": record.latency_ms}
-        study.set_user_attr(FINAL_ATTR, finals)  # stored as it comes: a kill loses one candidate at most
+        StudyRecord(final=finals).write(study)  # stored as it comes: a kill loses one candidate at most
     done = [(r, finals[str(r.number)]) for r in candidates
             if finals.get(str(r.number), {}).get("status") == "complete" and r.metric is not None]
     summary = {
@@ -142,5 +143,5 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
         "kendall_tau": kendall_tau([float(r.metric or 0.0) for r, _ in done], [float(f["metric"]) for _, f in done]),
         "finalized": len(done), "finalize_s": time.perf_counter() - t0,
     }
-    study.set_user_attr("finalize", summary)
+    StudyRecord(finalize=summary).write(study)
     return summary

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .study_record import StudyRecord
 from .trial_record import TrialRecord
 
 __all__ = ["Baselines", "ReferencePoint", "dominates", "kendall_tau", "pareto_front", "point"]
@@ -67,11 +68,16 @@ class Baselines:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Baselines:
-        """From a study's user attributes (those recorded; an older study may have none)."""
-        main = attrs.get("main_metric")
+        """From a study's user attributes (:meth:`from_record`)."""
+        return cls.from_record(StudyRecord.from_attrs(attrs))
+
+    @classmethod
+    def from_record(cls, study: StudyRecord) -> Baselines:
+        """From a study's record (the references recorded; an older study may have none)."""
+        main = study.main_metric
         refs = []
         for key, (name, deploy) in REFERENCE_ATTRS.items():
-            a = attrs.get(key) or {}
+            a = study.reference(key)
             metric = a.get("search_metric") if key == "teacher" else a.get("metric")
             if metric is None and main:
                 metric = (a.get("search_metrics") or a.get("metrics") or {}).get(main)
@@ -81,7 +87,7 @@ class Baselines:
             speedup = 1.0 if key == "teacher" else a.get("speedup")
             refs.append(ReferencePoint(key, name, float(metric), float(latency),
                                        None if speedup is None else float(speedup), deploy))
-        raw = (attrs.get("majority_baseline") or {}).get("metric")
+        raw = study.reference("majority_baseline").get("metric")
         floor = float(raw) if raw is not None and _finite(raw) else None
         teacher = next((ref for ref in refs if ref.key == "teacher"), None)
         if floor is not None and teacher is not None and teacher.metric <= floor + 1e-12:
@@ -112,7 +118,7 @@ def _finite(x: Any) -> bool:
 def pareto_front(records: list[TrialRecord], baselines: Baselines | None = None) -> list[TrialRecord]:
     """Feasible trials not dominated in (metric higher, latency lower), by latency.
 
-    With ``baselines`` (the study's, :meth:`Baselines.from_attrs`) the references are points of
+    With ``baselines`` (the study's, :meth:`Baselines.from_record`) the references are points of
     the front too: a trial one of them dominates, or one at or below the majority-class floor, is
     left out. Trials with exactly the same metric and latency (e.g. one recipe sampled twice)
     appear once, as the earliest of them.

@@ -46,6 +46,7 @@ from .storage import (
     redact,
     storage_exists,
 )
+from .study_record import StudyRecord
 from .trial_record import TrialRecord
 from .validate import validate_for_model
 
@@ -54,6 +55,7 @@ STUDY_PACKAGES = ("autosqueeze", "torch", "transformers", "optuna")  # the study
 DONE_STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # complete, over budget, stopped early: not failures
 MAX_FAILURES_IN_A_ROW = 5
+SETTINGS = ("task", "main_metric", "profile", "runtimes", "latency_budget_ms", "search_space", "early_stop")  # each run
 MAX_REPEATS_IN_A_ROW = 30  # proposals in a row that repeat an earlier recipe: the space is exhausted
 
 
@@ -195,7 +197,7 @@ def _seed_offset(study: optuna.Study, url: str) -> int:
 
 
 def _check_teacher(study: optuna.Study, sc: SearchContext, url: str) -> None:
-    known = (study.user_attrs.get("teacher") or {}).get("weights_hash")
+    known = StudyRecord.from_study(study).teacher_weights_hash
     mine = sc.teacher.info.get("weights_hash")
     if known and mine and known != mine:
         raise ConfigError(
@@ -210,15 +212,15 @@ def use_study_reference(study: optuna.Study, sc: SearchContext) -> None:
     applies its paired speedups to it (``sc.reference_ms``), so all trials share one scale. Each
     process's own baseline is appended to ``teacher_latency_runs`` (how the teacher moved between runs)."""
     assert sc.baseline is not None, "call measure_baseline first"
-    attrs = study.user_attrs
-    first = (attrs.get("teacher") or {}).get("latency_ms")
-    runs = list(attrs.get("teacher_latency_runs") or ([{"latency_ms": first}] if first else []))
+    record = StudyRecord.from_study(study)
+    first = record.teacher_latency_ms
+    runs = list(record.teacher_latency_runs or ([{"latency_ms": first}] if first else []))
     b = sc.baseline
     runs.append({"latency_ms": b.median_ms, "p10_ms": b.p10_ms, "p90_ms": b.p90_ms,
                  "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "host": socket.gethostname(), "pid": os.getpid()})
-    study.set_user_attr("teacher_latency_runs", runs)
-    sc.reference_ms = float(first) if first else None
+    StudyRecord(teacher_latency_runs=tuple(runs)).write(study)
+    sc.reference_ms = first
 
 
 def distinct_recipes(study: optuna.Study) -> int:
@@ -250,16 +252,17 @@ def with_int8_speedups(study: optuna.Study) -> dict[str, Any] | None:
     fingerprint once both are known. ``$AUTOSQUEEZE_INT8_PROBE=0`` leaves them out: the test
     suite sets it, because a tiny model's int8 speedup sits near 1.0 and would make its spaces
     depend on timing noise (``tests/test_int8_probe.py`` turns it back on)."""
-    fingerprint = dict(study.user_attrs.get("fingerprint") or {})
+    record = StudyRecord.from_study(study)
+    fingerprint = dict(record.fingerprint or {})
     probe = fingerprint.get("probe")
     if not probe:
         return None
     if "int8_speedup" not in probe and os.environ.get(INT8_PROBE_ENV, "1") != "0":
         speedups = {ref.get("runtime", runtime): ref.get("speedup") for key, runtime in
                     (("int8_baseline", "torch"), ("ort_int8_baseline", "onnxruntime"))
-                    for ref in [study.user_attrs.get(key)] if isinstance(ref, dict) and ref.get("speedup")}
+                    for ref in [record.reference(key)] if ref.get("speedup")}
         probe = {**probe, "int8_speedup": speedups}
-        study.set_user_attr("fingerprint", {**fingerprint, "probe": probe})
+        StudyRecord(fingerprint={**fingerprint, "probe": probe}).write(study)
     return dict(probe)
 
 
@@ -305,27 +308,21 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
         sc = prepare(config, data_dir, budget, progress, space=space, early_stop=early_stop)
     study = open_study(config, url, seed_offset=_seed_offset(study, url))
     _check_teacher(study, sc, url)
-    attrs = study.user_attrs
-    study.set_user_attr("task", config.task)
-    study.set_user_attr("main_metric", sc.main_metric)
-    study.set_user_attr("profile", sc.profile.to_dict())
-    study.set_user_attr("runtimes", list(sc.runtimes or (sc.profile.runtime,)))
-    study.set_user_attr("latency_budget_ms", budget)
-    study.set_user_attr("search_space", str(space.path))
-    study.set_user_attr("early_stop", sc.early_stop.to_dict())
-    if "fingerprint" not in attrs:  # the machine that measures the latencies, once per study
-        study.set_user_attr("fingerprint", {**hardware_fingerprint(sc.profile.threads, sc.profile.runtime),
-                                            "probe": machine_probe or probe_machine(sc.profile.device)})
+    recorded = StudyRecord.from_study(study)
+    StudyRecord(task=config.task, main_metric=sc.main_metric, profile=sc.profile.to_dict(),
+                runtimes=tuple(sc.runtimes or (sc.profile.runtime,)), latency_budget_ms=budget,
+                search_space=str(space.path), early_stop=sc.early_stop.to_dict()).write(study, *SETTINGS)
+    if recorded.fingerprint is None:  # the machine that measures the latencies, once per study
+        StudyRecord(fingerprint={**hardware_fingerprint(sc.profile.threads, sc.profile.runtime),
+                                 "probe": machine_probe or probe_machine(sc.profile.device)}).write(study)
     study_variant(study, sc, config.deploy)  # the ONNX Runtime graph: recorded once per study (measured if asked)
     use_study_reference(study, sc)  # before any timing of this process: the study's teacher latency
-    known = attrs.get("teacher") or {}
-    if "majority_baseline" not in attrs:  # the floor: always the most frequent dev label (the mean for regression)
-        study.set_user_attr("majority_baseline", majority_reference(sc.data, sc.extra_dev))
-    if "int8_baseline" not in attrs or "search_metric" not in known:  # once per study
+    known = recorded.teacher_info
+    if recorded.majority_baseline is None:  # the floor: always the most frequent dev label (the mean for regression)
+        StudyRecord(majority_baseline=majority_reference(sc.data, sc.extra_dev)).write(study)
+    if recorded.int8_baseline is None or "search_metric" not in known:  # once per study
         refs = reference_points(sc)
-        study.set_user_attr("int8_baseline", refs["int8_baseline"])
-        if "ort_int8_baseline" in refs:
-            study.set_user_attr("ort_int8_baseline", refs["ort_int8_baseline"])
+        StudyRecord(int8_baseline=refs["int8_baseline"], ort_int8_baseline=refs.get("ort_int8_baseline")).write(study)
         known = {"search_metric": refs["teacher"]["metric"], "search_metrics": refs["teacher"]["metrics"],
                  "dev_examples": refs["teacher"]["dev_examples"]}
     probe = with_int8_speedups(study)  # the machine probe, with what the int8 references showed
@@ -333,11 +330,11 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     space = drop_slow_steps(space, probe, runtimes)
     sc.int8_slow = tuple(r for r in int8_not_faster(probe) if r in runtimes)
     assert sc.baseline is not None and sc.teacher_size is not None  # measured by the SearchContext above
-    study.set_user_attr("teacher", {
+    StudyRecord(teacher={
         "metrics": sc.teacher.metrics, "latency_ms": sc.baseline_ms, "size": sc.teacher_size.to_dict(),
         "path": str(sc.teacher.path), "weights_hash": sc.teacher.info.get("weights_hash"),
         "training": teacher_training(sc.teacher.info),
-        **{k: known.get(k) for k in ("search_metric", "search_metrics", "dev_examples")}})
+        **{k: known.get(k) for k in ("search_metric", "search_metrics", "dev_examples")}}).write(study)
     objective = make_objective(space.for_model(sc.teacher.model), sc)
     ran = 0
     mine: list[optuna.trial.FrozenTrial] = []  # this process's trials, as they end

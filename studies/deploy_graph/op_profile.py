@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import tempfile
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -74,18 +73,23 @@ def main() -> None:
                     help="SIGSTOP other busy python/pytest processes while profiling (SIGCONT after)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
-    warnings.simplefilter("ignore")
-    import logging
+    from autosqueeze import script_logging
 
-    logging.getLogger().setLevel(logging.ERROR)
+    script_logging(quiet=True)
     from pause import paused_others
     from run import build_models, load_teacher
 
-    from autosqueeze.measure.latency import HardwareProfile, synthetic_inputs
-    from autosqueeze.runtimes.deploy_variants import build_variant
-    from autosqueeze.runtimes.fingerprint import cpu_info
-    from autosqueeze.runtimes.ort import _feed, make_session
-    from autosqueeze.runtimes.variants import DEFAULT_VARIANT, LEGACY_VARIANT, PLAIN_VARIANT
+    from autosqueeze import (
+        DEFAULT_VARIANT,
+        LEGACY_VARIANT,
+        PLAIN_VARIANT,
+        HardwareProfile,
+        build_variant,
+        cpu_info,
+        make_session,
+        ort_feed,
+        synthetic_inputs,
+    )
 
     variants = {"default": DEFAULT_VARIANT, "legacy": LEGACY_VARIANT, "plain": PLAIN_VARIANT}
     chosen = list(variants) if args.variant == "all" else [args.variant]
@@ -106,7 +110,7 @@ def main() -> None:
                     continue
                 sess = make_session(path, profile, spinning=True, opt_level=v.opt_level,
                                     profile_file=str(Path(tmp) / f"prof_{m['name']}_{vname}"))
-                feed = _feed(sess, batch)
+                feed = ort_feed(sess, batch)
                 for _ in range(5):
                     sess.run(None, feed)
                 done = 0

@@ -55,10 +55,10 @@ PLAIN = "plain"  # TorchScript + quantize_dynamic defaults, every MatMul
 
 def load_teacher(teacher_dir: str | None) -> tuple[Any, Any]:
     """(fp32 teacher, tokenizer)."""
-    from autosqueeze.models import load_classifier, load_tokenizer
+    from autosqueeze import load_classifier, load_tokenizer
 
     if teacher_dir:
-        from autosqueeze.teacher import load_teacher as load
+        from autosqueeze import load_teacher as load
 
         t = load(teacher_dir)
         return t.model.eval(), load_tokenizer(teacher_dir)
@@ -82,11 +82,7 @@ def structures(headline: Path) -> list[dict[str, Any]]:
 
 def build_models(teacher: Any, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model: name, float model, deployed (PyTorch int8) model, recipe."""
-    from autosqueeze.arch import get_adapter
-    from autosqueeze.builder import replay
-    from autosqueeze.methods import MethodContext
-    from autosqueeze.methods.elastic import ElasticConfig, choose_subnet
-    from autosqueeze.recipe import Recipe, Step
+    from autosqueeze import ElasticConfig, MethodContext, Recipe, Step, choose_subnet, get_adapter, replay
 
     q = Step("quantize_dynamic", {})
     teacher_recipe = Recipe(steps=[q])
@@ -121,10 +117,16 @@ def build_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Export every variant of every model into ``work``; agreement and MACs. Returns the manifest."""
     import numpy as np
 
-    from autosqueeze.measure.latency import HardwareProfile
-    from autosqueeze.runtimes.deploy_variants import _torch_predictions, build_variant, candidate_variants, predictions
-    from autosqueeze.runtimes.macs import count_macs
-    from autosqueeze.runtimes.ort import make_session, ort_dynamic_int8_session
+    from autosqueeze import (
+        HardwareProfile,
+        build_variant,
+        candidate_variants,
+        count_macs,
+        make_session,
+        ort_dynamic_int8_session,
+        predictions,
+        torch_predictions,
+    )
 
     profile = HardwareProfile(threads=args.threads, batch_size=1, seq_len=128, runtime="onnxruntime")
     teacher, tokenizer = load_teacher(args.teacher)
@@ -160,7 +162,7 @@ def build_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ref = cands[0].label
         if batches and ref in sessions:
             ref_pred = predictions(sessions[ref], batches)
-            torch_pred = _torch_predictions(m["deployed"], batches)
+            torch_pred = torch_predictions(m["deployed"], batches)
             entry["noise_floor"] = float(np.mean(ref_pred == torch_pred))
             entry["torch_int8_accuracy"] = float(np.mean(torch_pred == y))
             need = min(0.99, entry["noise_floor"] - 0.01)
@@ -181,9 +183,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from pause import paused_others
 
-    from autosqueeze.measure.latency import HardwareProfile, fixed_threads, synthetic_inputs
-    from autosqueeze.runtimes.deploy_variants import time_sessions
-    from autosqueeze.runtimes.ort import _feed, make_session
+    from autosqueeze import HardwareProfile, fixed_threads, make_session, ort_feed, synthetic_inputs, time_sessions
 
     manifest = json.loads(Path(args.worker).read_text())
     profile = HardwareProfile(threads=manifest["threads"], batch_size=1, seq_len=128, runtime="onnxruntime")
@@ -195,7 +195,7 @@ def worker(args: argparse.Namespace) -> None:
         for label, rec in entry["variants"].items():
             if rec.get("path"):
                 sess = make_session(rec["path"], profile, spinning=False, opt_level=rec["opt_level"])
-                calls[label] = (lambda s, f: (lambda: s.run(None, f)))(sess, _feed(sess, batch))
+                calls[label] = (lambda s, f: (lambda: s.run(None, f)))(sess, ort_feed(sess, batch))
         with fixed_threads(profile.threads), torch.inference_mode():
             out[entry["name"]] = time_sessions(calls, args.rounds, block=lambda: paused_others(args.pause_others))
         print(f"  process {args.index}: {entry['name']} timed", flush=True)
@@ -207,7 +207,7 @@ def _ratios(ref: list[float], cand: list[float]) -> float:
 
 
 def summarize(manifest: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    from autosqueeze.runtimes.variants import DEFAULT_VARIANT, LEGACY_VARIANT
+    from autosqueeze import DEFAULT_VARIANT, LEGACY_VARIANT
 
     today = LEGACY_VARIANT.label
     teacher_macs = manifest["models"][0]["macs"]["total"]
@@ -304,12 +304,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    import logging
-    import warnings
+    from autosqueeze import hardware_fingerprint, script_logging
 
-    warnings.simplefilter("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    script_logging(quiet=True)
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="deploy-graph-") as tmp:

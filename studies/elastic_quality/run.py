@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import random
 import sys
@@ -99,7 +98,7 @@ def plan(structures: dict[str, dict[str, Any]], budgets: list[dict[str, Any]], o
     """Rows grouped by elastic student (each student trained once, then every structure sliced from it)."""
     hidden_ok = has_param("elastic", "hidden_keep")
     names = [n for n, st in structures.items() if hidden_ok or "hidden_keep" not in st]  # else not sliceable here
-    rows = []
+    rows: list[dict[str, Any]] = []
     for b in budgets:
         rows += [{"id": f"budget/{budget_name(b)}/{s}/even", "kind": "budget", "variant": budget_name(b),
                   "structure": s, "layer_set": "even", "elastic": dict(b)} for s in names]
@@ -146,22 +145,17 @@ def alone_recipe(struct: dict[str, Any], finalize: Any) -> tuple[Any, str]:
 
 # --- running -------------------------------------------------------------------------------
 class Runner:
-    def __init__(self, config: Any, data_dir: str | None, out: Path) -> None:
-        from autosqueeze.runtimes.fingerprint import hardware_fingerprint
-        from autosqueeze.search.study import prepare
-
-        self.config = config
+    def __init__(self, script: Any, out: Path) -> None:
+        self.config = script.config
         self.out = out
-        self.sc = prepare(config, data_dir, None)
-        self.machine = hardware_fingerprint(self.sc.profile.threads, self.sc.profile.runtime)
+        self.sc = script.prepare()
+        self.machine = script.machine(self.sc)
         self.teacher_metric = self.sc.teacher.metrics[self.sc.main_metric]
         self.students: dict[str, Any] = {}
 
     def student(self, overrides: dict[str, Any]) -> Any:
         """The elastic student of the study's settings with ``overrides`` (cached on disk; trained once)."""
-        from autosqueeze import progress_printer
-        from autosqueeze.elastic import get_elastic_student
-        from autosqueeze.measure.latency import fixed_threads
+        from autosqueeze import fixed_threads, get_elastic_student, progress_printer
 
         settings = dataclasses.replace(self.config.elastic, **overrides)
         tag = json.dumps(settings.to_dict(), sort_keys=True)
@@ -177,7 +171,7 @@ class Runner:
         return self.students[tag]
 
     def measure(self, recipe: Any) -> dict[str, Any]:
-        from autosqueeze.search.objective import evaluate_recipe, with_provenance
+        from autosqueeze import evaluate_recipe, with_provenance
 
         t0 = time.perf_counter()
         res = evaluate_recipe(with_provenance(recipe, self.sc), self.sc)
@@ -185,7 +179,7 @@ class Runner:
                 "status": res.get("status", "complete"), "s": round(time.perf_counter() - t0, 1)}
 
     def run(self, row: dict[str, Any], struct: dict[str, Any]) -> dict[str, Any]:
-        from autosqueeze.search.finalize import final_recipe
+        from autosqueeze import final_recipe
 
         finalize = self.config.finalize  # a narrower hidden width distills the teacher dimensions it kept
         notes: list[str] = []
@@ -270,7 +264,7 @@ def write_table(out: Path, recs: list[dict[str, Any]]) -> None:
 # --- smoke: a tiny model, a synthetic SST-2, a tiny study ------------------------------------
 def smoke_setup(root: Path) -> Path:
     """A tiny 6-layer BERT with a word-level vocabulary, a synthetic SST-2 and a study naming both."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast  # type: ignore[attr-defined]
 
     rng = random.Random(0)
     good, bad = ["good", "great", "fine", "charming", "lovely"], ["bad", "dull", "awful", "bleak", "weak"]
@@ -323,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the planned rows and exit")
     p.add_argument("--tables-only", action="store_true", help="rewrite table.md from rows.jsonl")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from autosqueeze import StudyScript, load_study_config, script_logging
+
+    script_logging()
 
     structures = STRUCTURES
     data_dir = args.data_dir
@@ -343,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--options: unknown {unknown}; known: {list(OPTIONS)}")
 
-    from autosqueeze import load_study_config, resolve_data_dir
-
-    config = load_study_config(study)
+    script = StudyScript(load_study_config(study), data_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / "rows.jsonl"
     done = {}
@@ -367,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         write_table(out, list(done.values()))
         return 0
-    runner = Runner(config, resolve_data_dir(data_dir or config.data_dir), out)
+    runner = Runner(script, out)
     print(f"teacher: {runner.sc.main_metric} {runner.teacher_metric:.4f}", flush=True)
     for row in todo:
         t0 = time.perf_counter()

@@ -54,9 +54,10 @@ def load_model(args: argparse.Namespace) -> Any:
         import transformers
 
         cfg = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                                      intermediate_size=64, max_position_embeddings=max(64, args.seq), num_labels=2)
+                                      intermediate_size=64, max_position_embeddings=max(64, args.seq),
+                                      num_labels=2)  # type: ignore[call-arg]  # a PretrainedConfig kwarg, not typed
         return transformers.BertForSequenceClassification(cfg).eval()
-    from autosqueeze.models import load_classifier
+    from autosqueeze import load_classifier
 
     return load_classifier(args.model, 2)
 
@@ -89,8 +90,7 @@ def main() -> int:
 
     import torch
 
-    from autosqueeze.elastic.train import ElasticSettings, train_elastic
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze import ElasticSettings, hardware_fingerprint, train_elastic
 
     torch.set_num_threads(args.threads)
     settings = ElasticSettings(**{"lr": 1e-4, **parse_sets(args.set), "steps": args.steps, "importance_batches": 0})

@@ -38,16 +38,14 @@ def trial_line(study: Any, trial: Any) -> None:
 
 
 def stage_search(config: Any, data_dir: str) -> None:
-    from autosqueeze import progress_printer
-    from autosqueeze.search.study import run_search
+    from autosqueeze import progress_printer, run_search
 
     summary = run_search(config, data_dir, progress=progress_printer(), callbacks=[trial_line])
     print(f"search: {summary.done} finished trials (target {summary.target}), {summary.ran} run now")
 
 
 def stage_finalize(config: Any, data_dir: str, work: Path) -> None:
-    from autosqueeze import progress_printer
-    from autosqueeze.search.finalize import run_finalize
+    from autosqueeze import progress_printer, run_finalize
 
     summary = run_finalize(config, data_dir, progress=progress_printer(), save_dir=work / "final")
     print(f"finalize: {summary['finalized']} candidates, Kendall tau {summary['kendall_tau']}")
@@ -55,21 +53,17 @@ def stage_finalize(config: Any, data_dir: str, work: Path) -> None:
 
 # --- references ------------------------------------------------------------------------------
 def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dict[str, Any]:
-    from autosqueeze.artifact import load_compressed
-    from autosqueeze.runtimes.references import time_references
-    from autosqueeze.teacher import get_teacher
+    from autosqueeze import get_teacher, load_compressed, time_references
 
     teacher = get_teacher(config.model, config.task, data_dir, config.teacher)
     folders = sorted((work / "final").glob("trial-*"))
     finals = {p.name: load_compressed(p) for p in folders}
-    from autosqueeze.measure.metrics import majority_reference
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import load_task_data
+    from autosqueeze import get_task, load_task_data, majority_reference
 
     data, extra = load_task_data(get_task(config.task), teacher.tokenizer, data_dir, config.recovery,
                                  with_train=False)
     majority = float(majority_reference(data, extra)["metric"])  # the floor a point must clear
-    from autosqueeze.runtimes.macs import count_macs
+    from autosqueeze import count_macs
 
     seq = config.hardware.seq_len
     macs = {"teacher": count_macs(teacher.model.eval(), seq)["total"],
@@ -88,11 +82,7 @@ def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
     calls) keyed ``trial-N@onnxruntime``, and its dev metric computed by that session."""
     import dataclasses
 
-    from autosqueeze.artifact import load_compressed, read_manifest
-    from autosqueeze.measure.latency import fixed_threads
-    from autosqueeze.runtimes.deployed import OrtDeployment
-    from autosqueeze.runtimes.onnx_export import OnnxUnsupported
-    from autosqueeze.tasks import get_task
+    from autosqueeze import OnnxUnsupported, OrtDeployment, fixed_threads, get_task, load_compressed, read_manifest
 
     profile = dataclasses.replace(config.hardware, runtime="onnxruntime")
     task = get_task(config.task)
@@ -118,14 +108,11 @@ def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
 def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
     import optuna
 
-    from autosqueeze.report.fidelity import final_records
-    from autosqueeze.report.pareto import pareto_front, trial_records
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
-    from autosqueeze.search.study import open_study
+    from autosqueeze import StudyRecord, final_records, hardware_fingerprint, open_study, pareto_front, trial_records
 
     study = open_study(config, create=False)
-    ua = study.user_attrs
-    teacher_metric = float(ua["teacher"]["search_metric"])
+    record = StudyRecord.from_study(study)
+    teacher_metric = float(record.teacher_info["search_metric"])
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.user_attrs.get("status") == "complete"]
     trial_s = [float(t.user_attrs["trial_s"]) for t in done if "trial_s" in t.user_attrs]
@@ -155,7 +142,7 @@ def collect(config: Any, refs: dict[str, Any]) -> dict[str, Any]:
         })
     search_front = [{"trial": r.number, "metric": r.metric, "latency_ms": r.latency_ms, "speedup": r.speedup,
                      "recipe": r.recipe_summary} for r in pareto_front(trial_records(study))]
-    summary = ua.get("finalize") or {}
+    summary = record.finalize or {}
     elastic = elastic_info(finals)
     return {
         "study": config.name, "task": config.task, "model": config.model, "params": refs.get("params"),
@@ -214,13 +201,13 @@ def mac_limit(refs: dict[str, Any], name: str, recipe: dict[str, Any], runtime: 
 
 def elastic_info(finals: list[Any]) -> dict[str, Any]:
     """Key and training cost of the elastic student the final recipes slice (its elastic.json)."""
-    from autosqueeze.elastic.store import INFO, student_dir
+    from autosqueeze import ELASTIC_INFO, elastic_student_dir
 
     for r in finals:
         for step in (r.recipe or {}).get("steps", []):
             if step.get("method") == "elastic" and step.get("params", {}).get("student"):
                 key = step["params"]["student"]
-                info = json.loads((student_dir(key) / INFO).read_text())
+                info = json.loads((elastic_student_dir(key) / ELASTIC_INFO).read_text())
                 return {"key": key, "train_s": info.get("train_s"), "settings": info.get("settings")}
     return {}
 
@@ -232,12 +219,12 @@ DEFAULT_TARGETS: dict[str, float] = {"within_1pt": 4.0, "within_3pt": 6.0, "with
 
 
 def read_targets(study_path: Path) -> dict[str, float]:
-    from autosqueeze.safe_yaml import load_file
+    from autosqueeze import load_yaml_file
 
     path = study_path.resolve().parent / "targets.yaml"
     if not path.is_file():
         return dict(DEFAULT_TARGETS)
-    raw = load_file(path) or {}
+    raw = load_yaml_file(path) or {}
     unknown = set(raw) - set(DEFAULT_TARGETS)
     if unknown or not all(isinstance(v, (int, float)) and v >= 0 for v in raw.values()):
         raise SystemExit(f"{path}: keys {sorted(DEFAULT_TARGETS)} with numbers >= 0 expected, got {raw}")
@@ -339,10 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="markdown: rewrite results/<name>.md from results/<name>.json (no timing)")
     p.add_argument("--rounds", type=int, default=300, help="interleaved timing rounds in the reference stage")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from autosqueeze.study_config import load_study_config
+    from autosqueeze import start_study_script
 
-    config = load_study_config(args.study)
+    config = start_study_script(args.study, args.data_dir).config
     work = Path(args.study).resolve().parent / "work"
     stages = ("search", "finalize", "references") if args.stage == "all" else (args.stage,)
     t0 = time.time()

@@ -45,8 +45,7 @@ def _progress() -> Callable[[str, int, int, dict[str, float]], None]:
 
 def teacher_folder(config: Any, data_dir: str) -> Path | None:
     """The cached teacher's folder if it is complete (no model loaded)."""
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import cache_root, teacher_key, train_data_id
+    from autosqueeze import cache_root, get_task, teacher_key, train_data_id
 
     if config.teacher.steps == 0:  # a fine-tuned folder used as it is (teacher: {path: DIR}): nothing to train
         return Path(config.model)
@@ -57,7 +56,7 @@ def teacher_folder(config: Any, data_dir: str) -> Path | None:
 
 def elastic_folder(teacher_hash: str | None, config: Any) -> Path | None:
     """A complete cached elastic student of this teacher trained with the study's settings."""
-    from autosqueeze.teacher import cache_root
+    from autosqueeze import cache_root
 
     want = config.elastic.to_dict()
     for info_file in sorted((cache_root() / "elastic").glob("*/elastic.json")):
@@ -100,29 +99,29 @@ def stage_status(config: Any, data_dir: str, study_arg: str) -> int:
             return 0
         train_s = json.loads((student / "elastic.json").read_text()).get("train_s") or 0
         print(f"elastic student: {student} (trained in {train_s / 3600:.2f} h)")
-    from autosqueeze.search.storage import make_storage
-    from autosqueeze.search.study import finished_trials
+    from autosqueeze import StudyRecord, finished_trials, make_storage
 
     db = Path(config.storage_url.removeprefix("sqlite:///"))
     if config.storage_url.startswith("sqlite:///") and not db.is_file():
         print(f"search: not started; next: {RUN} {common} --stage search")
         return 0
     try:
-        study = optuna.load_study(study_name=config.name, storage=make_storage(config.storage_url, create=False))
+        search = optuna.load_study(study_name=config.name, storage=make_storage(config.storage_url, create=False))
     except KeyError:
         print(f"search: not started; next: {RUN} {common} --stage search")
         return 0
-    done = finished_trials(study)
+    done = finished_trials(search)
     print(f"search: {done}/{config.trials} trials")
     if done < config.trials:
         print(f"next: {RUN} {common} --stage search")
         return 0
     from dataclasses import asdict
 
-    summary = study.user_attrs.get("finalize") or {}
+    record = StudyRecord.from_study(search)
+    summary = record.finalize or {}
     finalized = summary.get("settings") == asdict(config.finalize)
     saved = sorted((Path(config.path).parent / "work" / "final").glob("trial-*"))
-    print(f"finalize: {'done' if finalized else 'not finished'} ({len(study.user_attrs.get('final') or {})} "
+    print(f"finalize: {'done' if finalized else 'not finished'} ({len(record.final or {})} "
           f"candidates stored, {len(saved)} final models saved under work/final)")
     if not finalized:
         print(f"next: {RUN} {common} --stage finalize")
@@ -135,8 +134,7 @@ def stage_status(config: Any, data_dir: str, study_arg: str) -> int:
 
 
 def stage_teacher(config: Any, data_dir: str) -> int:
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import get_teacher
+    from autosqueeze import get_task, get_teacher
 
     t0 = time.time()
     teacher = get_teacher(config.model, get_task(config.task), data_dir, config.teacher, _progress())
@@ -148,10 +146,7 @@ def stage_teacher(config: Any, data_dir: str) -> int:
 def stage_elastic(config: Any, data_dir: str) -> int:
     """What ``autosqueeze.search.study.prepare`` + ``prepare_elastic`` do before the first trial, less the
     timing: the same teacher, data and settings, so the same student key."""
-    from autosqueeze.elastic import get_elastic_student
-    from autosqueeze.measure.latency import fixed_threads
-    from autosqueeze.tasks import get_task
-    from autosqueeze.teacher import get_teacher, load_task_data
+    from autosqueeze import fixed_threads, get_elastic_student, get_task, get_teacher, load_task_data
 
     task = get_task(config.task)
     if teacher_folder(config, data_dir) is None:
@@ -174,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=str(HERE / "study.yaml"))
     p.add_argument("--stage", choices=("status", "teacher", "elastic"), required=True)
     args = p.parse_args(argv)
-    from autosqueeze.errors import UserError
-    from autosqueeze.study_config import check_machine, load_study_config
+    from autosqueeze import UserError, check_machine, load_study_config
 
     try:
         config = load_study_config(args.study)

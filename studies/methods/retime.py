@@ -22,8 +22,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     from run import row_recipe  # this folder's run.py
 
-    from autosqueeze import build, load_study_config, resolve_data_dir, timing_against_teacher
-    from autosqueeze.search.study import prepare
+    from autosqueeze import build, start_study_script, timing_against_teacher
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -32,10 +31,11 @@ def main() -> int:
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--study", default=str(HERE / "study.yaml"), help="the study whose teacher and profile to use")
     args = p.parse_args()
-    config = load_study_config(args.study)
+    script = start_study_script(args.study, args.data_dir)
     rows = [r for r in yaml.safe_load((HERE / "rows.yaml").read_text())["rows"]
             if (not args.only or r["name"] in args.only) and all(s["method"] != "early_exit" for s in r["steps"])]
-    sc = prepare(config, resolve_data_dir(args.data_dir or config.data_dir), None)
+    sc = script.prepare()
+    assert sc.baseline is not None  # measured by prepare
     lines = [f"# Speedups re-timed {args.repeats} times (structure only, paired with the teacher)", "",
              f"Teacher {sc.baseline.median_ms:.2f} ms at batch {sc.profile.batch_size}, seq {sc.profile.seq_len}, "
              f"{sc.profile.threads} threads. `python studies/methods/retime.py {' '.join(sys.argv[1:])}`", "",

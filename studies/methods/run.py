@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -47,9 +46,7 @@ def ort_column(recipe, built, sc) -> dict:
     (int8 steps redone by ONNX Runtime), timed paired with the PyTorch teacher, dev metric from the session."""
     import dataclasses
 
-    from autosqueeze.measure.latency import fixed_threads
-    from autosqueeze.runtimes import OnnxUnavailable, OnnxUnsupported
-    from autosqueeze.runtimes.deployed import OrtDeployment
+    from autosqueeze import OnnxUnavailable, OnnxUnsupported, OrtDeployment, fixed_threads
 
     ort_recipe = dataclasses.replace(recipe, profile={**(recipe.profile or {}), "runtime": "onnxruntime"})
     profile = sc.profile_for(ort_recipe)
@@ -67,10 +64,7 @@ def ort_column(recipe, built, sc) -> dict:
 
 
 def main() -> int:
-    from autosqueeze import load_study_config, resolve_data_dir
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
-    from autosqueeze.search.objective import evaluate_recipe, with_provenance
-    from autosqueeze.search.study import prepare
+    from autosqueeze import evaluate_recipe, start_study_script, with_provenance
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -80,9 +74,8 @@ def main() -> int:
     p.add_argument("--only", action="append", help="run only these row names")
     p.add_argument("--tables-only", action="store_true", help="rewrite table.md / table.csv from rows.jsonl")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    config = load_study_config(args.study)
+    script = start_study_script(args.study, args.data_dir)
+    config = script.config
     rows = yaml.safe_load(Path(args.rows).read_text())["rows"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +88,9 @@ def main() -> int:
     todo = [r for r in rows if (not args.only or r["name"] in args.only) and r["name"] not in done]
     print(f"{len(todo)} rows to run ({len(done)} already in {done_file})", flush=True)
 
-    sc = prepare(config, resolve_data_dir(args.data_dir or config.data_dir), None)
-    machine = hardware_fingerprint(sc.profile.threads, sc.profile.runtime)  # every row says where it was timed
+    sc = script.prepare()
+    assert sc.baseline is not None  # measured by prepare
+    machine = script.machine(sc)  # every row says where it was timed
     t_metric = sc.teacher.metrics[sc.main_metric]
     print(f"teacher: {sc.main_metric} {t_metric:.4f}, {sc.baseline.median_ms:.2f} ms "
           f"(p10 {sc.baseline.p10_ms:.2f}, p90 {sc.baseline.p90_ms:.2f})", flush=True)

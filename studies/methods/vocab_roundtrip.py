@@ -11,13 +11,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
+
+
+def cli(*args: str) -> int:
+    """``autosqueeze ARGS`` as the user runs it (this interpreter); its exit status."""
+    return subprocess.run([sys.executable, "-m", "autosqueeze.cli", *args], check=False).returncode
 
 
 def main() -> int:
@@ -25,11 +32,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     import autosqueeze
-    from autosqueeze import load_study_config, resolve_data_dir
-    from autosqueeze.cli import main as cli
-    from autosqueeze.measure.metrics import predict
-    from autosqueeze.search.objective import evaluate_recipe, with_provenance
-    from autosqueeze.search.study import prepare
+    from autosqueeze import evaluate_recipe, predict, start_study_script, with_provenance
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -41,10 +44,10 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     from run import row_recipe
 
-    config = load_study_config(args.study)
-    data_dir = resolve_data_dir(args.data_dir or config.data_dir)
+    script = start_study_script(args.study, args.data_dir)
+    config, data_dir = script.config, script.data_dir
     rows = {r["name"]: r for r in yaml.safe_load((HERE / "rows.yaml").read_text())["rows"]}
-    sc = prepare(config, data_dir, None)
+    sc = script.prepare()
     recipe = with_provenance(row_recipe(rows[args.row]), sc)
     keep: dict = {}
     res = evaluate_recipe(recipe, sc, keep=keep)
@@ -53,7 +56,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vocab-roundtrip-") as tmp:
         path = recipe.save(Path(tmp) / "recipe.yaml")
         folder = Path(tmp) / "model"
-        if cli(["apply", str(path), "-o", str(folder), "--data-dir", data_dir, "--no-onnx"]) != 0:
+        if cli("apply", str(path), "-o", str(folder), *(["--data-dir", data_dir] if data_dir else []), "--no-onnx"):
             print("apply failed", file=sys.stderr)
             return 1
         loaded = autosqueeze.load(folder)
@@ -62,10 +65,11 @@ def main() -> int:
         data = dataclasses.replace(sc.data, tokenizer=tokenizer, train=[])
         applied = predict(loaded, data, data.dev, sc.eval_batch_size)
         kept_rows = int(loaded.get_input_embeddings().inner.num_embeddings)
+    teacher_config: Any = sc.teacher.model.config  # a transformers config (torch types it Tensor | Module)
     labels = np.asarray([e.label for e in sc.data.dev])
     out = {
         "row": args.row, "study": config.name, "dev_examples": len(labels),
-        "vocab_rows_kept": kept_rows, "vocab_rows_teacher": int(sc.teacher.model.config.vocab_size),
+        "vocab_rows_kept": kept_rows, "vocab_rows_teacher": int(teacher_config.vocab_size),
         "search_metric": res["metric"], "applied_metric": float((applied == labels).mean()),
         "predictions_equal": int((applied == searched).sum()),
         "predictions_different": int((applied != searched).sum()),

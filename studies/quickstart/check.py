@@ -24,8 +24,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from autosqueeze import StudyRecord
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,18 +48,18 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> float:
     return secs
 
 
-def study_front(study_file: Path) -> tuple[list, dict]:
+def study_front(study_file: Path) -> tuple[list, StudyRecord]:
     """The front as the report and export see it (the references and the floor in it), and the
-    study's attributes (teacher, references)."""
+    study's record (teacher, references)."""
     import optuna
 
-    from autosqueeze import load_study_config, pareto_front, trial_records
-    from autosqueeze.search.pareto import Baselines
+    from autosqueeze import Baselines, StudyRecord, load_study_config, pareto_front, trial_records
 
     config = load_study_config(study_file)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)
-    return pareto_front(trial_records(study), Baselines.from_attrs(study.user_attrs)), dict(study.user_attrs)
+    record = StudyRecord.from_study(study)
+    return pareto_front(trial_records(study), Baselines.from_record(record)), record
 
 
 def budgets_from_front(front: list) -> list[float]:
@@ -90,6 +94,8 @@ def main() -> int:
                    help="keep --work's finished search (that took SECONDS) and redo the steps after it")
     args = p.parse_args()
     data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        raise SystemExit("no GLUE folder: give --data-dir or set $AUTOSQUEEZE_GLUE_DIR")
     work, out = Path(args.work).resolve(), Path(args.out)
     if work.exists() and not args.reuse_search:
         shutil.rmtree(work)
@@ -107,7 +113,7 @@ def main() -> int:
     times = {"search": args.reuse_search or run([*cli, "search", str(study)], env, log),
              "report": run([*cli, "report", str(study)], env, log)}
     recipes = []
-    front, attrs = study_front(study)
+    front, record = study_front(study)
     for i, budget in enumerate(budgets_from_front(front)):
         recipe, model = work / f"recipe_{i}.yaml", work / f"model_{i}"
         times[f"export {budget} ms"] = run([*cli, "export", str(study), "--latency-budget", str(budget),
@@ -127,12 +133,12 @@ def main() -> int:
             "onnx_metric": manifest.get("onnx", {}).get("metric"),
             "weights_file_bytes": (model / "model.safetensors").stat().st_size,
         })
-    teacher = attrs.get("teacher") or {}
-    refs = {k: {"metric": (attrs.get(k) or {}).get("metric"), "speedup": (attrs.get(k) or {}).get("speedup")}
-            for k in ("int8_baseline", "ort_int8_baseline", "majority_baseline") if attrs.get(k)}
+    teacher = record.teacher_info
+    refs = {k: {"metric": record.reference(k).get("metric"), "speedup": record.reference(k).get("speedup")}
+            for k in ("int8_baseline", "ort_int8_baseline", "majority_baseline") if record.reference(k)}
     points = [{"trial": p.number, "methods": " + ".join(p.methods), "metric": p.metric, "speedup": p.speedup}
               for p in front]
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze import hardware_fingerprint
 
     (out / "check.json").write_text(json.dumps({
         "times_s": times, "recipes": recipes, "teacher": {"metric": teacher.get("search_metric"),

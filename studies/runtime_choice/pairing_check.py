@@ -12,16 +12,21 @@ import optuna
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from autosqueeze.measure import HardwareProfile
-from autosqueeze.measure.latency import fixed_threads, synthetic_inputs
-from autosqueeze.runtimes.fingerprint import hardware_fingerprint
-from autosqueeze.runtimes.ort import OrtClassifier, make_session
+from autosqueeze import (
+    HardwareProfile,
+    OrtClassifier,
+    StudyRecord,
+    fixed_threads,
+    hardware_fingerprint,
+    make_session,
+    synthetic_inputs,
+)
 
 HERE = Path(__file__).resolve().parent
 folder = HERE / "work" / "trial-36"
 
 s = optuna.load_study(study_name="runtime_choice", storage=f"sqlite:///{HERE / 'results' / 'runtime_choice.db'}")
-teacher = AutoModelForSequenceClassification.from_pretrained(s.user_attrs["teacher"]["path"]).eval()
+teacher = AutoModelForSequenceClassification.from_pretrained(StudyRecord.from_study(s).teacher_info["path"]).eval()
 prof = HardwareProfile(threads=2, batch_size=1, seq_len=128, runtime="onnxruntime")
 batch = synthetic_inputs(prof, teacher.config.vocab_size)
 

@@ -79,25 +79,26 @@ def cli(*args: str) -> str:
 def main() -> int:
     import optuna
 
-    from autosqueeze import load_study_config, resolve_data_dir
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze import StudyRecord, hardware_fingerprint, start_study_script
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
     p.add_argument("--study", default=str(HERE / "study.yaml"))
     p.add_argument("--repeats", type=int, default=300, help="bench repeats per model")
     args = p.parse_args()
-    config = load_study_config(args.study)
-    data_dir = resolve_data_dir(args.data_dir or config.data_dir)
+    script = start_study_script(args.study, args.data_dir)
+    config, data_dir = script.config, script.data_dir
     work, results = HERE / "work", HERE / "results"
     work.mkdir(exist_ok=True)
     results.mkdir(exist_ok=True)
 
-    print(cli("search", args.study, "--data-dir", data_dir)[-2000:], flush=True)
+    data_args = ["--data-dir", data_dir] if data_dir else []  # none: $AUTOSQUEEZE_GLUE_DIR, as the CLI reads it
+    print(cli("search", args.study, *data_args)[-2000:], flush=True)
     study = optuna.load_study(study_name=config.name, storage=config.storage_url)
     trials = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
     front = front_points(study)
-    teacher_dir = study.user_attrs["teacher"]["path"]
+    record = StudyRecord.from_study(study)
+    teacher_dir = record.teacher_info["path"]
     hw = config.hardware
     checks = []
     for point in chosen(front):
@@ -106,7 +107,7 @@ def main() -> int:
         if not recipe.exists():
             cli("export", args.study, "-o", str(recipe), "--trial", str(n))
         if not (folder / "autosqueeze.json").exists():
-            cli("apply", str(recipe), "-o", str(folder), "--data-dir", data_dir)
+            cli("apply", str(recipe), "-o", str(folder), *data_args)
         manifest = json.loads((folder / "autosqueeze.json").read_text())
         out = cli("bench", teacher_dir, str(folder), "--threads", str(hw.threads), "--batch-size",
                   str(hw.batch_size), "--seq-len", str(hw.seq_len), "--repeats", str(args.repeats))
@@ -127,8 +128,8 @@ def main() -> int:
         "study": config.name, "trials": len(trials), "trials_by_runtime": by_runtime,
         "front": front, "front_by_runtime": {rt: sum(1 for p in front if p["runtime"] == rt)
                                              for rt in config.search_runtimes},
-        "teacher_metric": study.user_attrs["teacher"].get("search_metric"),
-        "teacher_latency_ms": study.user_attrs["teacher"].get("latency_ms"),
+        "teacher_metric": record.teacher_info.get("search_metric"),
+        "teacher_latency_ms": record.teacher_info.get("latency_ms"),
         "reproductions": checks, "bench_repeats": args.repeats,
         "fingerprint": hardware_fingerprint(hw.threads, hw.runtime),
     }

@@ -23,7 +23,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import logging
 import statistics
 import sys
 import time
@@ -153,11 +152,16 @@ def write_results(out: Path, rows: dict[tuple[str, int], dict[str, Any]], meta: 
 def main() -> int:
     import optuna
 
-    from autosqueeze import load_space, load_study_config, resolve_data_dir
-    from autosqueeze.search.objective import make_objective, reference_points
-    from autosqueeze.search.storage import fail_dead_local_trials, make_storage
-    from autosqueeze.search.study import make_sampler, prepare
-    from autosqueeze.search.validate import validate_for_model
+    from autosqueeze import (
+        fail_dead_local_trials,
+        load_space,
+        make_objective,
+        make_sampler,
+        make_storage,
+        reference_points,
+        start_study_script,
+        validate_for_model,
+    )
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -176,10 +180,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="threads for training and for latency (default: the study file's)")
     p.add_argument("--analyze-only", action="store_true", help="write the results from the stored trials")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    script = start_study_script(args.study, args.data_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-    config = load_study_config(args.study)
+    config = script.config  # changed in place below: script.prepare() uses the changes
     if args.dev_subset:
         config.eval = dataclasses.replace(config.eval, dev_subset=args.dev_subset)
     if args.train_subset or args.threads:
@@ -204,7 +207,8 @@ def main() -> int:
                                                      sampler=make_sampler(ARMS[arm][1], seed + len(s.trials)))
     meta_file = work / "meta.json"
     if not args.analyze_only:
-        sc = prepare(config, resolve_data_dir(args.data_dir or config.data_dir), None)
+        sc = script.prepare()
+        assert sc.baseline is not None  # measured by prepare
         for space in spaces.values():
             validate_for_model(space, sc.teacher.model, lambda: sc.method_context(config.seed, probe=True))
         refs = reference_points(sc) if not meta_file.exists() else json.loads(meta_file.read_text())["references"]

@@ -35,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TOLERANCE = 0.05
-STRUCTURES = {  # name: (recipe steps, runtime)
+STRUCTURES: dict[str, tuple[list[tuple[str, dict[str, Any]]], str]] = {  # name: (recipe steps, runtime)
     "torch_int8": ([("quantize_dynamic", {})], "torch"),
     "sliced_3_layers": ([("drop_layers", {"keep": 3})], "torch"),
     "sliced_3_layers_int8": ([("drop_layers", {"keep": 3}), ("quantize_dynamic", {})], "torch"),
@@ -95,17 +95,20 @@ def worker(model_name: str | None, profile: Any, settings: Any, model: Any = Non
     instead of loading ``model_name``)."""
     import torch
 
-    from autosqueeze.arch import get_adapter
-    from autosqueeze.builder import build
-    from autosqueeze.measure.latency import measure_latency
-    from autosqueeze.measure.paired import baseline_settings
-    from autosqueeze.methods import MethodContext
-    from autosqueeze.recipe import Recipe, Step
-    from autosqueeze.runtimes import OnnxUnavailable
-    from autosqueeze.runtimes.timing import timing_against_teacher
+    from autosqueeze import (
+        MethodContext,
+        OnnxUnavailable,
+        Recipe,
+        Step,
+        baseline_settings,
+        build,
+        get_adapter,
+        measure_latency,
+        timing_against_teacher,
+    )
 
     if model is None:
-        from autosqueeze.models import load_classifier
+        from autosqueeze import load_classifier
 
         model = load_classifier(model_name, 2)
     teacher = model.eval()
@@ -142,15 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)  # internal: one process, result to JSON
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from autosqueeze.measure.latency import HardwareProfile, LatencySettings
+    from autosqueeze import HardwareProfile, LatencySettings, script_logging
+
+    script_logging()
 
     profile = HardwareProfile(threads=args.threads, batch_size=args.batch_size, seq_len=args.seq_len)
     settings = LatencySettings(warmup=20, repeats=args.repeats, min_time_s=args.min_time_s, idle_wait_s=30.0)
     if args.worker:
         Path(args.worker).write_text(json.dumps(worker(args.model, profile, settings)))
         return 0
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze import hardware_fingerprint
 
     passthrough = ["--model", args.model, "--threads", str(args.threads), "--seq-len", str(args.seq_len),
                    "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),

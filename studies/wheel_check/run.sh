@@ -46,12 +46,12 @@ mkdir -p "$WORK/outside" && cd "$WORK/outside"  # nothing of the repository on t
 "$VPY" - "$WORK/venv" <<'EOF'
 import sys
 import autosqueeze
-from autosqueeze.builtin_spaces import builtin_space, builtin_space_names
+from autosqueeze import builtin_space_names, resolve_space
 where = autosqueeze.__file__
 print(f"autosqueeze {autosqueeze.__version__} imported from {where}")
 assert where.startswith(sys.argv[1]), f"not the wheel's copy: {where}"
-print(f"built-in spaces: {builtin_space_names()}; quick = {builtin_space('quick')}")
-assert builtin_space("quick").is_relative_to(sys.argv[1])
+print(f"built-in spaces: {builtin_space_names()}; quick = {resolve_space('quick')}")
+assert resolve_space("quick").is_relative_to(sys.argv[1])  # no file "quick" here: the built-in space
 EOF
 echo "autosqueeze command: $(command -v "$WORK/venv/bin/autosqueeze")"
 

@@ -24,7 +24,7 @@ def check(teacher, model, config, decisions):
     chosen = set(config.projections())
     for i, (t_layer, layer) in enumerate(zip(tiny.layers(teacher), tiny.layers(model))):
         ranks = decisions["ranks"][i]
-        by_path = {}
+        by_path: dict[str, list[str]] = {}
         for part, path in _paths(adapter).items():  # a fused QKV matrix is named by query, key and value
             by_path.setdefault(path, []).append(part)
         for path, names in by_path.items():
