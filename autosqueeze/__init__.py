@@ -58,7 +58,9 @@ _EXPORTS: dict[str, str] = {
     "evaluate_recipe": "search.objective", "with_provenance": "search.objective", "make_objective": "search.objective",
     "reference_points": "search.objective", "make_sampler": "search.study", "finished_trials": "search.study",
     "run_finalize": "search.finalize", "final_recipe": "search.finalize", "make_storage": "search.storage",
-    "fail_dead_local_trials": "search.storage", "validate_for_model": "search.validate", "Baselines": "search.pareto",
+    "fail_dead_local_trials": "search.storage", "storage_exists": "search.storage",
+    "resolve_elastic_exits": "search.study", "TrialsKeepFailing": "errors",
+    "validate_for_model": "search.validate", "Baselines": "search.pareto",
     "final_records": "report.fidelity", "check_machine": "study_config", "load_yaml_file": "safe_yaml:load_file",
     "read_manifest": "artifact",
     # teacher, student and models
@@ -101,6 +103,7 @@ __all__ = [  # the same names as _EXPORTS, plus load and __version__ (tests/test
     "predict", "predictions", "prepare_study", "read_manifest", "reference_points", "run_finalize", "script_logging",
     "start_study_script", "synthetic_inputs", "teacher_key", "time_references", "time_sessions",
     "torch_predictions", "train_data_id", "train_elastic", "validate_for_model", "with_provenance",
+    "TrialsKeepFailing", "resolve_elastic_exits", "storage_exists",
 ]
 
 
@@ -138,7 +141,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .elastic.store import INFO as ELASTIC_INFO
     from .elastic.store import student_dir as elastic_student_dir
     from .elastic.train import ElasticSettings, train_elastic
-    from .errors import ConfigError, UserError
+    from .errors import ConfigError, TrialsKeepFailing, UserError
     from .measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, measure_latency, model_size
     from .measure.latency import fixed_threads, synthetic_inputs
     from .measure.metrics import evaluate, majority_reference, predict
@@ -167,8 +170,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .search.objective import SearchContext, evaluate_recipe, make_objective, reference_points, with_provenance
     from .search.pareto import Baselines, pareto_front
     from .search.space import SearchSpace, load_space
-    from .search.storage import fail_dead_local_trials, make_storage, open_study_for_reading
-    from .search.study import SearchSummary, finished_trials, make_sampler, open_study, run_search
+    from .search.storage import fail_dead_local_trials, make_storage, open_study_for_reading, storage_exists
+    from .search.study import (
+        SearchSummary,
+        finished_trials,
+        make_sampler,
+        open_study,
+        resolve_elastic_exits,
+        run_search,
+    )
     from .search.study import prepare as prepare_study
     from .search.study_record import StudyRecord
     from .search.trial_record import TrialRecord, trial_records

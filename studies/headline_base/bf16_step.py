@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from autosqueeze.runtimes.fingerprint import cpu_info
+    from autosqueeze import cpu_info
 
     torch.set_num_threads(2)
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)

@@ -126,8 +126,7 @@ def arm_config(base: Any, arm: str, seed: int, results: Path) -> Any:
 
 
 def load_study(config: Any) -> Any | None:
-    from autosqueeze import open_study
-    from autosqueeze.search.storage import storage_exists
+    from autosqueeze import open_study, storage_exists
 
     return open_study(config, create=False) if storage_exists(config.storage_url) else None
 
@@ -135,8 +134,7 @@ def load_study(config: Any) -> Any | None:
 def run_arm(config: Any, data_dir: str, budget_s: float) -> str:
     """Search until the study's search time reaches ``budget_s``: ``time`` once it has, ``exhausted`` when
     the space ran out of new recipes first, ``failed`` when trials kept failing (no row: a rerun retries)."""
-    from autosqueeze import progress_printer, run_search
-    from autosqueeze.errors import TrialsKeepFailing
+    from autosqueeze import TrialsKeepFailing, progress_printer, run_search
 
     study = load_study(config)
     used = within_budget(clocked_trials(study), float("inf"))[1] if study is not None else 0.0
@@ -165,13 +163,16 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
     records = [TrialRecord.from_trial(t) for t in kept]
     ok = [r for r in records if r.feasible and r.metric is not None and r.speedup is not None]
     teacher = float(study.user_attrs["teacher"]["search_metric"])
-    near = [r for r in ok if r.metric >= teacher - WITHIN and r.size_pct]
+    near = [r for r in ok if float(r.metric or 0.0) >= teacher - WITHIN and r.size_pct]
+
+    def size(r: TrialRecord, part: str) -> float:
+        return float((r.size_pct or {}).get(part, 1e9))
     students = {s["params"].get("student") for t in clocked_trials(study)
                 for s in (TrialRecord.from_trial(t).recipe or {}).get("steps", []) if s.get("method") == "elastic"}
 
     def point(r: TrialRecord | None) -> dict[str, Any] | None:
         return None if r is None else {
-            "trial": r.number, "metric": r.metric, "delta_pts": round(100 * (r.metric - teacher), 2),
+            "trial": r.number, "metric": r.metric, "delta_pts": round(100 * (float(r.metric or 0.0) - teacher), 2),
             "speedup": r.speedup, "size_pct": (r.size_pct or {}).get("total"),
             "size_no_emb_pct": (r.size_pct or {}).get("non_embedding"),
             "recipe": r.recipe_summary}
@@ -185,10 +186,9 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
         "trials_per_hour": 3600 * len(kept) / used if used else None,
         "distinct_per_hour": 3600 * sum(r.duplicate_of is None for r in records) / used if used else None,
         "hypervolume": hypervolume([(r.metric, r.speedup) for r in ok]), "reference": list(REFERENCE),
-        "smallest_within_1pt": point(min(near, key=lambda r: r.size_pct.get("total", 1e9), default=None)),
-        "smallest_no_emb_within_1pt": point(min(near, key=lambda r: r.size_pct.get("non_embedding", 1e9),
-                                                default=None)),
-        "fastest_within_1pt": point(max(near, key=lambda r: r.speedup, default=None)),
+        "smallest_within_1pt": point(min(near, key=lambda r: size(r, "total"), default=None)),
+        "smallest_no_emb_within_1pt": point(min(near, key=lambda r: size(r, "non_embedding"), default=None)),
+        "fastest_within_1pt": point(max(near, key=lambda r: float(r.speedup or 0.0), default=None)),
         "front": [point(r) for r in pareto_front(ok)],
         "machine": machine, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -263,7 +263,7 @@ def smoke_setup(root: Path) -> Path:
     import random
 
     import yaml
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast  # type: ignore[attr-defined]
 
     rng = random.Random(0)
     good, bad = ["good", "great", "fine", "charming", "lovely"], ["bad", "dull", "awful", "bleak", "weak"]
@@ -301,14 +301,13 @@ def smoke_setup(root: Path) -> Path:
 
 def prepare_students(base: Any, data_dir: str, results: Path) -> None:
     """The teacher and both elastic students, trained or loaded (what the search prepares before its clock)."""
-    from autosqueeze import load_space, progress_printer
-    from autosqueeze.search.study import prepare, resolve_elastic_exits
+    from autosqueeze import load_space, prepare_study, progress_printer, resolve_elastic_exits
 
     for arm in ARMS:
         config = arm_config(base, arm, 0, results)
         space = load_space(config.search_space)
         config = resolve_elastic_exits(space, config)
-        sc = prepare(config, data_dir, None, progress_printer(), space=space)
+        sc = prepare_study(config, data_dir, None, progress_printer(), space=space)
         print(f"{arm}: elastic student {sc.elastic_key} (exits: {config.elastic.exits})", flush=True)
 
 
@@ -343,11 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         write_table(out, list(rows.values()))
         return 0
 
-    from autosqueeze import load_study_config, resolve_data_dir
-    from autosqueeze.runtimes.fingerprint import hardware_fingerprint
+    from autosqueeze import hardware_fingerprint, load_study_config, resolve_data_dir
 
     base = load_study_config(study)
     data_dir = resolve_data_dir(data_dir or base.data_dir)
+    if data_dir is None:
+        print("error: no GLUE folder: give --data-dir (e.g. ../shared/data/glue) or set AUTOSQUEEZE_GLUE_DIR",
+              file=sys.stderr)
+        return 2
     if args.prepare:
         prepare_students(base, data_dir, out)
         return 0
