@@ -73,12 +73,13 @@ class Measurement:
     @classmethod
     def of(cls, *, runtime: str | None, timing: Timing | None = None, metrics: dict[str, float] | None = None,
            main_metric: str | None = None, size: SizeReport | None = None, teacher_size: SizeReport | None = None,
-           exit_stats: dict[str, Any] | None = None, onnx: dict[str, Any] | None = None) -> Measurement:
-        """From its parts: the timing (with the baseline it was timed against), the metrics (the main
-        one named), the size (and the teacher's, for ``size_pct``)."""
+           exit_stats: dict[str, Any] | None = None, onnx: dict[str, Any] | None = None,
+           baseline_ms: float | None = None) -> Measurement:
+        """From its parts: the timing (stated against ``baseline_ms``, default the baseline it was timed
+        against), the metrics (the main one named), the size (and the teacher's, for ``size_pct``)."""
         values: dict[str, Any] = dict(runtime=runtime, exit_stats=exit_stats, onnx=onnx)
         if timing is not None:
-            values.update(cls.from_dict(timing.to_result()).timed())
+            values.update(cls.from_dict(timing.to_result(baseline_ms)).timed())
         if metrics is not None:
             values.update(metrics=metrics, metric=metrics[main_metric] if main_metric is not None else None)
         if size is not None:
@@ -153,8 +154,8 @@ def assess(deployment: Deployed, *, data: Any, main_metric: str, extra: Mapping[
            paired: bool = True, teacher_size: SizeReport | None = None) -> Measurement:
     """``deployment`` measured: its dev metric (``extra`` splits too) computed in its runtime (with
     ``eval_threads`` PyTorch threads when given), then its timing — ``timing`` when already known, a
-    callable to measure it now, else :meth:`Deployed.timing` against ``teacher`` and ``baseline_ms`` —
-    and its size (against ``teacher_size``)."""
+    callable to measure it now, else :meth:`Deployed.timing` against ``teacher`` and ``baseline_ms`` (a
+    timing given is stated against ``baseline_ms`` when given) — and its size (against ``teacher_size``)."""
     threads = fixed_threads(eval_threads) if eval_threads is not None else None
     if threads is not None:
         with threads:
@@ -169,4 +170,4 @@ def assess(deployment: Deployed, *, data: Any, main_metric: str, extra: Mapping[
         timing = deployment.timing(teacher, settings or LatencySettings(), baseline_ms, inputs, paired=paired)
     return Measurement.of(runtime=deployment.runtime, timing=timing, metrics=metrics, main_metric=main_metric,
                           size=deployment.size, teacher_size=teacher_size, exit_stats=exit_stats,
-                          onnx=deployment.export_info)
+                          onnx=deployment.export_info, baseline_ms=baseline_ms)
