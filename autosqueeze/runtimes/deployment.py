@@ -42,7 +42,7 @@ from .onnx_export import OnnxInfo
 from .variants import DeployVariant, resolve_variant
 
 __all__ = ["BACKENDS", "Deployment", "OrtDeployment", "Runtime", "RuntimeRefused", "TorchDeployment",
-           "check_runtime", "deploy", "get_runtime", "runtime_of"]
+           "check_runtime", "deploy", "deploy_saved", "get_runtime", "runtime_of", "saved_runtime"]
 
 
 class RuntimeRefused(UserError, ValueError):
@@ -286,6 +286,25 @@ def runtime_of(recipe: Any = None, profile: HardwareProfile | None = None) -> st
     """The runtime a recipe deploys with: its profile's, else ``profile``'s, else PyTorch."""
     named = ((getattr(recipe, "profile", None) or {}).get("runtime")) if recipe is not None else None
     return named or (profile.runtime if profile is not None else "torch")
+
+
+def saved_runtime(folder: str | Path, runtime: str | None) -> str:
+    """The runtime a saved folder deploys with: ``runtime`` (its recipe's) when the folder holds the
+    file that runtime deploys from (ONNX Runtime: ``model.onnx``), else PyTorch (its weights)."""
+    try:
+        file = get_runtime(runtime).graph_file if runtime else None
+    except ValueError:
+        return "torch"
+    return runtime if runtime and (file is None or (Path(folder) / file).is_file()) else "torch"
+
+
+def deploy_saved(folder: str | Path, model: nn.Module, profile: HardwareProfile | None = None,
+                 runtime: str | None = None) -> Deployment:
+    """A saved folder's model (``model``, loaded from it) as the folder deploys it (:func:`saved_runtime`
+    of ``runtime``, its recipe's): ONNX Runtime runs the folder's own ``model.onnx``."""
+    kind = get_runtime(saved_runtime(folder, runtime))
+    graph = Path(folder) / kind.graph_file if kind.graph_file else None
+    return deploy(model, None, profile, runtime=kind.name, onnx_path=graph)
 
 
 def deploy(built: Any, recipe: Any = None, profile: HardwareProfile | None = None, *, runtime: str | None = None,
