@@ -33,7 +33,8 @@ _SIZE_FIELDS = tuple(f.name for f in dataclasses.fields(SizeReport))
 class Deployed(Protocol):
     """What :func:`assess` needs of a deployed model (``autosqueeze.runtimes.Deployment`` is one)."""
 
-    runtime: str
+    @property
+    def runtime(self) -> str: ...
 
     def evaluate_with_stats(self, data: Any, extra: Mapping[str, Sequence[Any]] | None = None,
                             batch_size: int = 64) -> tuple[dict[str, float], dict[str, Any] | None]: ...
