@@ -16,7 +16,7 @@ the same sentences, so the ratio compares like with like (:func:`timing_inputs`)
 Used alike by the search (every trial), ``apply`` and the studies: :func:`baseline_settings`
 is how carefully the teacher baseline is timed, :func:`needs_real_inputs` the one test for a
 model whose cost depends on its inputs. This module times callables only: a runtime supplies
-the candidate (:func:`autosqueeze.runtimes.timing_against_teacher`: the model itself for
+the candidate (``Deployment.timing`` of :func:`autosqueeze.runtimes.deploy`: the model itself for
 PyTorch, the exported graph's session for ONNX Runtime), always paired with the same fp32
 PyTorch teacher, so speedups of both runtimes are on one scale.
 """
