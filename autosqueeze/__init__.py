@@ -74,6 +74,8 @@ _EXPORTS: dict[str, str] = {
     "fixed_threads": "measure.latency", "synthetic_inputs": "measure.latency", "baseline_settings": "measure.paired",
     "majority_reference": "measure.metrics", "predict": "measure.metrics", "count_macs": "runtimes.macs",
     "time_references": "runtimes.references", "OrtDeployment": "runtimes.deployed",
+    "deploy": "runtimes.deployment", "Deployment": "runtimes.deployment", "assess": "measure.assessment",
+    "Measurement": "measure.assessment", "get_runtime": "runtimes.deployment",
     "OnnxUnavailable": "runtimes", "OnnxUnsupported": "runtimes",
     "OrtClassifier": "runtimes.ort", "make_session": "runtimes.ort", "ort_dynamic_int8_session": "runtimes.ort",
     "ort_feed": "runtimes.ort:_feed",
@@ -103,7 +105,8 @@ __all__ = [  # the same names as _EXPORTS, plus load and __version__ (tests/test
     "predict", "predictions", "prepare_study", "read_manifest", "reference_points", "run_finalize", "script_logging",
     "start_study_script", "synthetic_inputs", "teacher_key", "time_references", "time_sessions",
     "torch_predictions", "train_data_id", "train_elastic", "validate_for_model", "with_provenance",
-    "TrialsKeepFailing", "resolve_elastic_exits", "storage_exists",
+    "TrialsKeepFailing", "resolve_elastic_exits", "storage_exists", "Deployment", "Measurement", "assess", "deploy",
+    "get_runtime",
 ]
 
 
@@ -143,6 +146,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .elastic.train import ElasticSettings, train_elastic
     from .errors import ConfigError, TrialsKeepFailing, UserError
     from .measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, measure_latency, model_size
+    from .measure.assessment import Measurement, assess
     from .measure.latency import fixed_threads, synthetic_inputs
     from .measure.metrics import evaluate, majority_reference, predict
     from .measure.paired import Timing, baseline_settings, paired_latency
@@ -157,6 +161,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .runtimes.deploy_variants import _torch_predictions as torch_predictions
     from .runtimes.deploy_variants import build_variant, candidate_variants, predictions, time_sessions
     from .runtimes.deployed import OrtDeployment
+    from .runtimes.deployment import Deployment, deploy, get_runtime
     from .runtimes.fingerprint import cpu_info, hardware_fingerprint
     from .runtimes.macs import count_macs
     from .runtimes.ort import OrtClassifier, make_session, ort_dynamic_int8_session

@@ -27,10 +27,10 @@ from .builder import build
 from .data import load_task_data
 from .elastic.store import ensure_for_recipe
 from .errors import ModelFolderError, UserError
-from .measure import HardwareProfile, LatencySettings, model_size
+from .measure import HardwareProfile, LatencySettings
+from .measure.assessment import Measurement, assess
 from .measure.latency import fixed_threads
-from .measure.metrics import evaluate, evaluate_deployed
-from .measure.paired import baseline_settings, timing_inputs
+from .measure.paired import Timing, baseline_settings, timing_inputs
 from .methods import MethodContext
 from .models import (
     base_model_hash,
@@ -41,7 +41,7 @@ from .models import (
     weights_hash,
 )
 from .recipe import Recipe, RecipeError, load_recipe
-from .runtimes.timing import timing_against_teacher
+from .runtimes import Deployment, RuntimeRefused, deploy
 from .runtimes.variants import RECIPE_KEY as VARIANT_KEY
 from .runtimes.variants import variant_of_recipe
 from .tasks import TaskSpec, get_task
@@ -60,11 +60,16 @@ class BaseModelMismatch(UserError, RuntimeError):
 class Rebuilt:
     out: Path
     recipe: Recipe
-    reproduced: dict[str, Any]
+    measurement: Measurement  # the numbers reproduced here (metric, latency, speedup, size, runtime)
     onnx: dict[str, Any] = field(default_factory=dict)  # OnnxInfo as a dict, or {"file": None, "reason": ...}
     plain: dict[str, Any] = field(default_factory=dict)  # can a plain from_pretrained load it
     warnings: list[str] = field(default_factory=list)
     comparison: dict[str, Any] = field(default_factory=dict)  # recorded vs reproduced (see compare)
+
+    @property
+    def reproduced(self) -> dict[str, Any]:
+        """The reproduced numbers as the manifest stores them (``measured.reproduced``)."""
+        return self.measurement.to_dict()
 
 
 def read_recipe(path: str | Path) -> Recipe:
@@ -185,35 +190,37 @@ def find_teacher(recipe: Recipe, data_dir: str | None, teacher_dir: str | None, 
     return teacher
 
 
-def _export(built: Any, recipe: Recipe, workdir: Path, exporter: str | None) -> tuple[Path | None, dict[str, Any]]:
-    """``model.onnx`` in ``workdir`` when the model can be exported, else (None, the reason)."""
-    from .runtimes import OnnxUnavailable, OnnxUnsupported, export_for_deployment
+def _export(graph: Deployment | None) -> tuple[Path | None, dict[str, Any]]:
+    """The deployment's ``model.onnx`` (exported now) when the model can be exported, else (None, the reason)."""
+    from .runtimes import OnnxUnavailable, OnnxUnsupported
 
+    if graph is None:
+        return None, {"file": None, "reason": "not asked"}
     try:
-        info = export_for_deployment(built.model, workdir / "model.onnx", float_model=built.float_model,
-                                     recipe=recipe, exporter=exporter)
+        files = graph.files
+        info = graph.export_info or {}
     except (OnnxUnsupported, OnnxUnavailable) as err:
         log.warning("no ONNX export: %s", err)
         return None, {"file": None, "reason": str(err)}
-    return Path(info.path), {**info.to_dict(), "file": "model.onnx", "path": None}
+    name, path = next(iter(files.items()))
+    return path, {**info, "file": name, "path": None}
 
 
-def compare(recorded: dict[str, Any], reproduced: dict[str, Any]) -> dict[str, Any]:
+def compare(recorded: Measurement, reproduced: Measurement) -> dict[str, Any]:
     """How close the rebuild came: metric equality, latency ratio and the recorded spread."""
     out: dict[str, Any] = {}
-    if recorded.get("metric") is not None:
-        out["metric_equal"] = recorded["metric"] == reproduced["metric"]
-        out["metric_diff"] = reproduced["metric"] - recorded["metric"]
-    if recorded.get("latency_ms"):
-        out["latency_ratio"] = reproduced["latency_ms"] / recorded["latency_ms"]
-        lat = recorded.get("latency") or {}
+    if recorded.metric is not None and reproduced.metric is not None:
+        out["metric_equal"] = recorded.metric == reproduced.metric
+        out["metric_diff"] = reproduced.metric - recorded.metric
+    if recorded.latency_ms and reproduced.latency_ms is not None:
+        out["latency_ratio"] = reproduced.latency_ms / recorded.latency_ms
+        lat = recorded.latency or {}
         if "p10_ms" in lat and "p90_ms" in lat:
-            out["within_recorded_p10_p90"] = lat["p10_ms"] <= reproduced["latency_ms"] <= lat["p90_ms"]
-    if recorded.get("speedup"):
-        out["speedup_ratio"] = reproduced["speedup"] / recorded["speedup"]
-    size = (recorded.get("size") or {}).get("total_bytes")
-    if size:
-        out["size_equal"] = size == reproduced["size"]["total_bytes"]
+            out["within_recorded_p10_p90"] = lat["p10_ms"] <= reproduced.latency_ms <= lat["p90_ms"]
+    if recorded.speedup is not None and recorded.speedup.median and reproduced.speedup is not None:
+        out["speedup_ratio"] = reproduced.speedup.median / recorded.speedup.median
+    if recorded.size is not None and recorded.size.total_bytes and reproduced.size is not None:
+        out["size_equal"] = recorded.size.total_bytes == reproduced.size.total_bytes
     return out
 
 
@@ -221,7 +228,6 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
             force: bool = False, progress: Progress | None = None, onnx: bool = True,
             exporter: str | None = None) -> Rebuilt:
     """Rebuild, measure and save the model of a recipe (or of a saved model folder's recipe)."""
-    from .runtimes import deployed_latency
     from .runtimes.fingerprint import hardware_fingerprint, same_machine
 
     recipe = read_recipe(recipe_path)
@@ -261,42 +267,42 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
                         is_regression=task.is_regression, progress=progress, device=profile.device,
                         tokenizer=teacher.tokenizer, train_token_ids=data.train_token_ids)
     batch_size = int(recipe.data.get("eval_batch_size", 64))
-    with fixed_threads(int(recipe.data.get("train_threads") or torch.get_num_threads())):
+    train_threads = int(recipe.data.get("train_threads") or torch.get_num_threads())
+    with fixed_threads(train_threads):
         ensure_for_recipe(recipe.steps, recipe.teacher, teacher.model, weights_hash(teacher.model), data,
                           settings.train_subset, progress)
         built = build(recipe, teacher.model, ctx)
-        metrics, _ = evaluate_deployed(built.model, data, extra, batch_size, profile.batch_size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(out)  # what a killed apply left beside it
     workdir = temp_beside(out)
     try:
-        onnx_file: Path | None = None
-        onnx_info: dict[str, Any] = {"file": None, "reason": "not asked"}
-        if onnx or profile.runtime == "onnxruntime":  # the recipe's runtime deploys model.onnx: always written
-            onnx_file, onnx_info = _export(built, recipe, workdir, exporter)
-            if onnx_file is None and profile.runtime == "onnxruntime":
-                from .runtimes import RuntimeRefused
-
-                raise RuntimeRefused(f"the recipe deploys with onnxruntime but its model does not export: "
-                                     f"{onnx_info['reason']}")
+        # the recipe's runtime; its graph (model.onnx) is always written when that runtime deploys one
+        deployment = deploy(built, recipe, profile, path=workdir / "model.onnx", exporter=exporter)
+        graph = deployment if deployment.graph_file else \
+            deploy(built, recipe, profile, runtime="onnxruntime", path=workdir / "model.onnx", exporter=exporter) \
+            if onnx else None
+        exported = [_export(graph)] if graph is deployment else []  # what deploys is exported first (or refused)
+        if exported and exported[0][0] is None:
+            raise RuntimeRefused(f"the recipe deploys with {deployment.runtime} but its model does not export: "
+                                 f"{exported[0][1]['reason']}")
         inputs = timing_inputs(built.model, data, profile.batch_size)
-        use_file = onnx_file if profile.runtime == "onnxruntime" else None
-        base = deployed_latency(teacher.model, dataclasses.replace(profile, runtime="torch"), ls)  # fp32 PyTorch
-        timing = timing_against_teacher(built.model, teacher.model, profile, ls, base.median_ms, inputs,
-                                        float_model=built.float_model, recipe=recipe, onnx_path=use_file)
-        size = model_size(built.model)
-        reproduced = {"metric": metrics[task.main_metric], "metrics": metrics, **timing.to_result(base.median_ms),
-                      "size": size.to_dict(), "runtime": profile.runtime}
-        if onnx_file is not None:
-            from .runtimes.ort import OrtClassifier, make_session
 
-            ort_model = OrtClassifier(make_session(onnx_file, profile), built.model.config)
-            onnx_info["metrics"] = evaluate(ort_model, data, extra, batch_size)
+        def timed() -> Timing:  # after the metric: the folder's extra graph, then the fp32 PyTorch teacher's baseline
+            if not exported:
+                exported.append(_export(graph))
+            base = deploy(teacher.model, None, profile, runtime="torch").latency(ls)
+            return deployment.timing(teacher.model, ls, base.median_ms, inputs)
+
+        measured = assess(deployment, data=data, extra=extra, main_metric=task.main_metric, batch_size=batch_size,
+                          eval_threads=train_threads, timing=timed)
+        measured = dataclasses.replace(measured, exit_stats=None, onnx=None)  # the manifest says those apart
+        onnx_file, onnx_info = exported[0]
+        if graph is not None and onnx_file is not None:  # the graph's own metric, from its session
+            onnx_info["metrics"] = measured.metrics if graph is deployment else graph.evaluate(data, extra, batch_size)
             onnx_info["metric"] = onnx_info["metrics"][task.main_metric]
-            if profile.runtime == "onnxruntime":  # the deployed artifact's metric, as the search computed it
-                reproduced.update(metric=onnx_info["metric"], metrics=onnx_info["metrics"])
-        comparison = compare(recipe.measured, reproduced)
+        reproduced = measured.to_dict()
+        comparison = compare(Measurement.from_dict(recipe.measured), measured)
         here = hardware_fingerprint(profile.threads, profile.runtime)
         notes = [f"this machine differs from the one that measured the recipe: {', '.join(diffs)}"
                  for diffs in [same_machine((recipe.profile or {}).get("fingerprint") or {}, here)] if diffs]
@@ -308,4 +314,4 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     manifest = read_manifest(path)
-    return Rebuilt(path, recipe, reproduced, onnx_info, manifest.get("plain_from_pretrained", {}), notes, comparison)
+    return Rebuilt(path, recipe, measured, onnx_info, manifest.get("plain_from_pretrained", {}), notes, comparison)

@@ -98,8 +98,9 @@ def _packed(built: Built, recipe: Recipe) -> tuple[dict[str, torch.Tensor], list
 def deployed_file(folder: Path, recipe: Recipe) -> str:
     """The file of a saved folder that deploys: ``model.onnx`` for a recipe whose runtime is ONNX
     Runtime (when the folder has it), else ``model.safetensors`` (loaded by ``autosqueeze.load``)."""
-    runtime = (recipe.profile or {}).get("runtime")
-    return ONNX if runtime == "onnxruntime" and (folder / ONNX).is_file() else WEIGHTS
+    from .runtimes.deployment import get_runtime, saved_runtime
+
+    return get_runtime(saved_runtime(folder, (recipe.profile or {}).get("runtime"))).graph_file or WEIGHTS
 
 
 def storage(folder: Path, model: nn.Module, recipe: Recipe) -> dict[str, Any]:

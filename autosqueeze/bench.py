@@ -15,7 +15,6 @@ ONNX Runtime session (the same thread count and inputs), not its PyTorch rebuild
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -24,10 +23,11 @@ from typing import Any
 
 from torch import nn
 
-from .artifact import MANIFEST, ONNX, load_compressed, read_manifest, teacher_structure
-from .measure import HardwareProfile, LatencySettings, LatencyStats, measure_latency, model_size
+from .artifact import MANIFEST, load_compressed, read_manifest, teacher_structure
+from .measure import HardwareProfile, LatencySettings, LatencyStats, model_size
 from .measure.paired import baseline_settings
-from .runtimes.timing import timing_against_teacher
+from .runtimes.deployment import deploy, deploy_saved
+from .runtimes.deployment import saved_runtime as folder_runtime
 
 log = logging.getLogger(__name__)
 UNPAIRED = "unpaired: teacher not found"
@@ -76,30 +76,24 @@ def load_any(path: str) -> nn.Module:
 
 
 def saved_runtime(path: str) -> str:
-    """The runtime a folder saved by ``apply`` deploys with (its recipe's profile); ``torch`` for
-    anything else, or when the folder has no ``model.onnx``."""
+    """The runtime a folder saved by ``apply`` deploys with (its recipe's profile, when the folder holds
+    what that runtime deploys from: ``model.onnx`` for ONNX Runtime); ``torch`` for anything else."""
     folder = Path(path)
-    if not (folder / MANIFEST).is_file() or not (folder / ONNX).is_file():
+    if not (folder / MANIFEST).is_file():
         return "torch"
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         runtime = ((manifest.get("recipe") or {}).get("profile") or {}).get("runtime")
     except (ValueError, AttributeError):
         return "torch"  # load_compressed reports a corrupt manifest with its reason
-    return "onnxruntime" if runtime == "onnxruntime" else "torch"
+    return folder_runtime(folder, runtime if isinstance(runtime, str) else None)
 
 
 def time_saved(path: str, model: nn.Module, profile: HardwareProfile,
                settings: LatencySettings | None) -> tuple[LatencyStats, str]:
     """(latency, runtime) of a saved model in the runtime it deploys with."""
-    if saved_runtime(path) == "onnxruntime":
-        from .runtimes.ort import make_session, ort_latency
-
-        ort_profile = dataclasses.replace(profile, runtime="onnxruntime")
-        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 1000))
-        return ort_latency(make_session(Path(path) / ONNX, ort_profile), ort_profile, settings=settings,
-                           vocab_size=vocab), "onnxruntime"
-    return measure_latency(model, profile, settings=settings), "torch"
+    with deploy_saved(path, model, profile, saved_runtime(path)) as deployment:
+        return deployment.latency(settings), deployment.runtime
 
 
 def find_reference(path: str, teacher_dir: str | None = None) -> tuple[str, Reference] | None:
@@ -149,11 +143,9 @@ def bench(paths: list[str], profile: HardwareProfile, settings: LatencySettings 
             continue
         ref = refs.setdefault(*found)
         if ref.baseline is None:  # as apply times it: alone, twice the repeats, fp32 PyTorch
-            ref.baseline = measure_latency(ref.model, dataclasses.replace(profile, runtime="torch"),
-                                           settings=baseline_settings(st))
-        onnx = Path(name) / ONNX if runtime == "onnxruntime" else None
-        timing = timing_against_teacher(model, ref.model, dataclasses.replace(profile, runtime=runtime), st,
-                                        ref.baseline.median_ms, onnx_path=onnx)
+            ref.baseline = deploy(ref.model, None, profile, runtime="torch").latency(baseline_settings(st))
+        with deploy_saved(name, model, profile, runtime) as deployment:
+            timing = deployment.timing(ref.model, st, ref.baseline.median_ms)
         first_ms = first_ms or timing.stats.median_ms
         rows.append(BenchRow(name, timing.stats, timing.speedup, size, runtime, f"paired: {ref.label}",
                              timing.speedup_p10, timing.speedup_p90, ref.baseline.median_ms, timing.latency_ms))

@@ -272,22 +272,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _apply_table(result: Any) -> list[str]:
     """Recorded vs reproduced numbers, one line each, with how close they are."""
-    rec, rep, cmp = result.recipe.measured, result.reproduced, result.comparison
+    from .measure.assessment import Measurement
+
+    rec, rep, cmp = Measurement.from_dict(result.recipe.measured), result.measurement, result.comparison
     lines = [f"{'':12s}{'recorded':>14s}{'reproduced':>14s}"]
     for key, fmt in (("metric", "{:.4f}"), ("latency_ms", "{:.2f}"), ("speedup", "{:.2f}")):
-        r = fmt.format(rec[key]) if rec.get(key) is not None else "-"
-        line = f"{key:12s}{r:>14s}{fmt.format(rep[key]):>14s}"
+        r_value, p_value = ((m.speedup.median if m.speedup is not None else None) if key == "speedup"
+                            else getattr(m, key) for m in (rec, rep))
+        r = fmt.format(r_value) if r_value is not None else "-"
+        line = f"{key:12s}{r:>14s}{fmt.format(p_value):>14s}"
         if key == "metric" and "metric_equal" in cmp:
             line += "   identical" if cmp["metric_equal"] else f"   differs by {cmp['metric_diff']:+.4f}"
         if key == "latency_ms" and "latency_ratio" in cmp:
-            lat = rec.get("latency") or {}
+            lat = rec.latency or {}
             spread = f", recorded p10-p90 {lat['p10_ms']:.2f}-{lat['p90_ms']:.2f}" if "p10_ms" in lat else ""
             line += f"   x{cmp['latency_ratio']:.2f}{spread} (latency is noisy on a shared machine)"
         if key == "speedup" and "speedup_ratio" in cmp:
             line += f"   x{cmp['speedup_ratio']:.2f}"
         lines.append(line)
-    rs, ps = rec.get("size") or {}, rep["size"]
-    lines.append(f"{'size_bytes':12s}{rs.get('total_bytes', '-'):>14}{ps['total_bytes']:>14}")
+    rs = rec.size.total_bytes if rec.size is not None else "-"
+    ps = rep.size.total_bytes if rep.size is not None else "-"
+    lines.append(f"{'size_bytes':12s}{rs:>14}{ps:>14}")
     return lines
 
 

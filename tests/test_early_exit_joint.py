@@ -154,10 +154,10 @@ def test_an_early_exit_trial_is_judged_on_its_real_latency_not_its_full_depth_pr
     sc = prepare(load_study_config(write_study(tmp_path, tiny_model_dir)), str(glue_dir), budget_ms=5.0)
     measured, probed = sc.timing, []
 
-    def timing(model, key, float_model=None, recipe=None, graph=None):
-        probe = not model.autosqueeze_exit.enabled
+    def timing(deployment, key):
+        probe = not deployment.model.autosqueeze_exit.enabled
         probed.append(probe)
-        return dataclasses.replace(measured(model, key, float_model, recipe, graph), latency_ms=50.0 if probe else 1.0)
+        return dataclasses.replace(measured(deployment, key), latency_ms=50.0 if probe else 1.0)
 
     monkeypatch.setattr(sc, "timing", timing)
     recipe = Recipe([Step("early_exit", {"training": "joint", "steps": 4, "threshold": 0.5})])

@@ -6,6 +6,7 @@ import inside a function counts the same as one at the top.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,28 @@ def test_measure_times_callables_only():
     above = ("autosqueeze.runtimes", "autosqueeze.methods", "autosqueeze.elastic", "autosqueeze.builder",
              "autosqueeze.artifact")
     assert violations(modules("measure"), above) == []
+
+
+# --- the runtime seam ------------------------------------------------------------------------
+RUNTIME_BRANCH = re.compile(r"runtime\s*[!=]=")
+
+
+def runtime_branches(paths: list[Path]) -> list[str]:
+    """``file:line`` of every ``runtime ==`` / ``runtime !=`` comparison in ``paths``."""
+    return [f"{p.relative_to(PACKAGE.parent)}:{n}" for p in paths
+            for n, line in enumerate(p.read_text().splitlines(), 1) if RUNTIME_BRANCH.search(line)]
+
+
+def test_the_runtime_branch_finder_sees_branches():
+    fake = PACKAGE.parent / "tests" / "test_layering.py"  # this file writes one in its pattern's test
+    assert runtime_branches([fake]) and RUNTIME_BRANCH.search('if profile.runtime == "onnxruntime":')
+
+
+def test_no_runtime_branch_outside_the_runtimes():
+    """Which runtime a model runs in is decided behind ``runtimes.deploy`` (a Deployment runs, evaluates
+    and times itself) and the runtime objects of runtimes/deployment.py: nothing of the package outside
+    runtimes/, and no study script, compares a runtime's name (``runtime ==`` / ``runtime !=``)."""
+    outside = [p for p in PACKAGE.rglob("*.py") if "runtimes" not in p.relative_to(PACKAGE).parts]
+    studies = sorted((PACKAGE.parent / "studies").rglob("*.py"))
+    assert studies and outside
+    assert runtime_branches(outside + studies) == []

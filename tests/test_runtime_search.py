@@ -125,14 +125,13 @@ def test_a_study_over_both_runtimes(tiny_model_dir, glue_dir, tmp_path, isolated
     """Trials pick a runtime, are timed paired and evaluated in it; references include ORT int8;
     the report shows them; apply writes model.onnx for an ORT recipe and bench times it in ORT."""
     pytest.importorskip("onnxruntime")
-    from autosqueeze.runtimes import predict as predict_mod
-    from autosqueeze.search import objective as objective_mod
+    from autosqueeze.runtimes.deployment import OrtDeployment
     from autosqueeze.search.study import run_search
 
-    evaluated = []
-    real_eval = predict_mod.evaluate_in_runtime
-    monkeypatch.setattr(objective_mod, "evaluate_in_runtime",
-                        lambda m, p, *a, **k: evaluated.append(p.runtime) or real_eval(m, p, *a, **k))  # type: ignore[func-returns-value]
+    evaluated = []  # the runtime of every deployment whose metric a trial or a reference computed in ONNX Runtime
+    real_eval = OrtDeployment.evaluate_with_stats
+    monkeypatch.setattr(OrtDeployment, "evaluate_with_stats",
+                        lambda self, *a, **k: evaluated.append(self.runtime) or real_eval(self, *a, **k))  # type: ignore[func-returns-value]
     path = write_study(tmp_path, tiny_model_dir, steps=MIXED_SPACE, trials=6,
                        hardware={"seq_len": 16, "threads": 1, "runtimes": ["torch", "onnxruntime"]})
     run_search(load_study_config(path), str(glue_dir))

@@ -16,7 +16,7 @@ the same sentences, so the ratio compares like with like (:func:`timing_inputs`)
 Used alike by the search (every trial), ``apply`` and the studies: :func:`baseline_settings`
 is how carefully the teacher baseline is timed, :func:`needs_real_inputs` the one test for a
 model whose cost depends on its inputs. This module times callables only: a runtime supplies
-the candidate (:func:`autosqueeze.runtimes.timing_against_teacher`: the model itself for
+the candidate (``Deployment.timing`` of :func:`autosqueeze.runtimes.deploy`: the model itself for
 PyTorch, the exported graph's session for ONNX Runtime), always paired with the same fp32
 PyTorch teacher, so speedups of both runtimes are on one scale.
 """
@@ -72,10 +72,14 @@ class Timing:
     teacher_ms: float  # the teacher's median within the pairs
     speedup_p10: float | None = None  # p10 / p90 of the per-pair ratios (None: not timed in pairs)
     speedup_p90: float | None = None
+    baseline_ms: float | None = None  # the teacher baseline: latency_ms = baseline_ms / speedup
 
-    def to_result(self, baseline_ms: float) -> dict[str, Any]:
+    def to_result(self, baseline_ms: float | None = None) -> dict[str, Any]:
         """Trial attributes: ``latency`` holds the stats scaled like ``latency_ms``,
-        ``latency_measured`` the raw ones; ``speedup_spread`` the p10–p90 of the pair ratios."""
+        ``latency_measured`` the raw ones; ``speedup_spread`` the p10–p90 of the pair ratios.
+        ``baseline_ms``: default the one it was timed against."""
+        if baseline_ms is None:
+            baseline_ms = self.baseline_ms
         raw = self.stats.to_dict()
         factor = self.latency_ms / self.stats.median_ms
         scaled = {k: (v * factor if k.endswith("_ms") else v) for k, v in raw.items()}
@@ -90,12 +94,12 @@ class Timing:
     def paired(cls, stats: LatencyStats, teacher_stats: LatencyStats, speedup: Ratio, baseline_ms: float) -> Timing:
         """From :func:`paired_latency`'s result: the speedup's median and spread, ``baseline_ms / speedup``."""
         return cls(stats, speedup.median, baseline_ms / speedup.median, teacher_stats.median_ms,
-                   speedup.p10, speedup.p90)
+                   speedup.p10, speedup.p90, baseline_ms)
 
     @classmethod
     def unpaired(cls, stats: LatencyStats, baseline_ms: float) -> Timing:
         """A candidate timed alone: the speedup is ``baseline_ms`` over its own median (no spread)."""
-        return cls(stats, baseline_ms / stats.median_ms, stats.median_ms, baseline_ms)
+        return cls(stats, baseline_ms / stats.median_ms, stats.median_ms, baseline_ms, baseline_ms=baseline_ms)
 
 
 def paired_latency(candidate: nn.Module | Callable[..., Any], teacher: nn.Module, profile: HardwareProfile,

@@ -91,7 +91,7 @@ class MethodSpec:
     def runtime_refusal(self, params: dict[str, Any] | None, runtime: str) -> str | None:
         """Why a step with ``params`` cannot deploy in ``runtime``, from the registry alone: the method's
         own runtime, or a unit it computes with that the runtime has no kernel for (None: it may)."""
-        if self.runtime is not None and self.runtime != runtime:
+        if self.runtime not in (None, runtime):  # the method's own runtime, declared in its entry
             return f"{self.name} deploys only with {self.runtime}"
         for unit in self.units(params):
             refused, why = UNIT_REFUSALS.get(unit, ("", ""))

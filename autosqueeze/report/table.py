@@ -70,10 +70,13 @@ def _row(r: TrialRecord, role: str, teacher_metric: float | None, other_metrics:
             "dominated_by": "" if ref is None else ref.name}
 
 
+_UNNOTED = (None, "", "torch")  # no runtime recorded, or the default one (PyTorch)
+
+
 def _runtime_note(r: TrialRecord) -> str:
     """`` [onnxruntime]`` for a trial deployed with ONNX Runtime (torch, the default, is not noted)."""
     runtime = r.deployed_runtime
-    return f" [{runtime}]" if runtime and runtime != "torch" else ""
+    return "" if runtime in _UNNOTED else f" [{runtime}]"
 
 
 def effectiveness_rows(front: list[TrialRecord], records: list[TrialRecord] | None = None,

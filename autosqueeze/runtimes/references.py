@@ -19,6 +19,7 @@ from torch import nn
 
 from ..measure.latency import HardwareProfile, fixed_threads, synthetic_inputs
 from ..measure.timing import interleaved, summarize
+from .deployment import Deployment
 
 __all__ = ["reference_calls", "time_references", "torch_int8"]
 
@@ -58,8 +59,9 @@ def reference_calls(teacher: nn.Module, profile: HardwareProfile,
 
 
 def time_references(teacher: nn.Module, profile: HardwareProfile, rounds: int,
-                    candidates: dict[str, nn.Module] | None = None) -> dict[str, Any]:
-    """:func:`summarize` of the references and ``candidates`` (PyTorch models), timed interleaved
+                    candidates: dict[str, nn.Module | Deployment] | None = None) -> dict[str, Any]:
+    """:func:`summarize` of the references and ``candidates`` (PyTorch models, or models as a runtime
+    deploys them: :func:`~autosqueeze.runtimes.deployment.deploy`'s, called alike), timed interleaved
     for ``rounds`` rounds (after ``max(5, rounds // 20)`` warm-up rounds) on one synthetic batch."""
     batch = synthetic_inputs(profile, _vocab(teacher))
     with reference_calls(teacher, profile, batch) as calls, fixed_threads(profile.threads), torch.inference_mode():

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..measure.assessment import Measurement
 from ..methods import Stage, get_method
 from ..recipe import Recipe, Step
 from ..study_config import FinalizeSettings, StudyConfig
@@ -124,9 +125,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
         log.info("finalizing trial %d (%d/%d)", record.number, k + 1, len(candidates))
         keep: dict[str, Any] = {}
         result = evaluate_recipe(recipe, sc, keep=keep)
-        recipe.measured = {key: result[key] for key in ("metric", "metrics", "latency_ms", "speedup", "size")
-                           if key in result}
-        recipe.measured["fidelity"] = "final"
+        recipe.measured = {**Measurement.from_dict(result).recorded(), "fidelity": "final"}
         if save_dir is not None and "built" in keep:
             from ..artifact import save_compressed
 

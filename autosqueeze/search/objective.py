@@ -38,16 +38,15 @@ from ..arch import get_adapter
 from ..builder import build
 from ..data import TaskData
 from ..measure import HardwareProfile, LatencySettings, LatencyStats, SizeReport, model_size
+from ..measure.assessment import Measurement, assess
 from ..measure.latency import fixed_threads
-from ..measure.metrics import evaluate, evaluate_deployed
+from ..measure.metrics import evaluate
 from ..measure.paired import Timing, baseline_settings, needs_real_inputs, timing_inputs
 from ..methods import MethodContext, get_method
 from ..methods.context import TeacherOutputCache
 from ..recipe import Recipe, Step
-from ..runtimes import OnnxUnavailable, deployed_latency
-from ..runtimes.deployed import OrtDeployment
-from ..runtimes.predict import evaluate_in_runtime
-from ..runtimes.timing import timing_against_teacher
+from ..runtimes import OnnxUnavailable
+from ..runtimes.deployment import Deployment, deploy, runtime_of
 from ..runtimes.variants import PLAIN_VARIANT
 from ..runtimes.variants import RECIPE_KEY as VARIANT_KEY
 from ..tasks import compute_metrics
@@ -101,9 +100,7 @@ class SearchContext:
 
     def profile_for(self, recipe: Recipe | None) -> HardwareProfile:
         """The profile a recipe is timed and evaluated on: the study's, in the recipe's runtime."""
-        runtime = (recipe.profile or {}).get("runtime") if recipe is not None else None
-        return self.profile if not runtime or runtime == self.profile.runtime else \
-            dataclasses.replace(self.profile, runtime=runtime)
+        return dataclasses.replace(self.profile, runtime=runtime_of(recipe, self.profile))
 
     def train_token_ids(self) -> Iterator[torch.Tensor]:
         """Every training example's input ids once (what vocabulary pruning counts), tokenized on first
@@ -123,26 +120,23 @@ class SearchContext:
         )
         return ctx
 
-    def timing(self, model: nn.Module, key: str | None, float_model: nn.Module | None = None,
-               recipe: Recipe | None = None, graph: OrtDeployment | None = None) -> Timing:
-        """The candidate and the teacher timed alternately on the same inputs (measure/paired.py says why).
+    def timing(self, deployment: Deployment, key: str | None) -> Timing:
+        """The deployed candidate and the teacher timed alternately on the same inputs (measure/paired.py
+        says why), in the deployment's runtime: an ONNX Runtime candidate is its exported graph (exported
+        only if the timing is not cached), paired with the same PyTorch teacher.
 
-        Cached per architecture unless the cost depends on the data (early exit: timed on real
-        dev batches, and so is its paired teacher). In the recipe's runtime: an ONNX Runtime
-        candidate is its exported graph (``graph``'s when given, exported only if the timing is
-        not cached), paired with the same PyTorch teacher.
+        Cached per runtime and architecture unless the cost depends on the data (early exit: timed on
+        real dev batches, and so is its paired teacher).
         """
+        model = deployment.model
         real = needs_real_inputs(model)
-        profile = self.profile_for(recipe)
-        if key is not None and profile.runtime != "torch":
-            key = f"{profile.runtime}:{key}"
+        if key is not None:
+            key = f"{deployment.runtime}:{key}"
         if not real and key is not None and key in self.timing_cache:
             return self.timing_cache[key]
         inputs = timing_inputs(model, self.data, self.profile.batch_size)
-        onnx_path = graph.path if graph is not None and profile.runtime == "onnxruntime" else None
-        timing = timing_against_teacher(model, self.teacher.model, profile, self.latency_settings,
-                                        self.baseline_ms, inputs, paired=self.paired_baseline,
-                                        float_model=float_model, recipe=recipe, onnx_path=onnx_path)
+        timing = deployment.timing(self.teacher.model, self.latency_settings, self.baseline_ms, inputs,
+                                   paired=self.paired_baseline)
         if not real and key is not None:
             self.timing_cache[key] = timing
         return timing
@@ -193,8 +187,8 @@ def architecture_key(recipe: Recipe) -> str:
 def measure_baseline(sc: SearchContext) -> None:
     """Teacher latency (fp32 PyTorch, whatever runtime the trials deploy with) and size, measured
     in this process (speedups are ratios to it)."""
-    sc.baseline = deployed_latency(sc.teacher.model, dataclasses.replace(sc.profile, runtime="torch"),
-                                   baseline_settings(sc.latency_settings))  # every speedup divides by it
+    teacher = deploy(sc.teacher.model, None, sc.profile, runtime="torch")  # fp32 PyTorch, whatever the trials use
+    sc.baseline = teacher.latency(baseline_settings(sc.latency_settings))  # every speedup divides by it
     sc.teacher_size = model_size(sc.teacher.model)
 
 
@@ -214,18 +208,16 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
                         profile={"runtime": runtime, VARIANT_KEY: PLAIN_VARIANT.to_dict()})  # a plain export
         try:
             built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
-            with OrtDeployment(built.model, float_model=built.float_model, recipe=recipe) as graph:  # one export
-                timing = sc.timing(built.model, architecture_key(recipe), built.float_model, recipe, graph)
+            with deploy(built, recipe, sc.profile) as deployment:  # ONNX Runtime: one export, timed and evaluated
+                timing = sc.timing(deployment, architecture_key(recipe))
                 with fixed_threads(sc.train_threads):
-                    metrics, _ = evaluate_in_runtime(built.model, sc.profile_for(recipe), sc.data, sc.extra_dev,
-                                                     sc.eval_batch_size,
-                                                     onnx_path=graph.path if runtime == "onnxruntime" else None)
+                    metrics = deployment.evaluate(sc.data, sc.extra_dev, sc.eval_batch_size)
         except OnnxUnavailable as err:  # the onnx extra is optional: the study goes on without that point
             log.warning("no ONNX Runtime int8 reference: %s", err)
             continue
-        out[name] = {"metric": metrics[sc.main_metric], "metrics": metrics, "runtime": runtime,
-                     **timing.to_result(sc.baseline_ms), "recipe": recipe.to_dict()["steps"],
-                     "dev_examples": len(sc.data.dev)}
+        measured = Measurement.of(runtime=deployment.runtime, timing=timing, metrics=metrics,
+                                  main_metric=sc.main_metric, baseline_ms=sc.baseline_ms)
+        out[name] = {**measured.to_dict(), "recipe": recipe.to_dict()["steps"], "dev_examples": len(sc.data.dev)}
     return out
 
 
@@ -249,17 +241,19 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
     # int8) is built once, final, and timed as it is: no probe first, one ONNX Runtime export
     final_first = not is_data_free(recipe) and trains_nothing(recipe)
     probe_built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=not final_first))
-    probe = probe_built.model
-    profile = sc.profile_for(recipe)
     reuse = probe_built if final_first or is_data_free(recipe) else None  # the probe already is the final model
-    graph = None  # an ONNX Runtime trial whose probe is final: one export, timed and evaluated
-    if reuse is not None and profile.runtime == "onnxruntime":
-        graph = cleanup.enter_context(OrtDeployment(probe, float_model=probe_built.float_model, recipe=recipe))
-    lat = sc.timing(probe, architecture_key(recipe), probe_built.float_model, recipe, graph)
-    data_dependent = needs_real_inputs(probe)
-    del probe, probe_built
-    result: dict[str, Any] = {**lat.to_result(sc.baseline_ms), "probe_s": time.perf_counter() - t0,
-                              "runtime": profile.runtime}
+    deployment: Deployment | None = None
+    if reuse is not None:  # its deployment serves the metric too (ONNX Runtime: one export, timed and evaluated)
+        deployment = cleanup.enter_context(deploy(probe_built, recipe, sc.profile))
+        lat = sc.timing(deployment, architecture_key(recipe))
+    else:
+        with deploy(probe_built, recipe, sc.profile) as probe:
+            lat = sc.timing(probe, architecture_key(recipe))
+    runtime = runtime_of(recipe, sc.profile)
+    data_dependent = needs_real_inputs(probe_built.model)
+    del probe_built
+    result: dict[str, Any] = {**Measurement.of(runtime=runtime, timing=lat, baseline_ms=sc.baseline_ms).to_dict(),
+                              "probe_s": time.perf_counter() - t0}
     # a data-dependent cost (early exit) was probed at full depth, its worst case: judged on its real latency
     # (unless the probe is the final model, exits on: early_exit with the elastic student's heads)
     if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms and (not data_dependent or reuse is not None):
@@ -276,34 +270,25 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
     try:
         with fixed_threads(sc.train_threads):
             built = reuse or build(recipe, sc.teacher.model, ctx)
-            if profile.runtime == "torch":
-                metrics, exit_stats = evaluate_deployed(built.model, sc.data, sc.extra_dev, sc.eval_batch_size,
-                                                        sc.profile.batch_size)
-            else:  # the dev metric of the runtime's own model (e.g. the ORT int8 graph's predictions)
-                metrics, onnx_info = evaluate_in_runtime(built.model, profile, sc.data, sc.extra_dev,
-                                                         sc.eval_batch_size, float_model=built.float_model,
-                                                         recipe=recipe, onnx_path=None if graph is None else graph.path)
-                exit_stats, result["onnx"] = None, onnx_info if graph is None else graph.info_dict()
     except TrialStoppedEarly as stop:
         assert stopper is not None  # only the stopper raises TrialStoppedEarly
         result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
                       stopped_at=stop.record, trial_s=time.perf_counter() - t0)
         return result
-    if stopper is not None:
-        result["early_stop"] = stopper.history
-    if data_dependent and reuse is None:  # (a reused probe was timed as the final model, on real inputs)
-        result.update(sc.timing(built.model, None, built.float_model, recipe).to_result(sc.baseline_ms))
-    if exit_stats is not None:
-        result["exit_stats"] = exit_stats
+    if deployment is None:
+        deployment = cleanup.enter_context(deploy(built, recipe, sc.profile))
+    final = deployment
+    # the dev metric of the runtime's own model (e.g. the ORT int8 graph's predictions); a data-dependent
+    # model is timed again as it is, on real inputs (a reused probe was timed as the final model already)
+    measured = assess(final, data=sc.data, extra=sc.extra_dev, main_metric=sc.main_metric,
+                      batch_size=sc.eval_batch_size, eval_threads=sc.train_threads,
+                      timing=(lambda: sc.timing(final, None)) if data_dependent and reuse is None else lat,
+                      baseline_ms=sc.baseline_ms, teacher_size=sc.teacher_size)
     if keep is not None:
         keep["built"] = built
-    size = model_size(built.model)
-    result.update(
-        status="complete", metrics=metrics, metric=metrics[sc.main_metric], size=size.to_dict(),
-        size_pct={"total": 100 * size.total_bytes / sc.teacher_size.total_bytes,
-                  "non_embedding": 100 * size.non_embedding_bytes / sc.teacher_size.non_embedding_bytes},
-        trial_s=time.perf_counter() - t0,
-    )
+    result.update(measured.to_dict(), status="complete", trial_s=time.perf_counter() - t0)
+    if stopper is not None:
+        result["early_stop"] = stopper.history
     return result
 
 
@@ -385,7 +370,7 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
             raise
         over = 0.0 if sc.budget_ms is None else result["latency_ms"] - sc.budget_ms
         trial.set_constraint("latency_budget_ms", over)
-        recipe.measured = {k: result[k] for k in ("metric", "metrics", "latency_ms", "speedup", "size") if k in result}
+        recipe.measured = Measurement.from_dict(result).recorded()
         record = TrialRecord(recipe=recipe.to_dict()).with_result(result)
         if record.status == "complete":  # the dashboard shows what the report says: off the front, and why
             baselines = Baselines.from_attrs(trial.study.user_attrs)

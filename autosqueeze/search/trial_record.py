@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
+    from ..measure.assessment import Measurement
     from ..recipe import Recipe
 
 __all__ = ["FINAL_ATTR", "STATUSES", "TrialRecord", "constraint_values", "is_feasible", "trial_records"]
@@ -120,13 +121,23 @@ class TrialRecord:
         for key, value in self.to_attrs().items():
             trial.set_user_attr(key, value)
 
-    def with_result(self, result: Mapping[str, Any]) -> TrialRecord:
-        """This record with the values of ``result`` (the objective's measured values, by attribute name)."""
+    def with_result(self, result: Mapping[str, Any] | Measurement) -> TrialRecord:
+        """This record with the values of ``result`` (the objective's measured values, by attribute name,
+        or a :class:`~autosqueeze.measure.assessment.Measurement`)."""
+        if not isinstance(result, Mapping):
+            result = result.to_dict()
         new = TrialRecord.from_attrs(result)
         changed = {k: getattr(new, k) for k in _ATTRS if k in result}
         return dataclasses.replace(self, **changed, extra={**self.extra, **new.extra})
 
     # --- views
+    @property
+    def measurement(self) -> Measurement:
+        """What was measured, typed (metric, latency, speedup with its spread, size, runtime ...)."""
+        from ..measure.assessment import Measurement  # imported when read: the record itself needs only Optuna
+
+        return Measurement.from_dict({k: v for k, v in self.to_attrs().items() if k in _MEASURED})
+
     @property
     def label(self) -> str:
         return " + ".join(self.methods) or "teacher (no compression)"
@@ -155,6 +166,9 @@ class TrialRecord:
 
 
 _ATTRS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.name not in _WHERE)
+# the attributes a Measurement holds (measure/assessment.py: the same names)
+_MEASURED = ("runtime", "metric", "metrics", "latency_ms", "speedup", "speedup_spread", "latency", "latency_measured",
+             "latency_measured_ms", "teacher_paired_ms", "baseline_ms", "size", "size_pct", "exit_stats", "onnx")
 
 
 def constraint_values(trial: FrozenTrial) -> list[float]:

@@ -78,28 +78,35 @@ def stage_references(config: Any, data_dir: str, work: Path, rounds: int) -> dic
 def ort_deployments(config: Any, data: Any, extra: Any, folders: list[Path],
                     tmp: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Each final model as ONNX Runtime deploys it (its int8 steps redone by ONNX Runtime on the
-    float graph), as an ``OrtClassifier`` (spinning off: it is timed interleaved with PyTorch
-    calls) keyed ``trial-N@onnxruntime``, and its dev metric computed by that session."""
-    import dataclasses
+    float graph), a deployment (``runtimes.deploy``; called, its session spins off: it is timed
+    interleaved with PyTorch calls) keyed ``trial-N@onnxruntime``, and its dev metric computed by that session."""
+    from autosqueeze import (
+        OnnxUnsupported,
+        OrtDeployment,
+        deploy,
+        fixed_threads,
+        get_task,
+        load_compressed,
+        read_manifest,
+    )
 
-    from autosqueeze import OnnxUnsupported, OrtDeployment, fixed_threads, get_task, load_compressed, read_manifest
-
-    profile = dataclasses.replace(config.hardware, runtime="onnxruntime")
     task = get_task(config.task)
     models: dict[str, Any] = {}
     metrics: dict[str, dict[str, Any]] = {}
     for folder in folders:
         recipe = read_manifest(folder)["recipe"]
-        graph = OrtDeployment(load_compressed(folder), float_model=load_compressed(folder, quantized=False),
-                              recipe=recipe, path=tmp / f"{folder.name}.onnx")  # kept in tmp while it is timed
+        graph = deploy(load_compressed(folder), recipe, config.hardware, runtime="onnxruntime",
+                       float_model=load_compressed(folder, quantized=False),
+                       path=tmp / f"{folder.name}.onnx")  # kept in tmp while it is timed
+        assert isinstance(graph, OrtDeployment)
         try:
             quantized_nodes = graph.info.quantized_nodes
         except OnnxUnsupported as err:
             log.warning("%s does not deploy in ONNX Runtime: %s", folder.name, err)
             continue
-        with fixed_threads(profile.threads):
-            m = graph.evaluate(profile, data, extra, config.eval.batch_size)
-        models[f"{folder.name}@onnxruntime"] = graph.classifier(profile)  # spinning off: timed interleaved
+        with fixed_threads(graph.profile.threads):
+            m = graph.evaluate(data, extra, config.eval.batch_size)
+        models[f"{folder.name}@onnxruntime"] = graph  # called like a model: its session spins off (timed interleaved)
         metrics[folder.name] = {"metric": m[task.main_metric], "metrics": m, "quantized_nodes": quantized_nodes}
     return models, metrics
 
@@ -192,7 +199,9 @@ def mac_limit(refs: dict[str, Any], name: str, recipe: dict[str, Any], runtime: 
     if not macs or not teacher:
         return {}
     int8 = any(step.get("method") == "quantize_dynamic" for step in recipe.get("steps", []))
-    ref = ("ort_int8" if runtime == "onnxruntime" else "torch_int8") if int8 else "fp32"
+    from autosqueeze import get_runtime
+
+    ref = get_runtime(runtime).int8_reference if int8 else "fp32"
     speedup = timed.get(f"speedup_vs_{ref}")
     ratio = teacher / macs
     return {"macs": macs, "mac_ratio": ratio, "fraction_vs": ref,

@@ -42,25 +42,21 @@ def row_recipe(row: dict):
 
 
 def ort_column(recipe, built, sc) -> dict:
-    """The trained model of a PyTorch row deployed in ONNX Runtime (``OrtDeployment``): exported once
+    """The trained model of a PyTorch row deployed in ONNX Runtime (``runtimes.deploy``): exported once
     (int8 steps redone by ONNX Runtime), timed paired with the PyTorch teacher, dev metric from the session."""
-    import dataclasses
+    from autosqueeze import OnnxUnavailable, OnnxUnsupported, OrtDeployment, assess, deploy
 
-    from autosqueeze import OnnxUnavailable, OnnxUnsupported, OrtDeployment, fixed_threads
-
-    ort_recipe = dataclasses.replace(recipe, profile={**(recipe.profile or {}), "runtime": "onnxruntime"})
-    profile = sc.profile_for(ort_recipe)
     try:
-        with OrtDeployment(built.model, float_model=built.float_model, recipe=ort_recipe) as graph:
-            timing = graph.timing(sc.teacher.model, profile, sc.latency_settings, sc.baseline_ms,
-                                  paired=sc.paired_baseline)
-            with fixed_threads(sc.train_threads):
-                metrics = graph.evaluate(profile, sc.data, sc.extra_dev, sc.eval_batch_size)
+        with deploy(built, recipe, sc.profile, runtime="onnxruntime") as graph:
+            assert isinstance(graph, OrtDeployment)
+            timing = graph.timing(sc.teacher.model, sc.latency_settings, sc.baseline_ms, paired=sc.paired_baseline)
+            measured = assess(graph, data=sc.data, extra=sc.extra_dev, main_metric=sc.main_metric,
+                              batch_size=sc.eval_batch_size, eval_threads=sc.train_threads, timing=timing,
+                              baseline_ms=sc.baseline_ms)
             quantized_nodes = graph.info.quantized_nodes
     except (OnnxUnsupported, OnnxUnavailable) as err:
         return {"ort_note": f"PyTorch only: {err}".splitlines()[0]}
-    return {"ort": {**timing.to_result(sc.baseline_ms), "metric": metrics[sc.main_metric],
-                    "quantized_nodes": quantized_nodes}}
+    return {"ort": {**measured.to_dict(), "quantized_nodes": quantized_nodes}}
 
 
 def main() -> int:
@@ -102,23 +98,23 @@ def main() -> int:
         keep: dict = {}
         try:
             res = evaluate_recipe(recipe, sc, keep=keep)
-            runtime = res.get("runtime", "torch")
-            if runtime == "torch":
-                extra = ort_column(recipe, keep.pop("built"), sc)
-            else:  # the row deploys in ONNX Runtime only (static int8): its result is the ORT column
-                extra = {"ort": {k: res[k] for k in ("speedup", "latency_ms", "metric", "latency")}}
+            # per runtime: a PyTorch row gets an ONNX Runtime column; a row that deploys in ONNX Runtime
+            # only (static int8) has its result as that column and no PyTorch one
+            columns = {res.get("runtime", "torch"): res}
+            extra = {} if "onnxruntime" in columns else ort_column(recipe, keep.pop("built"), sc)
+            columns.setdefault("onnxruntime", extra.get("ort") or {})
         except Exception as err:  # a row that fails is reported, the table goes on
             print(f"{row['name']}: FAILED {type(err).__name__}: {err}", flush=True)
             continue
-        ort = extra.get("ort")
+        torch_res, ort = columns.get("torch"), columns["onnxruntime"]
         rec = {
             "row": row["name"], "family": row.get("family", ""),
             "methods": " + ".join(s["method"] for s in row["steps"]),
             "size_%": round(res["size_pct"]["total"], 1), "size_no_emb_%": round(res["size_pct"]["non_embedding"], 1),
-            "speedup": round(res["speedup"], 2) if runtime == "torch" else "",
-            "latency_ms": round(res["latency_ms"], 2) if runtime == "torch" else "",
-            "accuracy": round(100 * res["metric"], 2) if runtime == "torch" else "",
-            "delta_pts": round(100 * (res["metric"] - t_metric), 2) if runtime == "torch" else "",
+            "speedup": round(torch_res["speedup"], 2) if torch_res else "",
+            "latency_ms": round(torch_res["latency_ms"], 2) if torch_res else "",
+            "accuracy": round(100 * torch_res["metric"], 2) if torch_res else "",
+            "delta_pts": round(100 * (torch_res["metric"] - t_metric), 2) if torch_res else "",
             "ort_speedup": round(ort["speedup"], 2) if ort else "",
             "ort_latency_ms": round(ort["latency_ms"], 2) if ort else "",
             "ort_accuracy": round(100 * ort["metric"], 2) if ort else "",
