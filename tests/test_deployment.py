@@ -2,7 +2,6 @@
 ``measure.assess`` -> Measurement, and a Measurement's round trip through trials and recipes."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 from autosqueeze.arch import get_adapter
 from autosqueeze.builder import build
-from autosqueeze.data import TaskData
 from autosqueeze.measure import HardwareProfile, LatencySettings, model_size
 from autosqueeze.measure.assessment import RECORDED, Measurement, assess
 from autosqueeze.measure.metrics import evaluate
@@ -20,7 +18,7 @@ from autosqueeze.methods import MethodContext
 from autosqueeze.recipe import Recipe, Step, load_recipe
 from autosqueeze.runtimes import Deployment, deploy, get_runtime
 from autosqueeze.runtimes.deployment import OrtDeployment
-from autosqueeze.tasks import Example, get_task
+from tests.tiny import teacher_and_words_data
 
 PROFILE = HardwareProfile(threads=1, seq_len=16)
 FAST = LatencySettings(warmup=1, repeats=3, min_time_s=0.0, idle_wait_s=0.0)
@@ -28,15 +26,7 @@ FAST = LatencySettings(warmup=1, repeats=3, min_time_s=0.0, idle_wait_s=0.0)
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
-    words = [w for w in tok.get_vocab() if w.isalpha()]
-    rng = random.Random(0)
-    examples = [Example((" ".join(rng.choices(words, k=rng.randint(3, 12))),), rng.randint(0, 1)) for _ in range(24)]
-    data = TaskData(get_task("sst2"), tok, train=examples, dev=examples, max_seq_len=32, batch_size=4)
-    return teacher, data
+    return teacher_and_words_data(tiny_model_dir)
 
 
 def _built(teacher, steps, runtime="torch"):

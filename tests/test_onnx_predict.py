@@ -1,13 +1,10 @@
 """The dev metric computed by the runtime's own model (runtimes/predict.py)."""
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from autosqueeze.arch import get_adapter
 from autosqueeze.builder import build
-from autosqueeze.data import TaskData
 from autosqueeze.measure import HardwareProfile
 from autosqueeze.measure.metrics import evaluate
 from autosqueeze.methods import MethodContext
@@ -15,7 +12,7 @@ from autosqueeze.recipe import Recipe, Step
 from autosqueeze.runtimes import RuntimeRefused
 from autosqueeze.runtimes import predict as predict_module
 from autosqueeze.runtimes.ort import OrtClassifier
-from autosqueeze.tasks import Example, get_task
+from tests.tiny import teacher_and_words_data
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'autosqueeze[onnx]'")
 TORCH = HardwareProfile(threads=1, seq_len=16)
@@ -24,15 +21,7 @@ ORT = HardwareProfile(threads=1, seq_len=16, runtime="onnxruntime")
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
-    words = [w for w in tok.get_vocab() if w.isalpha()]
-    rng = random.Random(0)
-    examples = [Example((" ".join(rng.choices(words, k=rng.randint(3, 12))),), rng.randint(0, 1)) for _ in range(24)]
-    data = TaskData(get_task("sst2"), tok, train=examples, dev=examples, max_seq_len=32, batch_size=4)
-    return teacher, data
+    return teacher_and_words_data(tiny_model_dir)
 
 
 def _built(teacher, data, steps):

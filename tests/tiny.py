@@ -123,3 +123,21 @@ def layers(model) -> list[nn.Module]:
 
 def layer_param_count(layer: nn.Module) -> int:
     return sum(p.numel() for p in layer.parameters())
+
+
+def teacher_and_words_data(model_dir: Path, n: int = 24, seed: int = 0):
+    """The model folder's classifier (eval mode) and an SST-2 ``TaskData`` of ``n`` random sentences of
+    its vocabulary's words (the same examples as train and dev), batch 4, length 32."""
+    import random
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from autosqueeze.data import TaskData
+    from autosqueeze.tasks import Example, get_task
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    teacher = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    words = [w for w in tok.get_vocab() if w.isalpha()]
+    rng = random.Random(seed)
+    examples = [Example((" ".join(rng.choices(words, k=rng.randint(3, 12))),), rng.randint(0, 1)) for _ in range(n)]
+    return teacher, TaskData(get_task("sst2"), tok, train=examples, dev=examples, max_seq_len=32, batch_size=4)
