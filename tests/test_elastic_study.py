@@ -11,6 +11,7 @@ import optuna
 import pytest
 import yaml
 
+import autosqueeze.search.finalize as finalize_mod
 from autosqueeze.cli import main
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.report.fidelity import kendall_tau
@@ -39,7 +40,7 @@ def write_elastic_study(folder: Path, model: Path, trials: int = 6) -> Path:
     return path
 
 
-def test_elastic_study_end_to_end(tiny_model_dir, glue_dir, tmp_path, isolated_cache, capsys):
+def test_elastic_study_end_to_end(tiny_model_dir, glue_dir, tmp_path, isolated_cache, capsys, monkeypatch):
     study_file = write_elastic_study(tmp_path, tiny_model_dir)
     data = ["--data-dir", str(glue_dir)]
     assert main(["search", str(study_file), *data]) == 0
@@ -67,6 +68,15 @@ def test_elastic_study_end_to_end(tiny_model_dir, glue_dir, tmp_path, isolated_c
         assert entry["status"] == "complete"
         assert [s["method"] for s in entry["recipe"]["steps"]][:2] == ["elastic", "distill"]
     assert study.user_attrs["finalize"]["finalized"] == len(finals)
+    # more or fewer candidates later: the ones already finalized are kept, not trained again
+    def no_training(*a, **k):
+        raise AssertionError("a finalized candidate was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finalize_mod, "evaluate_recipe", no_training)
+        assert main(["finalize", str(study_file), *data, "--top-k", "1"]) == 0
+    study = optuna.load_study(study_name="el", storage=f"sqlite:///{tmp_path / 'el.db'}")
+    assert study.user_attrs["final"] == finals
 
     assert main(["report", str(study_file)]) == 0
     recipe_path = tmp_path / "final.yaml"

@@ -86,6 +86,14 @@ def pick_candidates(records: list[TrialRecord], top_k: int) -> list[TrialRecord]
     return [front[i] for i in idx]
 
 
+def _trains_alike(recorded: dict[str, Any] | None, settings: FinalizeSettings) -> bool:
+    """Whether a candidate finalized with ``recorded`` settings was trained as ``settings`` would train it:
+    all but ``top_k`` (how many candidates, not how each is trained) equal, so a run with more candidates
+    keeps the ones already done."""
+    now = {k: v for k, v in asdict(settings).items() if k != "top_k"}
+    return recorded is not None and {k: v for k, v in recorded.items() if k != "top_k"} == now
+
+
 def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | None = None,
                  top_k: int | None = None, steps: int | None = None, progress: Progress | None = None,
                  save_dir: Path | None = None) -> dict[str, Any]:
@@ -115,7 +123,7 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
     t0 = time.perf_counter()
     for k, record in enumerate(candidates):
         old = finals.get(str(record.number))
-        if old and old.get("settings") == asdict(settings):
+        if old and _trains_alike(old.get("settings"), settings):
             continue
         searched = record.to_recipe()
         recipe = final_recipe(searched, settings)

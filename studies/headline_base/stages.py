@@ -31,12 +31,13 @@ RUN = "python studies/headline/run.py"
 
 def _progress() -> Callable[[str, int, int, dict[str, float]], None]:
     last = {"t": 0.0}
-    start = time.time()
+    first: dict[str, tuple[int, float]] = {}  # per run: the first step reported and when (a resumed run starts late)
 
     def report(what: str, done: int, total: int, stats: dict[str, float]) -> None:
-        if time.time() - last["t"] > 60 or done == total:
+        d0, t0 = first.setdefault(what, (done, time.time()))
+        if done > d0 and (time.time() - last["t"] > 60 or done == total):
             last["t"] = time.time()
-            rate = (time.time() - start) / max(1, done)
+            rate = (time.time() - t0) / (done - d0)
             print(f"  {what} {done}/{total} ({rate:.2f} s a step, ~{rate * (total - done) / 60:.0f} min left) "
                   + " ".join(f"{k}={v:.4f}" for k, v in stats.items()), flush=True)
 
