@@ -160,6 +160,17 @@ def student_hidden_order(key: str, root: Path | None = None) -> list[int] | None
     return [int(i) for i in hidden[0]] if hidden else None
 
 
+def student_head_orders(key: str, root: Path | None = None) -> list[list[int]] | None:
+    """The teacher head of each of the student's heads, per layer (its importance reordering), or None
+    when the student's record has none (unreadable, or older than the record of the orders)."""
+    path = student_dir(key, root) / INFO
+    try:
+        heads = (json.loads(path.read_text()).get("orders") or {}).get("heads")
+    except (OSError, ValueError):
+        return None
+    return [[int(h) for h in layer] for layer in heads] if heads else None
+
+
 def ensure_for_recipe(recipe_steps: list[Any], teacher_info: dict[str, Any], teacher: nn.Module, teacher_hash: str,
                       data: TaskData, train_subset: int | None, progress: Progress | None = None) -> None:
     """Make sure the elastic student a recipe slices is in the cache: rebuild it (deterministically,

@@ -38,7 +38,7 @@ from typing import Any
 
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import ArchAdapter, get_adapter
 from ..elastic.subnet import (
     LAYER_SETS,
     Subnet,
@@ -119,21 +119,52 @@ def check_shapes(model: nn.Module, config: ElasticConfig) -> str | None:
     return None
 
 
-def _load_student(model: nn.Module, key: str) -> None:
+def _order_heads(model: nn.Module, adapter: ArchAdapter, orders: dict[int, list[int]]) -> None:
+    """Put layer ``i``'s heads in ``orders[i]`` (all kept). Where one position bias serves every layer
+    (MPNet) each layer then reads its own heads' columns of it: a reordered student's structure beyond its
+    weights (the head index is not in a state dict), replayed before its weights are loaded."""
+    layers = list(adapter.layers(model))
+    for i, order in orders.items():
+        if sorted(order) != list(range(adapter.num_heads(layers[i]))):
+            raise MethodError(f"elastic: the recorded head order of layer {i} ({order}) is not a permutation of its "
+                              f"{adapter.num_heads(layers[i])} heads")
+        adapter.keep_heads(layers[i], list(order))
+
+
+def _student_head_orders(key: str, adapter: ArchAdapter) -> list[list[int]] | None:
+    """The student's head order per layer where the architecture needs it to run (None elsewhere)."""
+    from ..elastic.store import student_head_orders
+
+    if not adapter.shared_head_bias:
+        return None
+    orders = student_head_orders(key)
+    if orders is None:
+        raise MethodError(f"elastic: student {key} records no head order, which this architecture's shared "
+                          f"position bias needs: delete that cache folder and run the search again to retrain it")
+    return orders
+
+
+def _load_student(model: nn.Module, key: str, adapter: ArchAdapter) -> list[list[int]] | None:
+    """Load the student's weights into ``model`` (the teacher's architecture); returns its head
+    orders where the architecture needs them (see :func:`_order_heads`)."""
     from ..elastic.store import ElasticStudentMissing, student_state
 
     if not key:
         raise MethodError("elastic: 'student' is empty; a search with an elastic space fills it in")
     try:
         state = student_state(key)
+        orders = _student_head_orders(key, adapter)
     except (ElasticStudentMissing, ValueError) as err:
         raise MethodError(str(err)) from None
+    if orders is not None:
+        _order_heads(model, adapter, dict(enumerate(orders)))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MethodError(f"elastic: student {key} does not fit this model (is it the teacher's "
                           f"architecture, and is elastic the recipe's first step?): {first}") from None
+    return orders
 
 
 def _exit_heads(key: str, subnet: Subnet) -> list[dict[str, Any]] | None:
@@ -157,15 +188,22 @@ def _hidden_order(key: str) -> list[int] | None:
 
 def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Module:
     order = None  # the teacher hidden dimension of each of the student's (None: the teacher's own order)
+    head_orders = None  # the student's head order per layer, where the architecture needs it (shared bias)
     if ctx.replay:
         d = ctx.decisions
         try:
             subnet = Subnet(tuple(d["kept_layers"]), tuple(d["heads"]), tuple(d["neurons"]), d.get("hidden"))
         except (KeyError, TypeError, ValueError) as err:
             raise MethodError(f"elastic replay: the recorded decisions are incomplete: {err}") from None
+        if ctx.adapter.shared_head_bias:
+            if not isinstance(d.get("head_order"), list) or len(d["head_order"]) != len(subnet.layers):
+                raise MethodError("elastic replay: the recorded decisions have no head order, which this "
+                                  "architecture's shared position bias needs (recorded by an older version, whose "
+                                  "sliced models read the wrong bias columns): apply the recipe again")
+            _order_heads(model, ctx.adapter, dict(zip(subnet.layers, d["head_order"])))
     else:
         if config.student or not ctx.probe:  # a structure-only probe (space validation) needs no weights
-            _load_student(model, config.student)
+            head_orders = _load_student(model, config.student, ctx.adapter)
         subnet = choose_subnet(model, config, ctx)
         order = _hidden_order(config.student) if config.student else None
         if subnet.hidden is not None and config.student and order is None:
@@ -180,6 +218,8 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
                           "neurons": list(subnet.neurons)})
     if subnet.hidden is not None:  # recorded only when narrower (older recipes have no key: the full width)
         ctx.decisions["hidden"] = subnet.hidden
+    if head_orders is not None:  # replayed before slicing (the kept layers' orders; needed where a bias is shared)
+        ctx.decisions["head_order"] = [head_orders[i] for i in subnet.layers]
     ctx.kept_layers = list(subnet.layers)  # teacher layer of each student layer, for distillation
     if order is not None:  # teacher hidden dimension of each kept one, for distillation
         ctx.kept_hidden = order[: subnet.hidden or len(order)]
