@@ -6,11 +6,15 @@ into one line on stderr with a non-zero exit. The work is done by the library mo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +58,24 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch scheduler's stop, a ``timeout``) ends a command as Ctrl-C does: the
+    trial in flight recorded as failed, where the study stands said, exit 130 — not a silent death."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _data_dir(args: argparse.Namespace, config_dir: str | None = None) -> str | None:
@@ -475,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "allow_pickle", False):
         os.environ[ALLOW_PICKLE_ENV] = "1"
     try:
-        return args.func(args)
+        with _terminate_as_interrupt():
+            return args.func(args)
     except USER_ERRORS as err:
         if args.verbose:
             raise

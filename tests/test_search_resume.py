@@ -92,13 +92,15 @@ def test_kill_9_mid_trial_loses_nothing_and_the_same_command_resumes(tiny_model_
     assert not any(t.state == TrialState.RUNNING for t in trials.values())
 
 
-def test_ctrl_c_stops_cleanly_and_says_where_the_study_stands(tiny_model_dir, glue_dir, tmp_path, isolated_cache):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill, a scheduler, `timeout`
+def test_ctrl_c_stops_cleanly_and_says_where_the_study_stands(tiny_model_dir, glue_dir, tmp_path, isolated_cache,
+                                                              stop):
     study = write_study(tmp_path, tiny_model_dir, SLOW_SPACE, trials=3)
     pretrain_teacher(study, glue_dir)
     db = tmp_path / "t.db"
     proc = search_process(study, glue_dir)
     wait_mid_trial(proc, db, completed=1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted: study 't'" in err and "done 2: feasible 1" in err and "Run the same command" in err

@@ -32,6 +32,7 @@ from ..study_config import ConfigError, StudyConfig, check_machine, check_name
 from ..tasks import get_task
 from ..teacher import get_teacher
 from ..train import Progress
+from .coverage import enqueue_untried_choices
 from .deploy_choice import study_variant
 from .early_stop import EarlyStopSettings
 from .machine import drop_slow_steps, int8_not_faster, probe_machine
@@ -57,13 +58,14 @@ RESULT_STATES = (TrialState.COMPLETE, TrialState.PRUNED)  # complete, over budge
 MAX_FAILURES_IN_A_ROW = 5
 SETTINGS = ("task", "main_metric", "profile", "runtimes", "latency_budget_ms", "search_space", "early_stop")  # each run
 MAX_REPEATS_IN_A_ROW = 30  # proposals in a row that repeat an earlier recipe: the space is exhausted
+STARTUP_TRIALS = 5  # TPE's random start; after it, a categorical value it never drew is tried once (coverage.py)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental" but stable for years
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=5,
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP_TRIALS,
                                               constant_liar=True)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
@@ -344,6 +346,8 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
         fail_stale_trials(study)  # a vanished worker's trial must not hold a place
         if finished_trials(study) + running_trials(study) >= target:
             break
+        if finished_trials(study) >= STARTUP_TRIALS:  # TPE would hardly ever propose a value the start never drew
+            enqueue_untried_choices(study)
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
                        callbacks=[lambda s, t: mine.append(t), *(callbacks or [])])
         ran += 1
