@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capabilities import LookupTables
 from .context import MethodContext
 from .decompose_svd import FactorizedEmbedding
 from .registry import MethodError, Stage, register
@@ -64,7 +65,7 @@ class PruneVocabConfig:
             raise ValueError(f"scan_batches must be an int >= 1, got {self.scan_batches!r}")
 
 
-class PrunedVocabEmbedding(nn.Module):
+class PrunedVocabEmbedding(nn.Module, LookupTables):
     """``inner(remap[ids])``: original token ids → rows of a smaller table (unknown → [UNK])."""
 
     autosqueeze_lookup_buffers = ("remap",)  # counted by measure.size (an integer table the model needs)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..capabilities import StaticInt8
 from ..measure.latency import needs_real_inputs
 from .onnx_base import OnnxUnavailable, OnnxUnsupported, check_export, example_inputs, one_line, quiet_fds, require
 from .variants import DeployVariant, resolve_variant
@@ -234,9 +235,9 @@ def _has_packed_int8(model: nn.Module) -> bool:
 
 
 def _static_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
-    """Calibrated input ranges of the deployed model's static int8 Linears (``quantize_static``)."""
+    """Calibrated input ranges of the deployed model's static int8 Linears (``capabilities.StaticInt8``)."""
     return {name: (float(m.rmin), float(m.rmax)) for name, m in model.named_modules()
-            if getattr(m, "autosqueeze_static_int8", False)}
+            if isinstance(m, StaticInt8) and m.autosqueeze_static_int8}
 
 
 def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn.Module | None = None,
