@@ -123,4 +123,5 @@ SPEC = register(
     family="quantization",
     summary="bf16 / fp16 weights by part (embeddings, attention, FFN, classifier), fp32 in between",
     units_of=lambda config: ("bf16",) if config.dtype == "bf16" else (),
+    legacy_units=True,  # the bf16 casts: the steps the machine probe dropped before its units rule
 )

@@ -427,4 +427,6 @@ SPEC = register(
     family="dynamic inference",
     summary="exit heads after each layer; a batch stops at the first confident layer (entropy or patience)",
     data_free_when=lambda config: config.training == "elastic",  # the student's heads: the probe is the model
+    runtime_limits=lambda config: {"onnxruntime": "early exit decides its depth per batch: an ONNX graph would "
+                                                  "freeze one path"},
 )

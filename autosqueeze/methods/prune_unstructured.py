@@ -221,4 +221,7 @@ SPEC = register(
     stage=Stage.SPARSIFY,
     family="unstructured pruning",
     summary="magnitude pruning to an exact sparsity (global or per layer); dense or sparse CSR kernels",
+    runtime_limits=lambda config: {"onnxruntime": "CSR sparse kernels have no ONNX operator"}
+    if config.kernel == "csr" else {},
+    size_modules=(SparseLinear,),
 )

@@ -215,4 +215,5 @@ SPEC = register(
     stage=Stage.DECOMPOSE,
     family="vocabulary pruning",
     summary="keep the word-embedding rows of the tokens in the training data (+ specials); others map to [UNK]",
+    size_modules=(PrunedVocabEmbedding,),
 )

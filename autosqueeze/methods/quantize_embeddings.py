@@ -89,4 +89,5 @@ SPEC = register(
     data_free=True,  # from the weights alone: the probe build is the final model
     family="quantization",
     summary="int8/int4 embedding tables with per-row scales, dequantized on lookup; buys size with embeddings",
+    size_modules=(WeightOnlyEmbedding,),
 )

@@ -204,4 +204,6 @@ SPEC = register(
     runtime="onnxruntime",
     family="quantization",
     summary="static int8 (weights and calibrated activations) for Linear layers; deployed by ONNX Runtime (QDQ)",
+    graph_int8="static",  # ONNX Runtime's QDQ quantizer on the float graph, with the calibrated input ranges
+    size_modules=(StaticInt8Linear,),
 )

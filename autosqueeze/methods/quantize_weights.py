@@ -180,4 +180,5 @@ SPEC = register(
     family="quantization",
     summary="weight-only int8/int4 (group-wise symmetric), dequantized on the fly; buys size, not speed",
     units_of=lambda config: ("bf16",) if config.compute == "bf16" else (),
+    size_modules=(WeightOnlyLinear, WeightOnlyEmbedding),
 )

@@ -42,7 +42,7 @@ from ..measure.assessment import Measurement, assess
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate
 from ..measure.paired import Timing, baseline_settings, needs_real_inputs, timing_inputs
-from ..methods import MethodContext, get_method
+from ..methods import MethodContext, get_method, int8_reference
 from ..methods.context import TeacherOutputCache
 from ..recipe import Recipe, Step
 from ..runtimes import OnnxUnavailable
@@ -83,7 +83,8 @@ class SearchContext:
     teacher_outputs: TeacherOutputCache = field(default_factory=TeacherOutputCache)  # shared by every trial
     paired_baseline: bool = True  # time each new candidate alternately with the teacher (measure/paired.py)
     timing_cache: dict[str, Timing] = field(default_factory=dict)
-    elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
+    # method -> the params its study hook prepared for its steps (the elastic student's {"student": key}; study.prepare)
+    prepared: dict[str, dict[str, Any]] = field(default_factory=dict)
     runtimes: tuple[str, ...] = ()  # those a trial may deploy with (empty: profile.runtime alone)
     deploy_variant: dict[str, Any] | None = None  # the study's ONNX Runtime graph (search.deploy_choice)
     int8_slow: tuple[str, ...] = ()  # runtimes whose int8 reference is not faster than fp32 here (search.machine)
@@ -165,13 +166,16 @@ def trains_nothing(recipe: Recipe) -> bool:
         total_training_steps([(s.method, s.params) for s in recipe.steps]) == 0
 
 
-def bind_elastic(recipe: Recipe, key: str | None) -> Recipe:
-    """Name the study's elastic student in the recipe's ``elastic`` step (a space leaves it open)."""
-    if not any(s.method == "elastic" for s in recipe.steps):
+def bind_prepared(recipe: Recipe, prepared: dict[str, dict[str, Any]]) -> Recipe:
+    """Fill what the study prepared into the recipe's steps whose method has a study hook (the elastic
+    student's key into the ``elastic`` step: a space leaves it open)."""
+    hooked = {s.method for s in recipe.steps if get_method(s.method).study is not None}
+    if not hooked:
         return recipe
-    if key is None:
-        raise RuntimeError("the space slices an elastic student but the study prepared none")
-    steps = [Step(s.method, {**s.params, "student": key}, s.version) if s.method == "elastic" else s
+    missing = sorted(hooked - set(prepared))
+    if missing:
+        raise RuntimeError(f"the space has {', '.join(missing)} steps but the study prepared nothing for them")
+    steps = [Step(s.method, {**s.params, **prepared[s.method]}, s.version) if s.method in hooked else s
              for s in recipe.steps]
     return Recipe(steps=steps, base_model=recipe.base_model, task=recipe.task, seed=recipe.seed,
                   teacher=recipe.teacher, data=recipe.data, profile=recipe.profile, measured=recipe.measured,
@@ -203,8 +207,9 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
         teacher_metrics = evaluate(sc.teacher.model, sc.data, sc.extra_dev, sc.eval_batch_size)
     out: dict[str, dict[str, Any]] = {"teacher": {"metric": teacher_metrics[sc.main_metric],
                                                   "metrics": teacher_metrics, "dev_examples": len(sc.data.dev)}}
+    int8 = int8_reference()  # quantize_dynamic
     for name, runtime in (("int8_baseline", "torch"), ("ort_int8_baseline", "onnxruntime")):
-        recipe = Recipe(steps=[Step("quantize_dynamic", {}, get_method("quantize_dynamic").version)],
+        recipe = Recipe(steps=[Step(int8.name, {}, int8.version)],
                         profile={"runtime": runtime, VARIANT_KEY: PLAIN_VARIANT.to_dict()})  # a plain export
         try:
             built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
@@ -347,7 +352,7 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
         # the record is written as it grows (each write stores the attributes it holds): a trial
         # that fails or is killed still says who ran it and what it was
         TrialRecord(worker=worker_identity()).write(trial)
-        recipe = with_provenance(bind_elastic(space.suggest(trial), sc.elastic_key), sc)
+        recipe = with_provenance(bind_prepared(space.suggest(trial), sc.prepared), sc)
         TrialRecord(methods=tuple(s.method for s in recipe.steps), recipe=recipe.to_dict()).write(trial)
         try:
             recipe.profile["runtime"] = suggest_runtime(trial, recipe, sc.runtimes or (sc.profile.runtime,),
