@@ -18,7 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..measure.assessment import Measurement
 from ..methods import Stage, get_method, recovery_method
 from ..recipe import Recipe, Step
 from ..study_config import FinalizeSettings, StudyConfig
@@ -125,13 +124,14 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
         log.info("finalizing trial %d (%d/%d)", record.number, k + 1, len(candidates))
         keep: dict[str, Any] = {}
         result = evaluate_recipe(recipe, sc, keep=keep)
-        recipe.measured = {**Measurement.from_dict(result).recorded(), "fidelity": "final"}
+        recipe.measured = {**result.measurement.recorded(), "fidelity": "final"}
         if save_dir is not None and "built" in keep:
             from ..artifact import save_compressed
 
             save_compressed(keep["built"], recipe, sc.teacher.tokenizer, sc.teacher.model.config,
                             Path(save_dir) / f"trial-{record.number}", recipe.measured, check_plain=False)
-        final = TrialRecord(recipe=recipe.to_dict(), methods=tuple(s.method for s in recipe.steps)).with_result(result)
+        final = TrialRecord(recipe=recipe.to_dict(), methods=tuple(s.method for s in recipe.steps)).with_result(
+            result.to_dict())
         finals[str(record.number)] = {**final.to_attrs(), "settings": asdict(settings), "search_metric": record.metric,
                                       "search_latency_ms": record.latency_ms}
         StudyRecord(final=finals).write(study)  # stored as it comes: a kill loses one candidate at most
