@@ -55,11 +55,12 @@ _EXPORTS: dict[str, str] = {
     # a script's start and the study it prepares, as the search does
     "StudyScript": "scripting", "start_study_script": "scripting", "script_logging": "scripting",
     "StudyRecord": "search.study_record", "prepare_study": "search.study:prepare", "SearchContext": "search.objective",
-    "evaluate_recipe": "search.objective", "with_provenance": "search.objective", "make_objective": "search.objective",
+    "evaluate_recipe": "search.objective", "TrialResult": "search.trial_result",
+    "with_provenance": "search.objective", "make_objective": "search.objective",
     "reference_points": "search.objective", "make_sampler": "search.study", "finished_trials": "search.study",
     "run_finalize": "search.finalize", "final_recipe": "search.finalize", "make_storage": "search.storage",
     "fail_dead_local_trials": "search.storage", "storage_exists": "search.storage",
-    "resolve_elastic_exits": "search.study", "TrialsKeepFailing": "errors",
+    "settle_for_space": "search.study", "TrialsKeepFailing": "errors",
     "validate_for_model": "search.validate", "Baselines": "search.pareto",
     "final_records": "report.fidelity", "check_machine": "study_config", "load_yaml_file": "safe_yaml:load_file",
     "read_manifest": "artifact",
@@ -105,8 +106,8 @@ __all__ = [  # the same names as _EXPORTS, plus load and __version__ (tests/test
     "predict", "predictions", "prepare_study", "read_manifest", "reference_points", "run_finalize", "script_logging",
     "start_study_script", "synthetic_inputs", "teacher_key", "time_references", "time_sessions",
     "torch_predictions", "train_data_id", "train_elastic", "validate_for_model", "with_provenance",
-    "TrialsKeepFailing", "resolve_elastic_exits", "storage_exists", "Deployment", "Measurement", "assess", "deploy",
-    "get_runtime",
+    "TrialResult", "TrialsKeepFailing", "settle_for_space", "storage_exists", "Deployment", "Measurement", "assess",
+    "deploy", "get_runtime",
 ]
 
 
@@ -181,12 +182,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         finished_trials,
         make_sampler,
         open_study,
-        resolve_elastic_exits,
         run_search,
+        settle_for_space,
     )
     from .search.study import prepare as prepare_study
     from .search.study_record import StudyRecord
     from .search.trial_record import TrialRecord, trial_records
+    from .search.trial_result import TrialResult
     from .search.validate import validate_for_model
     from .study_config import StudyConfig, check_machine, load_study_config
     from .tasks import get_task, resolve_data_dir

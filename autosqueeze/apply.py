@@ -25,13 +25,12 @@ from .artifact import CorruptModelError, read_manifest, save_compressed
 from .atomic import clean_leftovers, temp_beside
 from .builder import build
 from .data import load_task_data
-from .elastic.store import ensure_for_recipe
 from .errors import ModelFolderError, UserError
 from .measure import HardwareProfile, LatencySettings
 from .measure.assessment import Measurement, assess
 from .measure.latency import fixed_threads
 from .measure.paired import Timing, baseline_settings, timing_inputs
-from .methods import MethodContext
+from .methods import MethodContext, StudyInputs, get_method
 from .models import (
     base_model_hash,
     check_seq_len,
@@ -134,9 +133,10 @@ def check_recipe_fits(recipe: Recipe, task: TaskSpec, where: str | Path) -> None
     """Apply the recipe's steps in probe mode (structure only: no training, random tokens where a
     step's choice needs batches) to the untrained base model, so that a recipe the model cannot
     take (more layers or heads kept than it has, a wrong ``unk_token_id`` ...) fails in seconds,
-    before a teacher is trained for it. Skipped for a recipe that slices an elastic student (it
-    is trained from the teacher) or whose base model cannot be loaded here (the teacher step says why)."""
-    if any(s.method == "elastic" for s in recipe.steps):
+    before a teacher is trained for it. Skipped for a recipe with a step that needs what its study
+    made from the teacher (a study hook: the elastic student) or whose base model cannot be loaded here
+    (the teacher step says why)."""
+    if any(get_method(s.method).study is not None for s in recipe.steps):
         return
     try:
         with quiet_transformers():  # a refusal after loading stays one line
@@ -163,6 +163,15 @@ def check_recipe_fits(recipe: Recipe, task: TaskSpec, where: str | Path) -> None
         detail = " ".join(str(err).split())[:300]
         raise RecipeError(f"{where}: the recipe cannot be applied to its base model {recipe.base_model}: "
                           f"{detail}") from None
+
+
+def ensure_prepared(recipe: Recipe, inputs: StudyInputs) -> None:
+    """What the recipe's steps need that their study made (the methods' study hooks: the elastic student),
+    made here when this machine lacks it, from the recipe's record of it (``teacher.<method>``)."""
+    for name in dict.fromkeys(s.method for s in recipe.steps):
+        hook = get_method(name).study
+        if hook is not None:
+            hook.ensure([s.params for s in recipe.steps if s.method == name], recipe.teacher.get(name), inputs)
 
 
 def find_teacher(recipe: Recipe, data_dir: str | None, teacher_dir: str | None, force: bool,
@@ -269,8 +278,8 @@ def rebuild(recipe_path: str | Path, out: str | Path, data_dir: str | None, *, t
     batch_size = int(recipe.data.get("eval_batch_size", 64))
     train_threads = int(recipe.data.get("train_threads") or torch.get_num_threads())
     with fixed_threads(train_threads):
-        ensure_for_recipe(recipe.steps, recipe.teacher, teacher.model, weights_hash(teacher.model), data,
-                          settings.train_subset, progress)
+        ensure_prepared(recipe, StudyInputs(teacher=teacher.model, teacher_hash=weights_hash(teacher.model), data=data,
+                                            train_subset=settings.train_subset, progress=progress))
         built = build(recipe, teacher.model, ctx)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

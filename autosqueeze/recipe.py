@@ -182,7 +182,7 @@ def apply_recipe(
     ctx.kept_layers = None
     for i, step in enumerate(steps):
         spec = get_method(step.method)
-        ctx.adapter.check_method(step.method, model)  # a method the architecture cannot do: one line, why
+        spec.check_model(model, ctx.adapter)  # a method the architecture cannot do: one line, why
         ctx.decisions = dict(decisions[i]) if decisions and i < len(decisions) else {}
         if (ctx.probe or ctx.replay) and spec.trains:
             recorded.append(ctx.decisions)

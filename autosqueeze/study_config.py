@@ -5,6 +5,7 @@ Every error names the file and the key, and says what is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field, fields
@@ -103,6 +104,17 @@ class StudyConfig:
     @property
     def report_dir(self) -> Path:
         return self.folder / "report"
+
+    def method_settings(self, method: str) -> Any:
+        """The settings section of the study file named after a method (``elastic:``, what its study
+        hook reads), or None for a method without one."""
+        return getattr(self, method) if method in METHOD_SECTIONS else None
+
+    def with_method_settings(self, method: str, settings: Any) -> StudyConfig:
+        """This study with a method's settings section replaced (see :meth:`method_settings`)."""
+        if method not in METHOD_SECTIONS:
+            raise ValueError(f"the study file has no settings section for method {method!r}")
+        return dataclasses.replace(self, **{method: settings})
 
 
 def _section(raw: dict[str, Any], key: str, cls: type, src: str, defaults: dict[str, Any] | None = None) -> Any:
@@ -266,6 +278,7 @@ NAME_MAX = 100  # the study database is NAME.db; file systems allow 255 bytes
 MINIMUMS = {("teacher", "threads"): 1, ("recovery", "threads"): 1, ("eval", "batch_size"): 1,
             ("eval", "dev_subset"): 1}
 SECTIONS = ("teacher", "recovery", "hardware", "eval", "latency", "elastic", "finalize")
+METHOD_SECTIONS = ("elastic",)  # sections holding a method's study-level settings (StudyConfig.method_settings)
 
 
 def check_name(name: str, src: str) -> None:

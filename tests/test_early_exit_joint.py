@@ -163,5 +163,6 @@ def test_an_early_exit_trial_is_judged_on_its_real_latency_not_its_full_depth_pr
     recipe = Recipe([Step("early_exit", {"training": "joint", "steps": 4, "threshold": 0.5})])
     result = objective.evaluate_recipe(recipe, sc, reference=lambda latency_ms: 10.0)  # a stopper would stop it
     assert probed == [True, False]
-    assert result["status"] == "complete" and result["latency_ms"] == 1.0 and "early_stop" not in result
-    assert result["exit_stats"]["calls"] > 0
+    assert result.status == "complete" and result.latency_ms == 1.0 and result.early_stop is None
+    assert "early_stop" not in result.to_dict()
+    assert result.measurement.exit_stats is not None and result.measurement.exit_stats["calls"] > 0

@@ -366,18 +366,18 @@ def test_exits_left_out_follow_the_space(tiny_model_dir, tmp_path):
     from autosqueeze.builtin_spaces import builtin_space
     from autosqueeze.elastic.train import ElasticSettings
     from autosqueeze.search.space import load_space
-    from autosqueeze.search.study import resolve_elastic_exits
+    from autosqueeze.search.study import settle_for_space
     from autosqueeze.study_config import ConfigError, load_study_config
 
     config = load_study_config(write_exit_study(tmp_path, tiny_model_dir))
     config = dataclasses.replace(config, elastic=dataclasses.replace(config.elastic, exits=None))
     joint, plain = load_space(builtin_space("joint_elastic")), load_space(builtin_space("elastic"))
-    assert resolve_elastic_exits(joint, config).elastic.exits is True
-    left = resolve_elastic_exits(plain, config)
+    assert settle_for_space(joint, config).elastic.exits is True
+    left = settle_for_space(plain, config)
     assert left.elastic.exits is None
     assert left.elastic.key_dict() == dataclasses.replace(left.elastic, exits=False).key_dict()
     assert ElasticSettings().key_dict() == ElasticSettings(exits=False).key_dict() != \
         ElasticSettings(exits=True).key_dict()
     with pytest.raises(ConfigError, match="leave exits out"):
-        resolve_elastic_exits(joint, dataclasses.replace(config, elastic=dataclasses.replace(config.elastic,
+        settle_for_space(joint, dataclasses.replace(config, elastic=dataclasses.replace(config.elastic,
                                                                                             exits=False)))

@@ -264,7 +264,7 @@ def test_a_trial_that_trains_nothing_builds_once_and_exports_once(tiny_model_dir
     assert objective_mod.trains_nothing(recipe) and not objective_mod.is_data_free(recipe)
     keep: dict = {}
     result = objective_mod.evaluate_recipe(recipe, sc, keep=keep)
-    assert result["status"] == "complete" and builds == [False] and len(exports) == 1
+    assert result.status == "complete" and builds == [False] and len(exports) == 1
     vocab, static = keep["built"].decisions
     assert "kept_bitmap" in vocab and static["sentences"] == 12  # the final choices, not a probe's
     trained = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 1})])

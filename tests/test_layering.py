@@ -254,3 +254,99 @@ def test_no_runtime_branch_outside_the_runtimes():
     studies = sorted((PACKAGE.parent / "studies").rglob("*.py"))
     assert studies and outside
     assert runtime_branches(outside + studies) == []
+
+
+# --- what a method can do is in its registry entry, not in its name ---------------------------
+def registered_names() -> set[str]:
+    """The built-in methods' names, read from their ``register("name", ...)`` calls (nothing imported)."""
+    names = set()
+    for path in modules("methods"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "register" \
+                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value)
+    return names
+
+
+# Where a built-in method's name may be written outside methods/: file -> the names (and why). Names, not
+# checks: data about an architecture, a study file's section, the export map's package path, a folder.
+METHOD_NAMES_ALLOWED = {
+    "arch/families.py": {"early_exit", "share_layers", "elastic"},  # ModernBERT's refused methods (checked below)
+    "study_config.py": {"elastic"},  # the study file's ``elastic:`` settings section (a key)
+    "__init__.py": {"elastic"},  # the export map: the autosqueeze.elastic package
+    "elastic/store.py": {"elastic"},  # the students' cache folder, $AUTOSQUEEZE_CACHE/elastic (stored layout)
+    "elastic/train.py": {"elastic"},  # the student's training progress label
+}
+
+
+def method_name_strings(paths: list[Path], names: set[str]) -> list[str]:
+    """``file:line name`` of every string constant in ``paths`` that is exactly one of ``names``."""
+    return sorted(f"{p.relative_to(PACKAGE)}:{node.lineno} {node.value}" for p in paths
+                  for node in ast.walk(ast.parse(p.read_text(), str(p)))
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names
+                  and node.value not in METHOD_NAMES_ALLOWED.get(str(p.relative_to(PACKAGE)), ()))
+
+
+def test_the_method_name_finder_sees_names():
+    names = registered_names()
+    assert {"elastic", "distill", "quantize_dynamic", "early_exit", "prune_unstructured"} <= names
+    assert len(names) >= 15
+    found = method_name_strings([PACKAGE / "methods" / "distill.py"], names)  # a method's own module names it
+    assert any(f.endswith(" distill") for f in found)
+    assert method_name_strings([PACKAGE / "arch" / "families.py"], names) == []  # allowed there
+
+
+def test_no_method_name_outside_the_methods():
+    """Code outside methods/ asks a method's registry entry (``get_method(name)``: its stage, runtimes,
+    study hook, int8 reference, recovery step ...), never compares or spells a built-in method's name,
+    but in the few places listed in METHOD_NAMES_ALLOWED."""
+    outside = [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] != "methods"]
+    assert outside and all(set(v) <= registered_names() for v in METHOD_NAMES_ALLOWED.values())
+    assert method_name_strings(outside, registered_names()) == []
+
+
+def test_the_families_refuse_registered_methods_only():
+    """An architecture's refused methods are names (data about the family), each a registered method."""
+    refused = [n.elts[0].value for n in ast.walk(ast.parse((PACKAGE / "arch" / "families.py").read_text()))
+               if isinstance(n, ast.keyword) and n.arg == "refused" and isinstance(n.value, ast.Tuple)
+               for n in n.value.elts if isinstance(n, ast.Tuple) and isinstance(n.elts[0], ast.Constant)]
+    assert refused and set(refused) <= registered_names()
+
+
+# --- the capabilities protocol: declared once, read with isinstance -----------------------------
+PROTOCOL_MODULE = PACKAGE / "capabilities.py"
+
+
+def undeclared_attribute_uses(paths: list[Path]) -> list[str]:
+    """``file:line`` of every ``getattr`` / ``hasattr`` / ``setattr`` / ``delattr`` of a literal
+    ``"autosqueeze_..."`` name, and every assignment to an ``x.autosqueeze_...`` attribute."""
+    out = []
+    for p in paths:
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 2 \
+                    and node.func.id in ("getattr", "hasattr", "setattr", "delattr") \
+                    and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("autosqueeze_"):
+                out.append(f"{p.name}:{node.lineno}")
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+            out += [f"{p.name}:{t.lineno}" for t in targets
+                    if isinstance(t, ast.Attribute) and t.attr.startswith("autosqueeze_")]
+    return sorted(out)
+
+
+def test_the_attribute_finder_sees_undeclared_uses(tmp_path):
+    fake = tmp_path / "fake.py"
+    fake.write_text('a = getattr(m, "autosqueeze_nbytes", None)\nm.autosqueeze_needs_real_inputs = True\n'
+                    'class C:\n    autosqueeze_quantized = True\n')
+    assert undeclared_attribute_uses([fake]) == ["fake.py:1", "fake.py:2"]  # a class declaring one is not a use
+    assert undeclared_attribute_uses([PROTOCOL_MODULE])  # where the setters live
+
+
+def test_autosqueeze_attributes_only_through_the_protocol_module():
+    """What a model or module says about itself (size, real inputs, exit counts, runtime, static int8
+    ranges) is a protocol of autosqueeze/capabilities.py: read with isinstance, set through its setters;
+    no module reads or sets an ``autosqueeze_*`` attribute by name. The protocol module imports nothing
+    of the package (every layer may use it)."""
+    others = [p for p in PACKAGE.rglob("*.py") if p != PROTOCOL_MODULE]
+    assert undeclared_attribute_uses(others) == []
+    assert [m for m in imported_modules(PROTOCOL_MODULE) if m.startswith("autosqueeze")] == []

@@ -5,8 +5,10 @@ Each method has a case file ``tests/cases/case_<method>.py`` with ``CASES`` (a l
 params dicts) and ``check(teacher, model, config, decisions)`` that asserts the effect the
 method claims (fewer layers, int8 weights, unchanged output when lossless …), written against
 the architecture adapter so it holds for every family in ``tiny.ARCHS``. A registered method
-without a case file fails this test. A method the adapter refuses for a family
-(``ArchAdapter.refusal``) must be refused by ``apply_recipe`` with one line naming both.
+without a case file fails this test. A method the registry entry refuses for a model
+(``MethodSpec.refusal``: its family's refusal, or the entry's own) must be refused by
+``apply_recipe`` with one line naming both. The modules a method adds that say what they add to
+the model's size (``capabilities.StoredSize`` / ``LookupTables``) are those its entry declares.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from autosqueeze.arch import UnsupportedArchitectureError, get_adapter
+from autosqueeze.capabilities import LookupTables, StoredSize
 from autosqueeze.methods import get_method, method_names
 from autosqueeze.recipe import Recipe, Step, apply_recipe
 from tests import tiny
@@ -58,7 +61,7 @@ def assert_refused(name: str, err: Exception, teacher) -> None:
 def test_method_contract(arch, name, params, case, tmp_path, monkeypatch):
     assert case is not None, f"method {name!r} has no tests/cases/case_{name}.py"
     teacher = make_teacher(case, arch)
-    if get_adapter(teacher).refusal(name, teacher) is not None:
+    if get_method(name).refusal(teacher) is not None:
         recipe = Recipe(steps=[Step(name, params)])
         with pytest.raises(UnsupportedArchitectureError) as err:
             apply_recipe(recipe, teacher, tiny.context(teacher))
@@ -86,6 +89,10 @@ def test_method_contract(arch, name, params, case, tmp_path, monkeypatch):
     assert out.shape == (b["input_ids"].shape[0], teacher.config.num_labels)
     assert torch.isfinite(out).all()
     case.check(teacher, model, config, decisions[0])
+    # the modules that say what they add to the model's size are the ones its registry entry declares
+    undeclared = {type(m).__name__ for m in model.modules()
+                  if isinstance(m, (StoredSize, LookupTables)) and not isinstance(m, spec.size_modules)}
+    assert not undeclared, f"{name} adds {undeclared}, which its registry entry's size_modules does not declare"
 
 
 def test_unknown_method_and_param_are_refused():

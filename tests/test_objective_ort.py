@@ -54,8 +54,10 @@ def test_an_onnxruntime_trial_exports_its_graph_once(sc, monkeypatch):
     calls = count_exports(monkeypatch)
     result = objective_mod.evaluate_recipe(ORT_INT8, sc)
     assert len(calls) == 1  # the same graph is timed (paired with the teacher) and evaluated
-    assert result["status"] == "complete" and result["runtime"] == "onnxruntime"
-    assert result["onnx"]["quantized"] and result["onnx"]["path"] is None and "speedup_spread" in result
+    m = result.measurement
+    assert result.status == "complete" and m.runtime == "onnxruntime"
+    assert m.onnx is not None and m.onnx["quantized"] and m.onnx["path"] is None and m.paired
+    assert "speedup_spread" in result.to_dict()
     assert not Path(calls[0]).exists()  # the temporary graph is removed after the trial
     calls.clear()
     objective_mod.evaluate_recipe(ORT_INT8, sc)  # the timing is cached: the export serves the metric only

@@ -27,10 +27,9 @@ import re
 import pytest
 import torch
 
-from autosqueeze.arch import get_adapter
 from autosqueeze.builder import build
 from autosqueeze.measure import HardwareProfile
-from autosqueeze.methods import method_names
+from autosqueeze.methods import get_method, method_names
 from autosqueeze.recipe import Recipe, Step
 from autosqueeze.runtimes import OnnxUnsupported, export_for_deployment
 from tests import tiny
@@ -93,7 +92,7 @@ def test_method_deploys_in_onnx_runtime(arch, name, params, case, tmp_path, tmp_
         pytest.skip(f"{arch} x {name}: {skip}")
     maker = getattr(case, "make_teacher", None)
     teacher = maker(arch) if maker is not None else tiny.tiny_model(arch)
-    why = get_adapter(teacher).refusal(name, teacher)
+    why = get_method(name).refusal(teacher)
     if why is not None:
         pytest.skip(f"{name} is refused for {arch} ({why}); test_methods_contract checks the refusal")
     if hasattr(case, "prepare"):  # a case that needs more than params (elastic: a cached student)

@@ -87,7 +87,7 @@ def test_identical_architectures_reuse_the_cached_latency(tiny_model_dir, glue_d
     b = Recipe(steps=[Step("drop_layers", {"keep": 1}), Step("distill", {"steps": 4, "temperature": 4.0})])
     ra, rb = objective_mod.evaluate_recipe(a, sc), objective_mod.evaluate_recipe(b, sc)
     assert len(measured) == 1
-    assert ra["latency_ms"] == rb["latency_ms"] and ra["speedup"] == rb["speedup"]
+    assert ra.latency_ms == rb.latency_ms and ra.speedup == rb.speedup
     objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 2})]), sc)
     assert len(measured) == 2  # another structure is measured
 
@@ -149,10 +149,12 @@ def test_speedups_do_not_move_with_machine_load(tiny_model_dir, glue_dir, tmp_pa
     quiet = objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 1})]), sc)
     load["factor"] = 2.0
     busy = objective_mod.evaluate_recipe(Recipe(steps=[Step("drop_layers", {"keep": 2})]), sc)
-    assert quiet["speedup"] == 4.0 and quiet["latency_ms"] == 2.5
-    assert busy["speedup"] == 2.0 and busy["latency_ms"] == 5.0  # not 10 ms / 1x, as an unpaired ratio would say
-    assert busy["latency_measured_ms"] == 10.0 and busy["teacher_paired_ms"] == 20.0
-    assert busy["latency"]["median_ms"] == 5.0 and busy["latency_measured"]["median_ms"] == 10.0
+    assert quiet.speedup == 4.0 and quiet.latency_ms == 2.5
+    assert busy.speedup == 2.0 and busy.latency_ms == 5.0  # not 10 ms / 1x, as an unpaired ratio would say
+    m = busy.measurement
+    assert m.latency_measured_ms == 10.0 and m.teacher_paired_ms == 20.0
+    assert m.latency is not None and m.latency_measured is not None
+    assert m.latency["median_ms"] == 5.0 and m.latency_measured["median_ms"] == 10.0
 
 
 def test_teacher_outputs_are_shared_across_trials(tiny_model_dir, glue_dir, tmp_path, isolated_cache):

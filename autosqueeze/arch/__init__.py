@@ -2,8 +2,9 @@
 
 ``get_adapter(model)`` gives the :class:`ArchAdapter` of the model's family (BERT, RoBERTa,
 ELECTRA, DistilBERT, MPNet, DeBERTa-v2/v3, ModernBERT); methods ask it for layers, attention
-projections, FFN, embeddings and classifier, cut heads and neurons through it, and call
-``check_method`` for the one-line refusal of a method the family cannot do.
+projections, FFN, embeddings and classifier, and cut heads and neurons through it. Its
+``refused`` pairs name the methods the family cannot do (``refusal``); a method's registry entry
+(``MethodSpec.refusal`` / ``check_model``) adds what one model of a family cannot take.
 """
 from __future__ import annotations
 

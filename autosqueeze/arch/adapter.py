@@ -189,7 +189,7 @@ class ArchAdapter:
                 isinstance(m, nn.Linear) for m in self.embeddings(model).modules()):
             return (f"slicing the hidden width is not supported for {self.family} models whose embeddings are "
                     f"projected to the hidden size (embedding_size != hidden_size)")
-        if any(isinstance(_find(layer, p), nn.Linear) for layer in self.layers(model) for p in self.head_rows_extra):
+        if self.separate_position_projections(model):
             return (f"slicing the hidden width is not supported for {self.family} models with separate "
                     f"relative-position projections (share_att_key: false)")
         if any(isinstance(m, nn.Conv1d) for m in backbone.modules()):
@@ -278,23 +278,19 @@ class ArchAdapter:
     def run_layer(self, layer: nn.Module, hidden: torch.Tensor, state: Any) -> torch.Tensor:
         return runners.run_layer(self, layer, hidden, state)
 
+    def separate_position_projections(self, model: nn.Module) -> bool:
+        """Whether the model's layers have per-head relative-position projections of their own
+        (``head_rows_extra`` present as Linears: DeBERTa with ``share_att_key: false``)."""
+        return any(isinstance(_find(layer, p), nn.Linear) for layer in self.layers(model) for p in self.head_rows_extra)
+
     # --- what this family cannot do ----------------------------------------------
-    def refusal(self, method: str, model: nn.Module | None = None) -> str | None:
-        """Why ``method`` cannot be applied to this family (or this model of it), or None."""
+    def refusal(self, method: str) -> str | None:
+        """Why this family refuses ``method`` (``refused``), or None. What one model of the family
+        cannot take is the method's registry entry's to say: ``MethodSpec.refusal`` asks both."""
         for name, why in self.refused:
             if name == method:
                 return why
-        if model is not None and method == "elastic" and any(
-                isinstance(_find(layer, p), nn.Linear) for layer in self.layers(model) for p in self.head_rows_extra):
-            return ("its separate relative-position projections (share_att_key: false) are not prefix-sliced "
-                    "while the elastic student trains")
         return None
-
-    def check_method(self, method: str, model: nn.Module | None = None) -> None:
-        """Raise a one-line UnsupportedArchitectureError when ``method`` cannot be applied here."""
-        why = self.refusal(method, model)
-        if why is not None:
-            raise UnsupportedArchitectureError(f"{method} is not supported for {self.family} models: {why}")
 
 
 def _get(obj: nn.Module, path: str) -> nn.Module:

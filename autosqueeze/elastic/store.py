@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -171,15 +172,12 @@ def student_head_orders(key: str, root: Path | None = None) -> list[list[int]] |
     return [[int(h) for h in layer] for layer in heads] if heads else None
 
 
-def ensure_for_recipe(recipe_steps: list[Any], teacher_info: dict[str, Any], teacher: nn.Module, teacher_hash: str,
-                      data: TaskData, train_subset: int | None, progress: Progress | None = None) -> None:
-    """Make sure the elastic student a recipe slices is in the cache: rebuild it (deterministically,
-    from the settings the recipe records) when this machine has none. A recipe without an
-    ``elastic`` step needs nothing."""
-    keys = {s.params.get("student") for s in recipe_steps if s.method == "elastic"}
-    if not keys:
-        return
-    recorded = teacher_info.get("elastic") or {}
+def ensure_students(keys: set[Any], recorded: Mapping[str, Any] | None, teacher: nn.Module, teacher_hash: str,
+                    data: TaskData, train_subset: int | None, progress: Progress | None = None) -> None:
+    """Make sure the elastic students a recipe slices (``keys``) are in the cache: rebuild one
+    (deterministically, from the settings the recipe ``recorded`` of its study's student) when this
+    machine has none."""
+    recorded = recorded or {}
     for key in keys:
         if (student_dir(str(key)) / WEIGHTS).is_file():
             continue

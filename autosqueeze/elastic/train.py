@@ -118,7 +118,8 @@ class ElasticSettings:
     width_phase: float = 0.5  # fraction of the steps that shrink width only (schedule: progressive)
     layer_choice: str = "even"  # layers a shallow sub-network keeps: even | first | mixed
     # train exit heads after every layer with the sub-networks (early_exit training: elastic); None (left out of
-    # the study file): as the search space needs, on when it has such a step (search.study.resolve_elastic_exits)
+    # the study file): as the search space needs, on when it has such a step (methods.elastic.settle, the elastic
+    # step's study hook, run by search.study.settle_for_space)
     exits: bool | None = None
     exit_weight: float = 1.0  # weight of the exits' distillation (exit j of n kept layers: exit_weight * j / n)
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capabilities import RealInputs
 from .timing import time_rounds
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,11 @@ def fixed_threads(n: int) -> Iterator[None]:
 
 
 def needs_real_inputs(model: Any) -> bool:
-    """Whether the model's cost depends on its inputs (early exit sets the flag): time and evaluate
-    it on real dev batches at the profile's batch size, not on synthetic full-length ones. The one
-    test for it (measure, search, deploy, runtimes and the methods all ask here)."""
-    return bool(getattr(model, "autosqueeze_needs_real_inputs", False))
+    """Whether the model's cost depends on its inputs (a :class:`~autosqueeze.capabilities.RealInputs`
+    model: early exit declares it): time and evaluate it on real dev batches at the profile's batch size,
+    not on synthetic full-length ones. The one test for it (measure, search, deploy, runtimes and the
+    methods all ask here)."""
+    return isinstance(model, RealInputs) and bool(model.autosqueeze_needs_real_inputs)
 
 
 def synthetic_inputs(profile: HardwareProfile, vocab_size: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capabilities import ExitStats
 from ..data import TaskData
 from ..tasks import Example, compute_metrics
 from .latency import needs_real_inputs
@@ -48,11 +49,11 @@ def evaluate_deployed(model: nn.Module, data: TaskData, extra: Mapping[str, Sequ
     """
     if not needs_real_inputs(model):
         return evaluate(model, data, extra, batch_size), None
-    if hasattr(model, "autosqueeze_reset_exit_stats"):
-        model.autosqueeze_reset_exit_stats()  # type: ignore[operator]  # the early-exit model's own hook
+    if not isinstance(model, ExitStats):
+        return evaluate(model, data, extra, profile_batch_size), None
+    model.autosqueeze_reset_exit_stats()  # the early-exit model counts the layers its calls run
     metrics = evaluate(model, data, extra, profile_batch_size)
-    stats = model.autosqueeze_exit_stats() if hasattr(model, "autosqueeze_exit_stats") else None  # type: ignore[operator]
-    return metrics, stats
+    return metrics, model.autosqueeze_exit_stats()
 
 
 def majority_reference(data: TaskData, extra: Mapping[str, Sequence[Example]] | None = None) -> dict[str, Any]:

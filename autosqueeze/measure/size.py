@@ -2,10 +2,10 @@
 
 Bytes are counted per stored element: an int8 weight is one byte, a bf16 weight two, a
 tensor shared by several layers is counted once. A module that stores its weights in a
-format of its own (a sparse matrix, packed int4) says so by defining
-``autosqueeze_nbytes() -> int``; its parameters are then not counted again. Integer buffers a
-module names in ``autosqueeze_lookup_buffers`` (e.g. a vocabulary id map) count in bytes, not
-in stored weights.
+format of its own (a sparse matrix, packed int4) is a :class:`~autosqueeze.capabilities.StoredSize`
+module and says what it stores; its parameters are then not counted again. The integer buffers of a
+:class:`~autosqueeze.capabilities.LookupTables` module (e.g. a vocabulary id map) count in bytes,
+not in stored weights.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchAdapter, get_adapter
+from ..capabilities import LookupTables, StoredSize
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,14 @@ def _tensor_cost(t: torch.Tensor, seen: dict[tuple[int, int], torch.Tensor]) -> 
 
 
 def _module_cost(module: nn.Module, seen: dict[tuple[int, int], torch.Tensor]) -> tuple[int, int]:
-    if hasattr(module, "autosqueeze_nbytes"):
+    if isinstance(module, StoredSize):
         key = (id(module), -1)  # count it once, however often it is reached (embeddings, shared layers)
         if key in seen:
             return 0, 0
         seen[key] = module  # type: ignore[assignment]
         for p in module.parameters():  # mark as counted
             seen[(p.data_ptr(), p.numel())] = p
-        params = module.autosqueeze_params() if hasattr(module, "autosqueeze_params") else 0  # type: ignore[operator]
-        return params, int(module.autosqueeze_nbytes())  # type: ignore[operator]
+        return int(module.autosqueeze_params()), int(module.autosqueeze_nbytes())
     n = b = 0
     tensors = list(module.parameters(recurse=False)) + [t for t in module.buffers(recurse=False) if t is not None]
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
@@ -80,8 +80,8 @@ def _module_cost(module: nn.Module, seen: dict[tuple[int, int], torch.Tensor]) -
         if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_quantized):
             dn, db = _tensor_cost(t.detach(), seen)
             n, b = n + dn, b + db
-    for name in getattr(module, "autosqueeze_lookup_buffers", ()):  # integer tables it needs (a vocabulary map):
-        b += _tensor_cost(getattr(module, name).detach(), seen)[1]  # their bytes count, they are not weights
+    for name in module.autosqueeze_lookup_buffers if isinstance(module, LookupTables) else ():  # integer tables it
+        b += _tensor_cost(getattr(module, name).detach(), seen)[1]  # needs (a vocabulary map): bytes, not weights
     for child in module.children():
         dn, db = _module_cost(child, seen)
         n, b = n + dn, b + db

@@ -21,9 +21,23 @@ from . import (  # noqa: F401  (registration side effects; quantize_static is de
     share_layers,
 )
 from .context import MethodContext
-from .registry import MethodError, MethodSpec, Stage, config_to_params, get_method, method_names, register
+from .hooks import Prepared, StudyHook, StudyInputs
+from .registry import (
+    MethodError,
+    MethodSpec,
+    Stage,
+    config_to_params,
+    get_method,
+    graph_int8_methods,
+    int8_reference,
+    method_names,
+    method_specs,
+    recovery_method,
+    register,
+)
 
 __all__ = [
-    "MethodContext", "MethodError", "MethodSpec", "Stage", "config_to_params", "get_method",
-    "method_names", "register",
+    "MethodContext", "MethodError", "MethodSpec", "Prepared", "Stage", "StudyHook", "StudyInputs", "config_to_params",
+    "get_method", "graph_int8_methods", "int8_reference", "method_names", "method_specs", "recovery_method",
+    "register",
 ]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capabilities import LowPrecision
 from .common import PARTS, checked_parts, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import Stage, register
@@ -49,7 +50,7 @@ class CastPrecisionConfig:
         object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
 
 
-class CastLinear(nn.Linear):
+class CastLinear(nn.Linear, LowPrecision):
     """A Linear whose weights are stored in a low dtype; input cast in, output cast back."""
 
     autosqueeze_quantized = True
@@ -72,7 +73,7 @@ class CastLinear(nn.Linear):
         return f"{super().extra_repr()}, dtype={self.weight.dtype}, keep_output={self.keep_output}"
 
 
-class CastEmbedding(nn.Embedding):
+class CastEmbedding(nn.Embedding, LowPrecision):
     """An embedding table stored in a low dtype; looked-up rows are returned in the original dtype."""
 
     autosqueeze_quantized = True
@@ -122,4 +123,5 @@ SPEC = register(
     family="quantization",
     summary="bf16 / fp16 weights by part (embeddings, attention, FFN, classifier), fp32 in between",
     units_of=lambda config: ("bf16",) if config.dtype == "bf16" else (),
+    legacy_units=True,  # the bf16 casts: the steps the machine probe dropped before its units rule
 )

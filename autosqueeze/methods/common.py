@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..arch import ArchAdapter
+from ..capabilities import LowPrecision
 from .registry import MethodError
 
 # Model parts that precision / sparsity methods address (see :func:`part_weights`).
@@ -21,9 +22,9 @@ def checked_parts(parts: tuple[str, ...] | list[str], allowed: tuple[str, ...] =
 
 def is_quantized_module(module: nn.Module) -> bool:
     """True for torch.ao quantized modules (their weights are packed int8, not trainable) and for
-    autosqueeze's own low-precision modules, which set ``autosqueeze_quantized = True``."""
-    return type(module).__module__.startswith("torch.ao.nn.quantized") or bool(
-        getattr(module, "autosqueeze_quantized", False))
+    autosqueeze's own low-precision modules (``capabilities.LowPrecision``)."""
+    return type(module).__module__.startswith("torch.ao.nn.quantized") or (
+        isinstance(module, LowPrecision) and bool(module.autosqueeze_quantized))
 
 
 def has_quantized_layers(model: nn.Module) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch import nn
 from ..train import seed_everything, train_loop
 from .common import has_quantized_layers
 from .context import Batch, MethodContext, TeacherOutputCache
+from .hooks import FinalBudget
 from .registry import MethodError, Stage, register
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,17 @@ def apply(model: nn.Module, config: DistillConfig, ctx: MethodContext) -> nn.Mod
     return model
 
 
+def final_params(params: Mapping[str, Any] | None, budget: FinalBudget) -> dict[str, Any]:
+    """The recovery step at finalize's full fidelity: the recipe's own distill step trained ``budget.steps``
+    steps, or (``params`` None) a new one distilling soft logits and hidden states at the budget's
+    lr and temperature. ``bf16`` is set only when on: recipes finalized before keep their form."""
+    bf16 = {"bf16": True} if budget.bf16 else {}
+    if params is not None:
+        return {**params, "steps": budget.steps, **bf16}
+    return {"steps": budget.steps, "lr": budget.lr, "temperature": budget.temperature, "alpha_logits": 1.0,
+            "alpha_hidden": budget.alpha_hidden, **bf16}
+
+
 SPEC = register(
     "distill",
     DistillConfig,
@@ -235,4 +247,5 @@ SPEC = register(
     trains=True,
     family="knowledge distillation",
     summary="recover from the teacher: soft logits, labels, hidden states, attention maps",
+    recovery=final_params,
 )

@@ -37,8 +37,8 @@ At inference a batch leaves at layer i when
 
 The model's ``forward`` is replaced (on the instance) by one that runs the embeddings and
 the layers one by one, so the layers after the exit are really not computed. It returns an
-object with ``.logits`` as before; each call records how many layers it ran:
-``model.autosqueeze_exit_stats()`` → ``{"mean_exit_layer", "calls", ...}`` (layers run,
+object with ``.logits`` as before; each call records how many layers it ran (the model is a
+``capabilities.ExitStats`` one): ``model.autosqueeze_exit_stats()`` → ``{"mean_exit_layer", "calls", ...}`` (layers run,
 1..depth) and ``model.autosqueeze_reset_exit_stats()``. In training mode, or when hidden
 states / attentions are asked for, the full-depth forward of the model's class runs.
 
@@ -53,7 +53,7 @@ data-free for that config (``data_free_when``: a trial builds it once, times it 
 
 Size: + (depth−1) · (hidden² + hidden·(labels+1) + labels) parameters, none in the
 embeddings. Latency: data dependent — the profile's latency must be measured on real dev
-batches at the profile's batch size (``needs_real_inputs(model)`` is True), and
+batches at the profile's batch size (a ``capabilities.RealInputs`` model: ``needs_real_inputs(model)``), and
 the task metric depends on the batch size too (a batch exits only when all its examples may).
 Classification only (entropy is not defined for a regression score). Not exportable to ONNX
 (data-dependent control flow).
@@ -71,6 +71,7 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..arch import ArchAdapter, get_adapter
+from ..capabilities import attach_exit_stats, mark_real_inputs
 from ..measure.latency import needs_real_inputs as needs_real_inputs  # the one predicate, also here for callers
 from ..train import seed_everything, train_loop
 from .common import has_quantized_layers
@@ -407,9 +408,8 @@ def apply(model: nn.Module, config: EarlyExitConfig, ctx: MethodContext) -> nn.M
     trained = config.training == "elastic" and not ctx.replay and ctx.exit_heads is not None  # the student's
     ee.enabled = not ctx.probe or trained  # untrained heads in a probe would exit arbitrarily
     model.forward = MethodType(_early_exit_forward, model)  # before training: an early stopper sees the exits
-    model.autosqueeze_exit_stats = ee.stats
-    model.autosqueeze_reset_exit_stats = ee.reset_stats
-    model.autosqueeze_needs_real_inputs = True  # what measure.latency.needs_real_inputs reads
+    attach_exit_stats(model, ee.stats, ee.reset_stats)  # capabilities.ExitStats: what measure.metrics reads
+    mark_real_inputs(model)  # capabilities.RealInputs: what measure.latency.needs_real_inputs reads
     if not (ctx.probe or ctx.replay) and config.steps > 0:
         train = _train_joint if config.training == "joint" else _train_heads
         ctx.decisions["steps_done"] = train(model, ee, config, ctx)
@@ -427,4 +427,6 @@ SPEC = register(
     family="dynamic inference",
     summary="exit heads after each layer; a batch stops at the first confident layer (entropy or patience)",
     data_free_when=lambda config: config.training == "elastic",  # the student's heads: the probe is the model
+    runtime_limits=lambda config: {"onnxruntime": "early exit decides its depth per batch: an ONNX graph would "
+                                                  "freeze one path"},
 )

@@ -30,11 +30,19 @@ not used and the model is exactly as without them.
 Replay (loading a saved model) redoes the structure from the recorded decisions without the
 student (the exit heads' weights are in the saved folder). A search fills ``student`` in; a
 recipe without it cannot be applied.
+
+The student is the step's study hook (``STUDY``, in its registry entry): a study settles the
+study file's ``elastic:`` settings against its space (``exits`` on where an ``early_exit`` step
+takes the student's heads), trains or finds the student once before its first trial and fills
+its key into every trial's ``elastic`` step; ``apply`` rebuilds a student this machine lacks
+from what the recipe recorded of it.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -48,8 +56,13 @@ from ..elastic.subnet import (
     slice_exit_heads,
     slice_subnet,
 )
+from ..errors import ConfigError
 from .context import MethodContext
+from .hooks import PlannedStep, Prepared, StudyHook, StudyInputs
 from .registry import MethodError, Stage, register
+
+if TYPE_CHECKING:  # elastic/ imports this package while it loads: the settings type is for the checker only
+    from ..elastic.train import ElasticSettings
 
 
 def _check_width(name: str, value: Any) -> Any:
@@ -228,6 +241,59 @@ def apply(model: nn.Module, config: ElasticConfig, ctx: MethodContext) -> nn.Mod
     return model
 
 
+# --- the study hook: the elastic student ---------------------------------------------------
+def settle(steps: Sequence[PlannedStep], settings: ElasticSettings, space: str, study: str) -> ElasticSettings:
+    """The study's elastic settings with the student's exits settled by the space. A space whose
+    ``early_exit`` step takes the elastic student's heads (``training: elastic``) needs an ``elastic``
+    step and a student trained with them: ``exits`` left out of the study file turns them on, ``false``
+    is refused in one line before any work, not trial by trial. Without such a step the settings are
+    returned as they are (``exits`` left out: a student without exits)."""
+    using = [s for s in steps if s.method == "early_exit" and "elastic" in s.may_take("training")]
+    if not using:
+        return settings
+    what = f"{space}: step {using[0].id!r} (early_exit training: elastic) installs the elastic student's exit heads"
+    if not any(s.method == SPEC.name for s in steps):
+        raise ConfigError(f"{what}: the space needs an elastic step before it")
+    if settings.exits is False:
+        raise ConfigError(f"{what}: train the student with them (elastic: {{exits: true}} in {study}, or "
+                          f"leave exits out: it follows the space)")
+    if settings.exits is None:
+        return dataclasses.replace(settings, exits=True)
+    return settings
+
+
+def prepare(inputs: StudyInputs, settings: ElasticSettings) -> Prepared:
+    """The study's elastic student (cached; trained once on first use): its key for the trials' steps,
+    and its record (key, settings, training seconds) for the study's provenance."""
+    from ..elastic import get_elastic_student
+
+    student = get_elastic_student(inputs.teacher, inputs.teacher_hash, inputs.data, settings, inputs.train_subset,
+                                  inputs.progress)
+    return Prepared(params={"student": student.key},
+                    record={"key": student.key, "settings": settings.to_dict(), "train_s": student.info.get("train_s")})
+
+
+def ensure(params: Sequence[Mapping[str, Any]], record: Mapping[str, Any] | None, inputs: StudyInputs) -> None:
+    """The students a recipe's ``elastic`` steps slice, in this machine's cache: rebuilt from the recipe's
+    ``record`` of its study's student when missing."""
+    from ..elastic.store import ensure_students
+
+    keys = {p.get("student") for p in params}
+    if keys:
+        ensure_students(keys, record, inputs.teacher, inputs.teacher_hash, inputs.data, inputs.train_subset,
+                        inputs.progress)
+
+
+def model_refusal(adapter: ArchAdapter, model: nn.Module) -> str | None:
+    """A model of a family the student supports whose layers cannot be prefix-sliced while it trains."""
+    if adapter.separate_position_projections(model):
+        return ("its separate relative-position projections (share_att_key: false) are not prefix-sliced while "
+                "the elastic student trains")
+    return None
+
+
+STUDY = StudyHook(prepare=prepare, ensure=ensure, settle=settle)
+
 SPEC = register(
     "elastic",
     ElasticConfig,
@@ -238,4 +304,6 @@ SPEC = register(
     summary="slice a trained sub-network (depth, heads, FFN, hidden width) out of the elastic student: no training "
             "per trial",
     check_shapes=check_shapes,
+    model_refusal=model_refusal,
+    study=STUDY,
 )

@@ -15,7 +15,7 @@ training twice over: in training mode the forward multiplies the weight by the m
 pruned weights get zero gradients), and a hook in ``ctx.post_step_hooks`` re-zeroes them
 after every optimiser step.
 
-Size (``autosqueeze_nbytes``): what a real sparse format stores, never less. ``kernel:
+Size (a ``capabilities.StoredSize`` module): what a real sparse format stores, never less. ``kernel:
 dense``: the smallest of dense (4 B/weight), a bitmap (4 B per nonzero + 1 bit per
 position) and CSR (4 B value + 4 B int32 column index per nonzero + 4 B per row pointer);
 ``kernel: csr``: CSR. At 50% sparsity the bitmap saves ~47%, CSR nothing. Parameter counts
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..capabilities import StoredSize
 from .common import checked_parts, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import Stage, register
@@ -66,7 +67,7 @@ class PruneUnstructuredConfig:
         object.__setattr__(self, "parts", checked_parts(self.parts, PARTS))
 
 
-class SparseLinear(nn.Linear):
+class SparseLinear(nn.Linear, StoredSize):
     """A Linear whose pruned weights stay zero; optionally multiplied as sparse CSR in inference."""
 
     mask: torch.Tensor
@@ -220,4 +221,7 @@ SPEC = register(
     stage=Stage.SPARSIFY,
     family="unstructured pruning",
     summary="magnitude pruning to an exact sparsity (global or per layer); dense or sparse CSR kernels",
+    runtime_limits=lambda config: {"onnxruntime": "CSR sparse kernels have no ONNX operator"}
+    if config.kernel == "csr" else {},
+    size_modules=(SparseLinear,),
 )

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capabilities import LookupTables
 from .context import MethodContext
 from .decompose_svd import FactorizedEmbedding
 from .registry import MethodError, Stage, register
@@ -64,7 +65,7 @@ class PruneVocabConfig:
             raise ValueError(f"scan_batches must be an int >= 1, got {self.scan_batches!r}")
 
 
-class PrunedVocabEmbedding(nn.Module):
+class PrunedVocabEmbedding(nn.Module, LookupTables):
     """``inner(remap[ids])``: original token ids → rows of a smaller table (unknown → [UNK])."""
 
     autosqueeze_lookup_buffers = ("remap",)  # counted by measure.size (an integer table the model needs)
@@ -214,4 +215,5 @@ SPEC = register(
     stage=Stage.DECOMPOSE,
     family="vocabulary pruning",
     summary="keep the word-embedding rows of the tokens in the training data (+ specials); others map to [UNK]",
+    size_modules=(PrunedVocabEmbedding,),
 )

@@ -147,4 +147,5 @@ SPEC = register(
     trains=True,
     family="quantization",
     summary="quantization-aware distillation: fake-quantized weights (STE), then a real quantization step",
+    final_as_is=True,  # its own distillation is the recovery: finalize leaves a QAT recipe as it is
 )

@@ -67,4 +67,6 @@ SPEC = register(
     data_free=True,
     family="quantization",
     summary="int8 weights, dynamic int8 activations for Linear layers (CPU)",
+    graph_int8="dynamic",  # ONNX Runtime's dynamic quantizer on the same Linears of the float graph
+    int8_reference=True,  # the study's int8 references: the teacher with this step alone, in each runtime
 )

@@ -16,7 +16,7 @@ folder stores the quantized tables (integers + scales) and loads them as they ar
 Composes with ``quantize_dynamic`` / ``quantize_weights`` / ``cast_precision`` on the encoder;
 a table an earlier step already quantized or cast is refused.
 
-Size (via ``autosqueeze_nbytes``): int8 one byte per weight, int4 half a byte (packed),
+Size (a ``capabilities.StoredSize`` module): int8 one byte per weight, int4 half a byte (packed),
 plus 4 bytes per row (per group) of scales: an int8 word table is ~1/4 of its fp32 bytes.
 Latency: unchanged (a gather and a multiply per looked-up row).
 """
@@ -89,4 +89,5 @@ SPEC = register(
     data_free=True,  # from the weights alone: the probe build is the final model
     family="quantization",
     summary="int8/int4 embedding tables with per-row scales, dequantized on lookup; buys size with embeddings",
+    size_modules=(WeightOnlyEmbedding,),
 )

@@ -15,9 +15,9 @@ static int8 Linear on this CPU for such a model (eager static quantization adds 
 and a dequantize around every Linear and loses to ``quantize_dynamic``), so the PyTorch
 model of this step is a faithful *simulation* — :class:`StaticInt8Linear` rounds the
 weights and the input activations to the same int8 grids and multiplies in fp32 — used for
-accuracy (its predictions match the ONNX Runtime graph's up to rounding ties), marked
-``autosqueeze_requires_runtime = "onnxruntime"``; timing it in the ``torch`` runtime is
-refused in one line.
+accuracy (its predictions match the ONNX Runtime graph's up to rounding ties), declared
+ONNX Runtime's (``capabilities.RuntimeBound``: ``bind_runtime``); timing it in the ``torch``
+runtime is refused in one line.
 
 Size: 1 byte per quantized weight + one fp32 scale per output row (+ fp32 bias, + the
 activation scale and zero point); embeddings unchanged. Several quantization steps may
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capabilities import LowPrecision, StaticInt8, StoredSize, bind_runtime
 from ..measure.latency import needs_real_inputs
 from .common import checked_parts, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
@@ -79,7 +80,7 @@ def activation_qparams(rmin: float, rmax: float, activations: str) -> tuple[floa
     return float(scale), int(np.clip(zero, qmin, qmax))
 
 
-class StaticInt8Linear(nn.Module):
+class StaticInt8Linear(nn.Module, StoredSize, LowPrecision, StaticInt8):
     """A Linear with int8 weights (symmetric, per output row or per matrix) whose input is rounded
     to a fixed int8 grid (calibrated range); computes in fp32 what the int8 graph computes."""
 
@@ -190,8 +191,7 @@ def apply(model: nn.Module, config: QuantizeStaticConfig, ctx: MethodContext) ->
             lo, hi = ranges[name]
             replace_module(model, name, StaticInt8Linear(model.get_submodule(name), float(lo), float(hi),
                                                          config.per_channel, config.activations))
-    model.autosqueeze_requires_runtime = RUNTIME
-    model.autosqueeze_runtime_reason = REFUSAL
+    bind_runtime(model, RUNTIME, REFUSAL)
     ctx.decisions["quantized"] = len(names)
     return model.eval()
 
@@ -204,4 +204,6 @@ SPEC = register(
     runtime="onnxruntime",
     family="quantization",
     summary="static int8 (weights and calibrated activations) for Linear layers; deployed by ONNX Runtime (QDQ)",
+    graph_int8="static",  # ONNX Runtime's QDQ quantizer on the float graph, with the calibrated input ranges
+    size_modules=(StaticInt8Linear,),
 )

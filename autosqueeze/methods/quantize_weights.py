@@ -11,7 +11,7 @@ and counted). Activations stay float. The result depends on the weights only, so
 deterministic. Several quantization steps may share a recipe on different parts; a part
 already quantized or cast is refused; a sparse Linear is quantized dense.
 
-Size (via ``autosqueeze_nbytes``): 1 byte per int8 weight or 0.5 per int4 weight, plus one
+Size (a ``capabilities.StoredSize`` module): 1 byte per int8 weight or 0.5 per int4 weight, plus one
 fp32 scale per group (+ fp32 bias); embeddings shrink only when ``embeddings`` is chosen.
 Latency: there is no int4/int8 weight-only matmul kernel on this CPU — dequantizing every
 matrix on every forward costs time. Measured on MiniLM-L6 shapes (batch 1, seq 128, 2
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capabilities import LowPrecision, StoredSize
 from .common import PARTS, checked_parts, plain_linear, replace_module, unquantized_part_weights
 from .context import MethodContext
 from .registry import MethodError, Stage, register
@@ -87,7 +88,7 @@ def _unpack4(p: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), -1).view(*p.shape[:-1], -1).to(torch.int8) - 8
 
 
-class _GroupQuantized(nn.Module):
+class _GroupQuantized(nn.Module, StoredSize, LowPrecision):
     """Storage shared by the Linear and Embedding variants: q (int8, or packed int4) + scales."""
 
     autosqueeze_quantized = True
@@ -179,4 +180,5 @@ SPEC = register(
     family="quantization",
     summary="weight-only int8/int4 (group-wise symmetric), dequantized on the fly; buys size, not speed",
     units_of=lambda config: ("bf16",) if config.compute == "bf16" else (),
+    size_modules=(WeightOnlyLinear, WeightOnlyEmbedding),
 )

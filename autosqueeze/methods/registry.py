@@ -1,8 +1,17 @@
-"""The method registry: the name used in recipes and search spaces → (Config class, apply).
+"""The method registry: the name used in recipes and search spaces → (Config class, apply), and
+what the method can do.
 
 Registration is explicit (each method module calls :func:`register` once, and
 ``methods/__init__.py`` imports the modules); there is no package walking. Duplicate and
 unknown names are errors.
+
+An entry declares what code outside ``methods/`` needs to know of a method, so that nothing
+there compares method names: its stage, whether it trains or is data-free, the runtimes that
+cannot deploy it (:meth:`MethodSpec.runtime_refusal`), the models it cannot take
+(:meth:`MethodSpec.refusal`), the modules it adds that count their own size, whether ONNX
+Runtime redoes its int8 on the float graph, the study's int8 reference (:func:`int8_reference`),
+the recovery step finalize retrains (:func:`recovery_method`) and what a study prepares for it
+(``study``: the elastic student). The hook types are in :mod:`.hooks`.
 """
 from __future__ import annotations
 
@@ -14,9 +23,11 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError
+from ..arch import ArchAdapter, get_adapter
+from ..errors import UnsupportedArchitectureError, UserError
 from ..typecheck import type_problems
 from .context import MethodContext
+from .hooks import GraphInt8, ModelRefusal, RecoveryParams, RuntimeLimits, StudyHook
 
 
 class Stage(IntEnum):
@@ -67,6 +78,20 @@ class MethodSpec:
     # a method data-free for some configs only (early_exit with training: elastic): which ones (``data_free``
     # True: all of them)
     data_free_when: Callable[[Any], bool] | None = None
+    # --- what else it can do (read outside methods/ instead of its name)
+    # config -> {runtime: why that runtime cannot deploy it} (early exit's per-batch depth, a CSR kernel: not ONNX)
+    runtime_limits: RuntimeLimits | None = None
+    # why a model of a family that allows the method cannot take it (the family's own refusals: ArchAdapter.refused)
+    model_refusal: ModelRefusal | None = None
+    # the module classes it puts into a model that say what they add to its size (capabilities.StoredSize: their
+    # own stored bytes; capabilities.LookupTables: integer tables that count in bytes)
+    size_modules: tuple[type, ...] = ()
+    graph_int8: GraphInt8 | None = None  # int8 that ONNX Runtime redoes on the float graph (export_for_deployment)
+    int8_reference: bool = False  # the plain int8 of the study's references (whose speedup says if int8 pays here)
+    recovery: RecoveryParams | None = None  # the recovery step finalize retrains at the final budget: its params then
+    final_as_is: bool = False  # trains itself at full fidelity: finalize leaves a recipe with it as it is (QAT)
+    legacy_units: bool = False  # its units dropped steps before the machine probe's units rule (older studies)
+    study: StudyHook | None = None  # what a study makes for it before its first trial (the elastic student)
 
     def is_data_free(self, params: dict[str, Any] | None) -> bool:
         """Whether a step with ``params`` is data-free (applying it in probe mode gives the final model):
@@ -97,7 +122,28 @@ class MethodSpec:
             refused, why = UNIT_REFUSALS.get(unit, ("", ""))
             if refused == runtime:
                 return why
+        if self.runtime_limits is not None:
+            try:
+                return self.runtime_limits(self.make_config(params)).get(runtime)
+            except MethodError:
+                return None  # params that make no config: the config check says why elsewhere
         return None
+
+    def refusal(self, model: nn.Module, adapter: ArchAdapter | None = None) -> str | None:
+        """Why ``model`` cannot take this method (None: it can): its architecture family refuses it
+        (``ArchAdapter.refused``), or this model of the family (``model_refusal``)."""
+        adapter = adapter or get_adapter(model)
+        why = adapter.refusal(self.name)
+        if why is None and self.model_refusal is not None:
+            why = self.model_refusal(adapter, model)
+        return why
+
+    def check_model(self, model: nn.Module, adapter: ArchAdapter | None = None) -> None:
+        """Raise a one-line UnsupportedArchitectureError when ``model`` cannot take this method."""
+        adapter = adapter or get_adapter(model)
+        why = self.refusal(model, adapter)
+        if why is not None:
+            raise UnsupportedArchitectureError(f"{self.name} is not supported for {adapter.family} models: {why}")
 
     def make_config(self, params: dict[str, Any] | None) -> Any:
         """Build and validate the method's Config from a plain dict (recipe or search)."""
@@ -135,13 +181,23 @@ def register(
     check_shapes: ShapeCheck | None = None,
     units_of: UnitsOf | None = None,
     data_free_when: Callable[[Any], bool] | None = None,
+    runtime_limits: RuntimeLimits | None = None,
+    model_refusal: ModelRefusal | None = None,
+    size_modules: tuple[type, ...] = (),
+    graph_int8: GraphInt8 | None = None,
+    int8_reference: bool = False,
+    recovery: RecoveryParams | None = None,
+    final_as_is: bool = False,
+    legacy_units: bool = False,
+    study: StudyHook | None = None,
 ) -> MethodSpec:
     if name in _REGISTRY:
         raise MethodError(f"method {name!r} is already registered")
     if not dataclasses.is_dataclass(config_cls):
         raise MethodError(f"method {name!r}: config must be a dataclass")
     spec = MethodSpec(name, config_cls, apply, stage, version, trains, data_free, runtime, family, summary,
-                      check_shapes, units_of, data_free_when)
+                      check_shapes, units_of, data_free_when, runtime_limits, model_refusal, size_modules,
+                      graph_int8, int8_reference, recovery, final_as_is, legacy_units, study)
     _REGISTRY[name] = spec
     return spec
 
@@ -157,6 +213,34 @@ def get_method(name: str) -> MethodSpec:
 
 def method_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def method_specs() -> list[MethodSpec]:
+    """Every registered entry, by name."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def _sole(what: str, test: Callable[[MethodSpec], bool]) -> MethodSpec:
+    found = [spec for spec in method_specs() if test(spec)]
+    if len(found) != 1:
+        raise MethodError(f"{len(found)} registered methods are {what} ({[s.name for s in found]}); there must be one")
+    return found[0]
+
+
+def int8_reference() -> MethodSpec:
+    """The method of the study's plain int8 references (``quantize_dynamic``): where its reference
+    runs no faster than fp32, the study's steps of it are not offered (search/machine.py)."""
+    return _sole("the int8 reference", lambda spec: spec.int8_reference)
+
+
+def recovery_method() -> MethodSpec:
+    """The recovery step finalize retrains at the final budget (``distill``)."""
+    return _sole("the recovery step", lambda spec: spec.recovery is not None)
+
+
+def graph_int8_methods() -> tuple[str, ...]:
+    """The methods whose int8 ONNX Runtime redoes on the float graph (``graph_int8``)."""
+    return tuple(spec.name for spec in method_specs() if spec.graph_int8 is not None)
 
 
 def config_to_params(config: Any) -> dict[str, Any]:

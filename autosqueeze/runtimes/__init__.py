@@ -64,24 +64,15 @@ def ort_runner(model: nn.Module, profile: HardwareProfile, *, float_model: nn.Mo
 
 
 def step_refusal(method: str, params: dict[str, Any], runtime: str) -> str | None:
-    """Why a recipe step cannot deploy in ``runtime``, known from the step alone (None: it may).
-
-    The registry's answer first (``MethodSpec.runtime_refusal``: the method's own runtime, as
-    quantize_static is ONNX Runtime only, and the units its params compute with, as bf16 has no
-    ONNX Runtime kernel), then for ONNX Runtime the structures no graph expresses (see
-    :func:`autosqueeze.runtimes.onnx_export.unsupported_reason`, which checks the built model).
+    """Why a recipe step cannot deploy in ``runtime``, known from the step alone (None: it may): the
+    registry's answer (``MethodSpec.runtime_refusal``: the method's own runtime, as quantize_static is
+    ONNX Runtime only; the units its params compute with, as bf16 has no ONNX Runtime kernel; and its
+    ``runtime_limits``, the structures no ONNX graph expresses: early exit's per-batch depth, a CSR
+    kernel). :func:`autosqueeze.runtimes.onnx_export.unsupported_reason` checks the built model.
     """
     from ..methods import get_method
 
-    why = get_method(method).runtime_refusal(params, runtime)
-    if why is not None:
-        return why
-    if runtime == "onnxruntime":
-        if method == "early_exit":
-            return "early exit decides its depth per batch: an ONNX graph would freeze one path"
-        if method == "prune_unstructured" and params.get("kernel") == "csr":
-            return "CSR sparse kernels have no ONNX operator"
-    return None
+    return get_method(method).runtime_refusal(params, runtime)
 
 
 def offered_runtimes(steps: Any, runtimes: tuple[str, ...] | list[str]) -> list[str]:

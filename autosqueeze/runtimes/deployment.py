@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from ..capabilities import RuntimeBound
 from ..errors import UserError
 from ..measure import paired as paired_timing
 from ..measure.latency import HardwareProfile, LatencySettings, LatencyStats, measure_latency
@@ -51,11 +52,11 @@ class RuntimeRefused(UserError, ValueError):
 
 def check_runtime(model: nn.Module, runtime: str) -> None:
     """Refuse, in one line, to time or deploy ``model`` in ``runtime`` when one of its steps needs
-    another (``quantize_static``: ONNX Runtime; its PyTorch model only simulates int8)."""
-    need = getattr(model, "autosqueeze_requires_runtime", None)
-    if need not in (None, runtime):
-        raise RuntimeRefused(getattr(model, "autosqueeze_runtime_reason", None)
-                             or f"this model needs runtime {need}, not {runtime}")
+    another (a :class:`~autosqueeze.capabilities.RuntimeBound` model: ``quantize_static``'s needs ONNX Runtime;
+    its PyTorch model only simulates int8)."""
+    if isinstance(model, RuntimeBound) and model.autosqueeze_requires_runtime not in (None, runtime):
+        raise RuntimeRefused(model.autosqueeze_runtime_reason
+                             or f"this model needs runtime {model.autosqueeze_requires_runtime}, not {runtime}")
 
 
 def _vocab(model: Any) -> int:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..capabilities import StaticInt8
 from ..measure.latency import needs_real_inputs
 from .onnx_base import OnnxUnavailable, OnnxUnsupported, check_export, example_inputs, one_line, quiet_fds, require
 from .variants import DeployVariant, resolve_variant
@@ -225,8 +226,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, exporter: str | None = No
     raise OnnxUnsupported("; ".join(errors))
 
 
-# --- what a recipe deploys: int8 redone in the graph ----------------------------------------
-GRAPH_INT8 = ("quantize_dynamic", "quantize_static")  # steps ONNX Runtime redoes on the float graph
+# --- what a recipe deploys: int8 redone in the graph (the steps whose registry entry says graph_int8) --
 
 
 def _has_packed_int8(model: nn.Module) -> bool:
@@ -234,9 +234,9 @@ def _has_packed_int8(model: nn.Module) -> bool:
 
 
 def _static_ranges(model: nn.Module) -> dict[str, tuple[float, float]]:
-    """Calibrated input ranges of the deployed model's static int8 Linears (``quantize_static``)."""
+    """Calibrated input ranges of the deployed model's static int8 Linears (``capabilities.StaticInt8``)."""
     return {name: (float(m.rmin), float(m.rmax)) for name, m in model.named_modules()
-            if getattr(m, "autosqueeze_static_int8", False)}
+            if isinstance(m, StaticInt8) and m.autosqueeze_static_int8}
 
 
 def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn.Module | None = None,
@@ -255,6 +255,7 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     kernels; an explicit ``exporter`` wins over the variant's.
     """
     from ..builder import quantize_start, replay
+    from ..methods import get_method, graph_int8_methods
     from ..methods.common import is_quantized_module, part_weights
     from .fusion import fuse_graph
     from .onnx_int8 import quantize_onnx_dynamic, quantize_onnx_static
@@ -262,7 +263,8 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
     chosen = resolve_variant(variant, recipe)
     path = Path(path)
     steps = [] if recipe is None else recipe.steps[quantize_start(recipe):]
-    int8 = [s for s in steps if s.method in GRAPH_INT8]
+    graph_int8 = graph_int8_methods()
+    int8 = [s for s in steps if s.method in graph_int8]
     if not int8:
         if _has_packed_int8(model):
             raise OnnxUnsupported("PyTorch's packed int8 layers cannot be exported; pass the recipe and float model")
@@ -288,13 +290,13 @@ def export_for_deployment(model: nn.Module, path: str | Path, *, float_model: nn
 
     adapter = get_adapter(float_model)
     base = float_model
-    if any(s.method not in GRAPH_INT8 for s in steps):  # e.g. bf16 embeddings + int8 encoder: cast first,
-        base = replay(recipe, float_model, part="quantize", skip=GRAPH_INT8)  # then int8 in the graph
+    if any(s.method not in graph_int8 for s in steps):  # e.g. bf16 embeddings + int8 encoder: cast first,
+        base = replay(recipe, float_model, part="quantize", skip=graph_int8)  # then int8 in the graph
     float_path = path.with_name(f".{path.stem}.float.onnx")
     fused_path = path.with_name(f".{path.stem}.fused.onnx")
     try:
         info = export_onnx(base, float_path, exporter=exporter, variant=chosen)
-        if int8[0].method == "quantize_dynamic":
+        if get_method(int8[0].method).graph_int8 == "dynamic":
             from .onnx_int8 import matmul_nodes, weight_matmuls
 
             targets = set()

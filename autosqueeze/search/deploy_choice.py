@@ -67,10 +67,11 @@ def measure_variant(sc: Any) -> dict[str, Any]:
     """Time the candidate variants of the study's int8 teacher on this machine (paired with the fp32
     teacher, as trials are timed) and check their dev predictions; the record to store."""
     from ..builder import replay
+    from ..methods import int8_reference
     from ..runtimes.deploy_variants import choose_variant
 
     teacher = sc.teacher.model.eval()
-    recipe = Recipe(steps=[Step("quantize_dynamic", {})])
+    recipe = Recipe(steps=[Step(int8_reference().name, {})])  # the study's int8 reference: the teacher, int8
     float_model = replay(recipe, teacher, [{}], part="float").eval()
     deployed = replay(recipe, float_model, [{}], part="quantize").eval()
     dev = sc.data.dev[:DEV_EXAMPLES]

@@ -18,8 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..measure.assessment import Measurement
-from ..methods import Stage, get_method
+from ..methods import Stage, get_method, recovery_method
 from ..recipe import Recipe, Step
 from ..study_config import FinalizeSettings, StudyConfig
 from ..train import Progress
@@ -32,9 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def final_recipe(recipe: Recipe, settings: FinalizeSettings) -> Recipe:
-    """The recipe trained at full fidelity: its ``distill`` step at ``settings.steps``, or a
-    distillation step inserted after the structural steps (a recipe that changes no structure,
-    or trains with QAT, is returned unchanged).
+    """The recipe trained at full fidelity: its recovery step (the registry's ``recovery_method``:
+    ``distill``) at ``settings.steps``, or one inserted after the structural steps (a recipe that
+    changes no structure, or with a method that trains itself at full fidelity, ``final_as_is``:
+    QAT, is returned unchanged).
 
     Only training changes: every other step (the slice, a pruned vocabulary, the precision, the
     embedding tables, each with its params) stays as the search chose it, in its order, and so
@@ -42,19 +42,18 @@ def final_recipe(recipe: Recipe, settings: FinalizeSettings) -> Recipe:
     result equals that of ``recipe`` (``run_finalize`` checks it)."""
     steps = list(recipe.steps)
     methods = [s.method for s in steps]
-    bf16 = {"bf16": True} if settings.bf16 else {}  # left out when off: recipes finalized before keep their form
-    params = {"steps": settings.steps, "lr": settings.lr, "temperature": settings.temperature,
-              "alpha_logits": 1.0, "alpha_hidden": settings.alpha_hidden, **bf16}
-    if "qat" in methods or settings.steps == 0:
+    recovery = recovery_method()
+    assert recovery.recovery is not None  # what recovery_method finds
+    if any(get_method(m).final_as_is for m in methods) or settings.steps == 0:
         return recipe
-    if "distill" in methods:
-        i = methods.index("distill")
-        steps[i] = Step("distill", {**steps[i].params, "steps": settings.steps, **bf16}, steps[i].version)
+    if recovery.name in methods:
+        i = methods.index(recovery.name)
+        steps[i] = Step(recovery.name, recovery.recovery(steps[i].params, settings), steps[i].version)
     else:
         structural = [i for i, s in enumerate(steps) if get_method(s.method).stage < Stage.TRAIN]
         if not structural:
             return recipe
-        steps.insert(structural[-1] + 1, Step("distill", params, get_method("distill").version))
+        steps.insert(structural[-1] + 1, Step(recovery.name, recovery.recovery(None, settings), recovery.version))
     return Recipe(steps=steps, base_model=recipe.base_model, task=recipe.task, seed=recipe.seed,
                   teacher=recipe.teacher, data=recipe.data, profile=recipe.profile, versions=recipe.versions,
                   notes=[*recipe.notes, f"final fidelity: distilled {settings.steps} steps from the teacher"])
@@ -133,13 +132,14 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
         log.info("finalizing trial %d (%d/%d)", record.number, k + 1, len(candidates))
         keep: dict[str, Any] = {}
         result = evaluate_recipe(recipe, sc, keep=keep)
-        recipe.measured = {**Measurement.from_dict(result).recorded(), "fidelity": "final"}
+        recipe.measured = {**result.measurement.recorded(), "fidelity": "final"}
         if save_dir is not None and "built" in keep:
             from ..artifact import save_compressed
 
             save_compressed(keep["built"], recipe, sc.teacher.tokenizer, sc.teacher.model.config,
                             Path(save_dir) / f"trial-{record.number}", recipe.measured, check_plain=False)
-        final = TrialRecord(recipe=recipe.to_dict(), methods=tuple(s.method for s in recipe.steps)).with_result(result)
+        final = TrialRecord(recipe=recipe.to_dict(), methods=tuple(s.method for s in recipe.steps)).with_result(
+            result.to_dict())
         finals[str(record.number)] = {**final.to_attrs(), "settings": asdict(settings), "search_metric": record.metric,
                                       "search_latency_ms": record.latency_ms}
         StudyRecord(final=finals).write(study)  # stored as it comes: a kill loses one candidate at most

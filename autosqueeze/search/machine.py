@@ -9,7 +9,8 @@ fingerprint (``fingerprint.probe``) when the study is created, and the study dro
 from its space before the first trial (:func:`drop_slow_steps`), saying so in one log line.
 The study's dynamic int8 references (the teacher's PyTorch and ONNX Runtime int8 copies, timed
 once per study, paired with the fp32 teacher) join the probe as ``int8_speedup``: where no runtime
-the study deploys with runs int8 faster than fp32, ``quantize_dynamic`` is dropped the same way;
+the study deploys with runs int8 faster than fp32, the steps of the references' method (the registry's
+``int8_reference``: ``quantize_dynamic``) are dropped the same way;
 where only some do, a trial whose recipe quantizes is not offered the others
 (:func:`int8_not_faster`, read by ``search.space.suggest_runtime``).
 A study created before the probe existed records none and keeps its space as it was (its
@@ -51,8 +52,8 @@ def missing_units(step: StepSpace, probe: Mapping[str, Any]) -> list[str]:
     ``cast_precision`` dtype bf16 or ``quantize_weights`` compute bf16) that the probe says this CPU
     lacks (``<unit>_units: false``; unknown counts as present)."""
     spec = get_method(step.method)
-    if probe.get("units_rule") != UNITS_RULE and step.method != "cast_precision":
-        return []  # a study's probe from before the rule: its space stays as it was created
+    if probe.get("units_rule") != UNITS_RULE and not spec.legacy_units:
+        return []  # a study's probe from before the rule: its space stays as it was created (bf16 casts dropped)
     needed = [set(spec.units(params)) for params in param_choices(step)]
     always = set.intersection(*needed) if needed else set()
     return sorted(u for u in always if probe.get(f"{u}_units") is False)
@@ -77,7 +78,7 @@ def slow_steps(space: SearchSpace, probe: Mapping[str, Any] | None,
     if runtimes and all(r in slow8 for r in runtimes):
         why = ", ".join(f"{r} {slow8[r]:.2f}x" for r in runtimes)
         out.update({s.id: f"dynamic int8 runs no faster than the fp32 teacher on this machine ({why})"
-                    for s in space.steps if s.method == "quantize_dynamic"})
+                    for s in space.steps if get_method(s.method).int8_reference})
     return out
 
 

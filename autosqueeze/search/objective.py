@@ -42,7 +42,7 @@ from ..measure.assessment import Measurement, assess
 from ..measure.latency import fixed_threads
 from ..measure.metrics import evaluate
 from ..measure.paired import Timing, baseline_settings, needs_real_inputs, timing_inputs
-from ..methods import MethodContext, get_method
+from ..methods import MethodContext, get_method, int8_reference
 from ..methods.context import TeacherOutputCache
 from ..recipe import Recipe, Step
 from ..runtimes import OnnxUnavailable
@@ -56,6 +56,7 @@ from .early_stop import EarlyStopper, EarlyStopSettings, TrialStoppedEarly, tota
 from .pareto import Baselines
 from .space import suggest_runtime
 from .trial_record import TrialRecord
+from .trial_result import TrialResult
 
 log = logging.getLogger(__name__)
 INFEASIBLE_METRIC = 0.0  # objective value reported for trials stopped by the budget
@@ -83,7 +84,8 @@ class SearchContext:
     teacher_outputs: TeacherOutputCache = field(default_factory=TeacherOutputCache)  # shared by every trial
     paired_baseline: bool = True  # time each new candidate alternately with the teacher (measure/paired.py)
     timing_cache: dict[str, Timing] = field(default_factory=dict)
-    elastic_key: str | None = None  # the elastic student a space's ``elastic`` step slices (study.prepare_elastic)
+    # method -> the params its study hook prepared for its steps (the elastic student's {"student": key}; study.prepare)
+    prepared: dict[str, dict[str, Any]] = field(default_factory=dict)
     runtimes: tuple[str, ...] = ()  # those a trial may deploy with (empty: profile.runtime alone)
     deploy_variant: dict[str, Any] | None = None  # the study's ONNX Runtime graph (search.deploy_choice)
     int8_slow: tuple[str, ...] = ()  # runtimes whose int8 reference is not faster than fp32 here (search.machine)
@@ -165,13 +167,16 @@ def trains_nothing(recipe: Recipe) -> bool:
         total_training_steps([(s.method, s.params) for s in recipe.steps]) == 0
 
 
-def bind_elastic(recipe: Recipe, key: str | None) -> Recipe:
-    """Name the study's elastic student in the recipe's ``elastic`` step (a space leaves it open)."""
-    if not any(s.method == "elastic" for s in recipe.steps):
+def bind_prepared(recipe: Recipe, prepared: dict[str, dict[str, Any]]) -> Recipe:
+    """Fill what the study prepared into the recipe's steps whose method has a study hook (the elastic
+    student's key into the ``elastic`` step: a space leaves it open)."""
+    hooked = {s.method for s in recipe.steps if get_method(s.method).study is not None}
+    if not hooked:
         return recipe
-    if key is None:
-        raise RuntimeError("the space slices an elastic student but the study prepared none")
-    steps = [Step(s.method, {**s.params, "student": key}, s.version) if s.method == "elastic" else s
+    missing = sorted(hooked - set(prepared))
+    if missing:
+        raise RuntimeError(f"the space has {', '.join(missing)} steps but the study prepared nothing for them")
+    steps = [Step(s.method, {**s.params, **prepared[s.method]}, s.version) if s.method in hooked else s
              for s in recipe.steps]
     return Recipe(steps=steps, base_model=recipe.base_model, task=recipe.task, seed=recipe.seed,
                   teacher=recipe.teacher, data=recipe.data, profile=recipe.profile, measured=recipe.measured,
@@ -203,8 +208,9 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
         teacher_metrics = evaluate(sc.teacher.model, sc.data, sc.extra_dev, sc.eval_batch_size)
     out: dict[str, dict[str, Any]] = {"teacher": {"metric": teacher_metrics[sc.main_metric],
                                                   "metrics": teacher_metrics, "dev_examples": len(sc.data.dev)}}
+    int8 = int8_reference()  # quantize_dynamic
     for name, runtime in (("int8_baseline", "torch"), ("ort_int8_baseline", "onnxruntime")):
-        recipe = Recipe(steps=[Step("quantize_dynamic", {}, get_method("quantize_dynamic").version)],
+        recipe = Recipe(steps=[Step(int8.name, {}, int8.version)],
                         profile={"runtime": runtime, VARIANT_KEY: PLAIN_VARIANT.to_dict()})  # a plain export
         try:
             built = build(recipe, sc.teacher.model, sc.method_context(recipe.seed, probe=True))
@@ -222,8 +228,9 @@ def reference_points(sc: SearchContext) -> dict[str, dict[str, Any]]:
 
 
 def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[float], float | None] | None = None,
-                    keep: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build, probe, recover and measure one recipe. Returns the values a trial stores.
+                    keep: dict[str, Any] | None = None) -> TrialResult:
+    """Build, probe, recover and measure one recipe: how it ended and what was measured
+    (``TrialResult.to_dict()``: the values a trial stores).
 
     ``reference(latency_ms)`` (the best feasible metric at that latency or faster) turns on
     early stopping; without it every trial within budget trains to the end. With ``keep`` (a
@@ -234,7 +241,7 @@ def evaluate_recipe(recipe: Recipe, sc: SearchContext, reference: Callable[[floa
 
 
 def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.ExitStack,
-                     reference: Callable[[float], float | None] | None, keep: dict[str, Any] | None) -> dict[str, Any]:
+                     reference: Callable[[float], float | None] | None, keep: dict[str, Any] | None) -> TrialResult:
     assert sc.baseline is not None and sc.teacher_size is not None, "call measure_baseline first"
     t0 = time.perf_counter()
     # a recipe that trains nothing but reads data (a joint elastic slice with a pruned vocabulary or static
@@ -252,14 +259,12 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
     runtime = runtime_of(recipe, sc.profile)
     data_dependent = needs_real_inputs(probe_built.model)
     del probe_built
-    result: dict[str, Any] = {**Measurement.of(runtime=runtime, timing=lat, baseline_ms=sc.baseline_ms).to_dict(),
-                              "probe_s": time.perf_counter() - t0}
+    probed = Measurement.of(runtime=runtime, timing=lat, baseline_ms=sc.baseline_ms)
+    probe_s = time.perf_counter() - t0
     # a data-dependent cost (early exit) was probed at full depth, its worst case: judged on its real latency
     # (unless the probe is the final model, exits on: early_exit with the elastic student's heads)
     if sc.budget_ms is not None and lat.latency_ms > sc.budget_ms and (not data_dependent or reuse is not None):
-        result["status"] = "over_budget"
-        result["trial_s"] = time.perf_counter() - t0
-        return result
+        return TrialResult("over_budget", probed, probe_s=probe_s, trial_s=time.perf_counter() - t0)
     ctx = sc.method_context(recipe.seed, probe=False)
     stopper = None
     total = total_training_steps([(s.method, s.params) for s in recipe.steps])
@@ -272,9 +277,9 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
             built = reuse or build(recipe, sc.teacher.model, ctx)
     except TrialStoppedEarly as stop:
         assert stopper is not None  # only the stopper raises TrialStoppedEarly
-        result.update(status="stopped_early", metric=stop.record["metric"], metrics={}, early_stop=stopper.history,
-                      stopped_at=stop.record, trial_s=time.perf_counter() - t0)
-        return result
+        return TrialResult("stopped_early", dataclasses.replace(probed, metric=stop.record["metric"], metrics={}),
+                           probe_s=probe_s, trial_s=time.perf_counter() - t0, early_stop=stopper.history,
+                           stopped_at=stop.record)
     if deployment is None:
         deployment = cleanup.enter_context(deploy(built, recipe, sc.profile))
     final = deployment
@@ -286,10 +291,8 @@ def _evaluate_recipe(recipe: Recipe, sc: SearchContext, cleanup: contextlib.Exit
                       baseline_ms=sc.baseline_ms, teacher_size=sc.teacher_size)
     if keep is not None:
         keep["built"] = built
-    result.update(measured.to_dict(), status="complete", trial_s=time.perf_counter() - t0)
-    if stopper is not None:
-        result["early_stop"] = stopper.history
-    return result
+    return TrialResult("complete", measured, probe_s=probe_s, trial_s=time.perf_counter() - t0,
+                       early_stop=None if stopper is None else stopper.history)
 
 
 def with_provenance(recipe: Recipe, sc: SearchContext) -> Recipe:
@@ -324,7 +327,7 @@ def steps_key(steps: list[dict[str, Any]]) -> str:
     return json.dumps(steps, sort_keys=True, default=str)
 
 
-def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, dict[str, Any]] | None:
+def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, TrialResult] | None:
     """(number, stored result) of a completed trial of ``study`` with the same steps and seed.
 
     A recipe is deterministic (seeded training on the same teacher and data), so a sampler that
@@ -338,7 +341,7 @@ def earlier_result(study: optuna.Study, recipe: Recipe) -> tuple[int, dict[str, 
         if record.status == "complete" and r.get("seed") == recipe.seed and steps_key(r.get("steps", [])) == key \
                 and (r.get("profile") or {}).get("runtime") == (recipe.profile or {}).get("runtime"):
             own = ("worker", "recipe", "methods", "duplicate_of", "dominated_by", "below_floor")
-            return t.number, {k: v for k, v in record.to_attrs().items() if k not in own}
+            return t.number, TrialResult.from_dict({k: v for k, v in record.to_attrs().items() if k not in own})
     return None
 
 
@@ -347,7 +350,7 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
         # the record is written as it grows (each write stores the attributes it holds): a trial
         # that fails or is killed still says who ran it and what it was
         TrialRecord(worker=worker_identity()).write(trial)
-        recipe = with_provenance(bind_elastic(space.suggest(trial), sc.elastic_key), sc)
+        recipe = with_provenance(bind_prepared(space.suggest(trial), sc.prepared), sc)
         TrialRecord(methods=tuple(s.method for s in recipe.steps), recipe=recipe.to_dict()).write(trial)
         try:
             recipe.profile["runtime"] = suggest_runtime(trial, recipe, sc.runtimes or (sc.profile.runtime,),
@@ -357,27 +360,28 @@ def make_objective(space, sc: SearchContext) -> Callable[[optuna.Trial], tuple[f
             TrialRecord(runtime=recipe.profile["runtime"], recipe=recipe.to_dict()).write(trial)
             t0 = time.perf_counter()
             earlier = earlier_result(trial.study, recipe)
-            if earlier is not None and (sc.budget_ms is None or earlier[1]["latency_ms"] <= sc.budget_ms):
+            if earlier is not None and (sc.budget_ms is None or (earlier[1].latency_ms or 0.0) <= sc.budget_ms):
                 TrialRecord(duplicate_of=earlier[0]).write(trial)
-                result = {**earlier[1], "trial_s": time.perf_counter() - t0}
+                result = dataclasses.replace(earlier[1], trial_s=time.perf_counter() - t0)
             else:
                 result = evaluate_recipe(recipe, sc, front_reference(trial.study))
-            metric = result.get("metric", INFEASIBLE_METRIC)
+            metric = INFEASIBLE_METRIC if result.metric is None else result.metric
             if metric != metric:  # NaN metric (e.g. degenerate correlation): a failure, with its reason
                 raise FloatingPointError("task metric is NaN")
         except Exception as err:
             TrialRecord(status="failed", error=f"{type(err).__name__}: {err}"[:2000]).write(trial)
             raise
-        over = 0.0 if sc.budget_ms is None else result["latency_ms"] - sc.budget_ms
+        assert result.latency_ms is not None  # every trial is timed (the probe) before anything else
+        over = 0.0 if sc.budget_ms is None else result.latency_ms - sc.budget_ms
         trial.set_constraint("latency_budget_ms", over)
-        recipe.measured = Measurement.from_dict(result).recorded()
-        record = TrialRecord(recipe=recipe.to_dict()).with_result(result)
+        recipe.measured = result.measurement.recorded()
+        record = TrialRecord(recipe=recipe.to_dict()).with_result(result.to_dict())
         if record.status == "complete":  # the dashboard shows what the report says: off the front, and why
             baselines = Baselines.from_attrs(trial.study.user_attrs)
             ref = baselines.dominating(record)
             record = dataclasses.replace(record, dominated_by=None if ref is None else ref.key,
                                          below_floor=baselines.below_floor(record))
         record.write(trial)
-        return float(metric), float(result["latency_ms"])
+        return float(metric), float(result.latency_ms)
 
     return objective

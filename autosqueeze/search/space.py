@@ -154,6 +154,12 @@ class StepSpace:
     def fixed_params(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in self.fixed.items()}
 
+    def may_take(self, param: str) -> tuple[Any, ...]:
+        """The values ``param`` may take in this step: its fixed value, or its knob's choices (a numeric
+        range gives none)."""
+        fixed = self.fixed_params()
+        return ((fixed[param],) if param in fixed else ()) + tuple(getattr(self.dists.get(param), "choices", ()))
+
     def resolve(self, sizes: dict[str, int]) -> StepSpace:
         return dataclasses.replace(self, dists={k: d.resolve(sizes) for k, d in self.dists.items()})
 
@@ -204,7 +210,7 @@ class SearchSpace:
         from ..arch import get_adapter
 
         adapter = get_adapter(model)
-        refused = {s.id: why for s in self.steps for why in [adapter.refusal(s.method, model)] if why}
+        refused = {s.id: why for s in self.steps for why in [get_method(s.method).refusal(model, adapter)] if why}
         for s in self.steps:
             needed = not s.optional and (not s.choice or all(m.id in refused for m in self.groups()[s.choice]))
             if s.id in refused and needed:
@@ -559,15 +565,16 @@ def suggest_runtime(trial: optuna.Trial, recipe: Recipe, runtimes: tuple[str, ..
     parameter is ``runtime`` when every listed runtime is offered, and ``runtime.<a>+<b>`` for a
     smaller set; a single offered runtime is not suggested at all. None offered: a SpaceError
     that names the step each runtime refuses.
-    A recipe with a dynamic int8 step is not offered the runtimes in ``int8_slow`` (whose int8
-    reference runs no faster than the fp32 teacher here) while another runtime can run it.
+    A recipe with a step of the int8 reference's method (``MethodSpec.int8_reference``: dynamic int8) is
+    not offered the runtimes in ``int8_slow`` (whose int8 reference runs no faster than the fp32 teacher
+    here) while another runtime can run it.
     """
     from ..runtimes import offered_runtimes, step_refusal
 
     runtimes = tuple(runtimes)
     offered = offered_runtimes(recipe.steps, runtimes)
     fast = [r for r in offered if r not in int8_slow]
-    if fast and len(fast) < len(offered) and any(s.method == "quantize_dynamic" for s in recipe.steps):
+    if fast and len(fast) < len(offered) and any(get_method(s.method).int8_reference for s in recipe.steps):
         offered = fast
     if not offered:
         why = "; ".join(f"{r}: {reason}" for r in runtimes for s in recipe.steps

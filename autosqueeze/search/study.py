@@ -9,7 +9,6 @@ each trial a worker counts the finished trials plus those running elsewhere.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ from ..data import load_task_data
 from ..errors import TrialsKeepFailing
 from ..measure.latency import HardwareProfile, fixed_threads
 from ..measure.metrics import majority_reference
+from ..methods import StudyInputs, get_method, method_specs
 from ..models import DEFAULT_MODEL
 from ..runtimes.fingerprint import hardware_fingerprint, library_versions
 from ..study_config import ConfigError, StudyConfig, check_machine, check_name
@@ -148,44 +148,40 @@ def prepare(config: StudyConfig, data_dir: str | None, budget_ms: float | None,
     if space is not None:
         space = space.for_model(teacher.model)  # relative knobs (``of: layers``) in this model's units
         validate_for_model(space, teacher.model, lambda: sc.method_context(config.seed, probe=True))
-        if any(s.method == "elastic" for s in space.steps):
-            prepare_elastic(sc, config, progress)
+        prepare_methods(sc, space, config, progress)
     measure_baseline(sc)
     return sc
 
 
-def resolve_elastic_exits(space: SearchSpace, config: StudyConfig) -> StudyConfig:
-    """The study with its elastic student's exits settled by the space. A space whose ``early_exit``
-    step takes the elastic student's heads (``training: elastic``) needs an ``elastic`` step and a
-    student trained with them: ``elastic.exits`` left out of the study file turns them on, ``false``
-    is refused in one line before any work, not trial by trial. Without such a step the study is
-    returned as it is (``exits`` left out: a student without exits)."""
-    steps = [s for s in space.steps if s.method == "early_exit" and (
-        s.fixed_params().get("training") == "elastic" or "elastic" in getattr(s.dists.get("training"), "choices", ()))]
-    if not steps:
-        return config
-    what = (f"{config.search_space}: step {steps[0].id!r} (early_exit training: elastic) installs the elastic "
-            f"student's exit heads")
-    if not any(s.method == "elastic" for s in space.steps):
-        raise ConfigError(f"{what}: the space needs an elastic step before it")
-    if config.elastic.exits is False:
-        raise ConfigError(f"{what}: train the student with them (elastic: {{exits: true}} in {config.path}, or "
-                          f"leave exits out: it follows the space)")
-    if config.elastic.exits is None:
-        return dataclasses.replace(config, elastic=dataclasses.replace(config.elastic, exits=True))
+def settle_for_space(space: SearchSpace, config: StudyConfig) -> StudyConfig:
+    """The study with the settings its space's steps need settled by the methods' study hooks
+    (``StudyHook.settle``), or a one-line ConfigError before any work: e.g. a space whose
+    ``early_exit`` step takes the elastic student's exit heads turns ``elastic.exits`` on (left
+    out of the study file), and refuses ``false`` or a space without an ``elastic`` step. A study
+    that needs nothing settled is returned as it is."""
+    for spec in method_specs():
+        if spec.study is None or spec.study.settle is None:
+            continue
+        settings = config.method_settings(spec.name)
+        settled = spec.study.settle(space.steps, settings, str(config.search_space), str(config.path))
+        if settled is not settings:
+            config = config.with_method_settings(spec.name, settled)
     return config
 
 
-def prepare_elastic(sc: SearchContext, config: StudyConfig, progress: Progress | None) -> None:
-    """The study's elastic student (cached; trained once on first use), recorded in the provenance."""
-    from ..elastic import get_elastic_student
-
-    with fixed_threads(sc.train_threads):
-        student = get_elastic_student(sc.teacher.model, str(sc.teacher.info.get("weights_hash")), sc.data,
-                                      config.elastic, config.recovery.train_subset, progress)
-    sc.elastic_key = student.key
-    sc.provenance["teacher"]["elastic"] = {"key": student.key, "settings": config.elastic.to_dict(),
-                                           "train_s": student.info.get("train_s")}
+def prepare_methods(sc: SearchContext, space: SearchSpace, config: StudyConfig, progress: Progress | None) -> None:
+    """What the space's methods need made once per study (their study hooks: the elastic student, cached
+    and trained once on first use), into ``sc.prepared`` for the trials and recorded in the provenance
+    under ``teacher.<method>``."""
+    inputs = StudyInputs(teacher=sc.teacher.model, teacher_hash=str(sc.teacher.info.get("weights_hash")), data=sc.data,
+                         train_subset=config.recovery.train_subset, progress=progress)
+    for spec in [get_method(name) for name in space.method_names()]:
+        if spec.study is None:
+            continue
+        with fixed_threads(sc.train_threads):
+            made = spec.study.prepare(inputs, config.method_settings(spec.name))
+        sc.prepared[spec.name] = made.params
+        sc.provenance["teacher"][spec.name] = made.record
 
 
 def _seed_offset(study: optuna.Study, url: str) -> int:
@@ -291,7 +287,7 @@ def run_search(config: StudyConfig, data_dir: str | None, *, trials: int | None 
     check_name(config.name, str(config.path))  # before the teacher: the name is the database's file name
     check_machine(config)
     space = load_space(config.search_space)  # validated before any work
-    config = resolve_elastic_exits(space, config)  # the student trains exit heads where the space uses them
+    config = settle_for_space(space, config)  # e.g. the elastic student trains exit heads where the space uses them
     if len(config.search_runtimes) == 1:  # several: each trial is offered the runtimes its steps allow
         space = space.for_runtime(config.search_runtimes[0])
     budget = budget_ms if budget_ms is not None else config.latency_budget_ms

@@ -175,8 +175,8 @@ class Runner:
 
         t0 = time.perf_counter()
         res = evaluate_recipe(with_provenance(recipe, self.sc), self.sc)
-        return {"metric": res.get("metric"), "speedup": res.get("speedup"), "latency_ms": res.get("latency_ms"),
-                "status": res.get("status", "complete"), "s": round(time.perf_counter() - t0, 1)}
+        return {"metric": res.metric, "speedup": res.speedup, "latency_ms": res.latency_ms,
+                "status": res.status, "s": round(time.perf_counter() - t0, 1)}
 
     def run(self, row: dict[str, Any], struct: dict[str, Any]) -> dict[str, Any]:
         from autosqueeze import final_recipe

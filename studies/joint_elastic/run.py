@@ -12,7 +12,7 @@ Two arms on the headline's setup (``studies/headline/study.yaml``: MiniLM-L6, SS
   by the product, as in any study).
 
 Two elastic students: the joint space's ``early_exit`` step takes the student's exit heads, so its
-study trains the student with ``elastic.exits`` (``search.study.resolve_elastic_exits``: a
+study trains the student with ``elastic.exits`` (``search.study.settle_for_space``: a
 different cache key); ``elastic_int8`` slices the headline's student (exits off, key unchanged).
 Each is trained once and cached in ``$AUTOSQUEEZE_CACHE/elastic`` by the search's own preparation,
 before the study's first trial: training, the teacher, the baseline and the references are never on
@@ -301,14 +301,15 @@ def smoke_setup(root: Path) -> Path:
 
 def prepare_students(base: Any, data_dir: str, results: Path) -> None:
     """The teacher and both elastic students, trained or loaded (what the search prepares before its clock)."""
-    from autosqueeze import load_space, prepare_study, progress_printer, resolve_elastic_exits
+    from autosqueeze import load_space, prepare_study, progress_printer, settle_for_space
 
     for arm in ARMS:
         config = arm_config(base, arm, 0, results)
         space = load_space(config.search_space)
-        config = resolve_elastic_exits(space, config)
+        config = settle_for_space(space, config)
         sc = prepare_study(config, data_dir, None, progress_printer(), space=space)
-        print(f"{arm}: elastic student {sc.elastic_key} (exits: {config.elastic.exits})", flush=True)
+        print(f"{arm}: elastic student {sc.prepared['elastic']['student']} (exits: {config.elastic.exits})",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,7 +97,7 @@ def main() -> int:
         t0 = time.perf_counter()
         keep: dict = {}
         try:
-            res = evaluate_recipe(recipe, sc, keep=keep)
+            res = evaluate_recipe(recipe, sc, keep=keep).to_dict()  # the stored attributes, as the table reads them
             # per runtime: a PyTorch row gets an ONNX Runtime column; a row that deploys in ONNX Runtime
             # only (static int8) has its result as that column and no PyTorch one
             columns = {res.get("runtime", "torch"): res}

@@ -52,7 +52,7 @@ def main() -> int:
     keep: dict = {}
     res = evaluate_recipe(recipe, sc, keep=keep)
     searched = predict(keep["built"].model, sc.data, sc.data.dev, sc.eval_batch_size)
-    recipe.measured = {k: res[k] for k in ("metric", "metrics", "latency_ms", "speedup", "latency")}
+    recipe.measured = res.measurement.to_dict(["metric", "metrics", "latency_ms", "speedup", "latency"])
     with tempfile.TemporaryDirectory(prefix="vocab-roundtrip-") as tmp:
         path = recipe.save(Path(tmp) / "recipe.yaml")
         folder = Path(tmp) / "model"
@@ -70,7 +70,7 @@ def main() -> int:
     out = {
         "row": args.row, "study": config.name, "dev_examples": len(labels),
         "vocab_rows_kept": kept_rows, "vocab_rows_teacher": int(teacher_config.vocab_size),
-        "search_metric": res["metric"], "applied_metric": float((applied == labels).mean()),
+        "search_metric": res.metric, "applied_metric": float((applied == labels).mean()),
         "predictions_equal": int((applied == searched).sum()),
         "predictions_different": int((applied != searched).sum()),
         "recipe": recipe.to_dict()["steps"],
