@@ -149,26 +149,25 @@ def _load_exits(path: str, mtime_ns: int) -> dict[str, torch.Tensor]:  # apart: 
     return load_file(path)
 
 
+def _recorded_orders(key: str, root: Path | None) -> dict[str, Any]:
+    """The importance orders the student's record holds (``heads``, ``neurons``, ``hidden``; {} when unreadable)."""
+    try:
+        return json.loads((student_dir(key, root) / INFO).read_text()).get("orders") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def student_hidden_order(key: str, root: Path | None = None) -> list[int] | None:
     """The teacher hidden dimension of each of the student's (its hidden reordering), or None when
     the student's hidden dimensions are in the teacher's order (trained without an elastic width)."""
-    path = student_dir(key, root) / INFO
-    try:
-        orders = json.loads(path.read_text()).get("orders") or {}
-    except (OSError, ValueError):
-        return None
-    hidden = orders.get("hidden")
+    hidden = _recorded_orders(key, root).get("hidden")
     return [int(i) for i in hidden[0]] if hidden else None
 
 
 def student_head_orders(key: str, root: Path | None = None) -> list[list[int]] | None:
     """The teacher head of each of the student's heads, per layer (its importance reordering), or None
     when the student's record has none (unreadable, or older than the record of the orders)."""
-    path = student_dir(key, root) / INFO
-    try:
-        heads = (json.loads(path.read_text()).get("orders") or {}).get("heads")
-    except (OSError, ValueError):
-        return None
+    heads = _recorded_orders(key, root).get("heads")
     return [[int(h) for h in layer] for layer in heads] if heads else None
 
 
