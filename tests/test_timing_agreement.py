@@ -51,3 +51,30 @@ def test_one_worker_times_every_structure_paired(script):
     assert set(out["structures"]) == set(script.STRUCTURES)
     assert all(s["speedup"] > 0 and s["teacher_paired_ms"] > 0 for s in out["structures"].values())
     assert out["structures"]["ort_int8"]["runtime"] == "onnxruntime"
+
+
+def test_before_after_compares_each_sides_median_with_the_before_range(script):
+    before = [_run(a=2.0, b=1.0, only_before=3.0), _run(a=2.2, b=1.02)]
+    after = [_run(a=2.1, b=1.2), _run(a=2.3, b=1.3)]
+    ba = script.before_after(before, after, tolerance=0.05)
+    assert set(ba) == {"a", "b"}  # a structure one side did not time is left out
+    assert ba["a"]["before"] == pytest.approx(2.1) and ba["a"]["after"] == pytest.approx(2.2)
+    assert ba["a"]["ratio"] == pytest.approx(2.2 / 2.1) and ba["a"]["same"]  # inside [2.0, 2.2]
+    assert ba["b"]["before_range"] == [1.0, 1.02] and not ba["b"]["same"]  # 1.25 > 1.02 * 1.05
+
+
+def test_markdown_has_the_before_after_section_only_when_compared(script):
+    before, after = [_run(a=2.0), _run(a=2.1)], [_run(a=2.05), _run(a=2.02)]
+    result = {"command": "c", "runs": after, "tolerance": 0.05, "profile": {"batch_size": 1, "seq_len": 128},
+              "fingerprint": {}, "agreement": script.agreement(after)}
+    assert "Before and after" not in script.to_markdown(result)
+    result.update({"after_commit": "bbb", "before": {"tree": "../before", "commit": "aaa", "runs": before},
+                   "before_after": script.before_after(before, after)})
+    md = script.to_markdown(result)
+    assert "## Before and after" in md and "aaa" in md and "bbb" in md
+    assert "| a | 2.050x (2.000, 2.100) | 2.035x (2.050, 2.020) | 0.993 | yes |" in md
+
+
+def test_before_must_be_a_checkout_of_the_project(script, tmp_path):
+    with pytest.raises(SystemExit, match="no studies/timing_agreement/run.py"):
+        script.main(["--before", str(tmp_path), "--out", str(tmp_path / "out")])

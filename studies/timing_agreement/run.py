@@ -2,6 +2,13 @@
 
     python studies/timing_agreement/run.py                    # 3 processes, one after another
     python studies/timing_agreement/run.py --processes 5 --rounds 400
+    python studies/timing_agreement/run.py --before ../before   # a checkout of an earlier commit, alternated
+
+With ``--before TREE`` (a checkout of an earlier commit of this project), the processes alternate
+between that tree's worker and this one's in ABBA order (before, after, after, before, ...;
+``--processes`` of each), and the result adds, per structure, both sides' median speedups, their
+ratio and whether the after-median lies within the before-processes' range widened by the
+tolerance: the behaviour check of a refactor on one machine in one sitting.
 
 Each process (this script with ``--worker``) loads the model (the packaged MiniLM-L6 by
 default, with a classification head; the weights do not change the cost), builds the
@@ -25,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -62,6 +70,22 @@ def agreement(runs: list[dict[str, Any]], tolerance: float = TOLERANCE) -> dict[
     return out
 
 
+def before_after(before: list[dict[str, Any]], after: list[dict[str, Any]],
+                 tolerance: float = TOLERANCE) -> dict[str, dict[str, Any]]:
+    """Per structure timed by both sides: each side's median speedup over its processes, the
+    ratio after / before, and ``same``: the after-median within the before-processes' range
+    widened by ``tolerance`` on each side (and both sides timed at least once)."""
+    a_before, a_after = agreement(before, tolerance), agreement(after, tolerance)
+    out: dict[str, dict[str, Any]] = {}
+    for name in [n for n in a_before if n in a_after]:
+        b, a = a_before[name], a_after[name]
+        lo, hi = min(b["speedups"]), max(b["speedups"])
+        out[name] = {"before": b["median"], "after": a["median"], "ratio": a["median"] / b["median"],
+                     "before_range": [lo, hi],
+                     "same": lo * (1 - tolerance) <= a["median"] <= hi * (1 + tolerance)}
+    return out
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The agreement table with the machine and the command that produced it."""
     fp = result.get("fingerprint") or {}
@@ -86,7 +110,33 @@ def to_markdown(result: dict[str, Any]) -> str:
     teacher = [f"{r['teacher_ms']:.2f}" for r in result["runs"]]
     lines += ["", f"Teacher fp32 PyTorch median per process (ms): {', '.join(teacher)}.",
               f"All agree: {'yes' if all(a['agree'] for a in agree.values()) else 'no'}.", ""]
+    if "before_after" in result:
+        ba, tol = result["before_after"], 100 * result["tolerance"]
+        lines += ["## Before and after", "",
+                  f"Before: `{result['before']['tree']}` at {result['before']['commit']}; after: this tree at "
+                  f"{result['after_commit']}. Processes alternated (ABBA), {len(result['before']['runs'])} of each. "
+                  "Processes 1.. above are the after side.", "",
+                  "| structure | before (processes) | after (processes) | after / before | "
+                  f"after within the before range ±{tol:.0f}% |", "|---|---|---|---|---|"]
+        before_agree = agreement(result["before"]["runs"], result["tolerance"])
+        for name, row in ba.items():
+            bs = ", ".join(f"{v:.3f}" for v in before_agree[name]["speedups"])
+            as_ = ", ".join(f"{v:.3f}" for v in agree[name]["speedups"])
+            lines.append(f"| {name} | {row['before']:.3f}x ({bs}) | {row['after']:.3f}x ({as_}) | "
+                         f"{row['ratio']:.3f} | {'yes' if row['same'] else 'NO'} |")
+        bt = [f"{r['teacher_ms']:.2f}" for r in result["before"]["runs"]]
+        lines += ["", f"Teacher fp32 PyTorch median per before-process (ms): {', '.join(bt)}.", ""]
     return "\n".join(lines)
+
+
+def git_commit(tree: Path) -> str:
+    """The commit checked out in ``tree`` (``?`` outside git)."""
+    try:
+        out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return out.stdout.strip()
 
 
 # --- one process ------------------------------------------------------------------------------
@@ -143,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-time-s", type=float, default=10.0, help="minimum seconds of pairs per structure")
     p.add_argument("--tolerance", type=float, default=TOLERANCE)
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--before", metavar="TREE", help="a checkout of an earlier commit: alternate its processes with "
+                                                     "this tree's (ABBA) and compare the speedups")
     p.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)  # internal: one process, result to JSON
     args = p.parse_args(argv)
     from autosqueeze import HardwareProfile, LatencySettings, script_logging
@@ -159,21 +211,38 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = ["--model", args.model, "--threads", str(args.threads), "--seq-len", str(args.seq_len),
                    "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
                    "--min-time-s", str(args.min_time_s)]
-    runs = []
+    before_tree = Path(args.before).resolve() if args.before else None
+    if before_tree is not None and not (before_tree / "studies" / "timing_agreement" / "run.py").is_file():
+        raise SystemExit(f"--before {args.before}: no studies/timing_agreement/run.py there; give a checkout of "
+                         "this project (git worktree add ../before <commit>)")
+    sides = ["after"] * args.processes
+    if before_tree is not None:  # ABBA: before, after, after, before, before, after, ...
+        pairs = [("before", "after") if i % 2 == 0 else ("after", "before") for i in range(args.processes)]
+        sides = [side for pair in pairs for side in pair]
+    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.processes):  # one after another: never two timing processes at once
+        for i, side in enumerate(sides):  # one after another: never two timing processes at once
             dest = Path(tmp) / f"run{i}.json"
             t0 = time.time()
-            subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough, "--worker", str(dest)],
-                           check=True)
-            runs.append(json.loads(dest.read_text()))
-            print(f"process {i + 1}/{args.processes}: {time.time() - t0:.0f} s, "
-                  + ", ".join(f"{k} {v['speedup']:.3f}x" for k, v in runs[-1]["structures"].items()), flush=True)
+            script, env = Path(__file__).resolve(), None
+            if side == "before":
+                assert before_tree is not None
+                script = before_tree / "studies" / "timing_agreement" / "run.py"
+                env = {**os.environ, "PYTHONPATH": str(before_tree)}  # its package, not the installed one
+            subprocess.run([sys.executable, str(script), *passthrough, "--worker", str(dest)], check=True, env=env)
+            runs[side].append(json.loads(dest.read_text()))
+            print(f"process {i + 1}/{len(sides)} ({side}): {time.time() - t0:.0f} s, "
+                  + ", ".join(f"{k} {v['speedup']:.3f}x" for k, v in runs[side][-1]["structures"].items()),
+                  flush=True)
     result = {"command": "python studies/timing_agreement/run.py " + " ".join(argv if argv is not None
                                                                                else sys.argv[1:]),
               "profile": profile.to_dict(), "settings": settings.__dict__, "tolerance": args.tolerance,
-              "fingerprint": hardware_fingerprint(args.threads, "torch+onnxruntime"), "runs": runs,
-              "agreement": agreement(runs, args.tolerance)}
+              "fingerprint": hardware_fingerprint(args.threads, "torch+onnxruntime"), "runs": runs["after"],
+              "agreement": agreement(runs["after"], args.tolerance)}
+    if before_tree is not None:
+        result.update({"after_commit": git_commit(HERE), "before": {"tree": args.before, "commit":
+                       git_commit(before_tree), "runs": runs["before"]},
+                       "before_after": before_after(runs["before"], runs["after"], args.tolerance)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "agreement.json").write_text(json.dumps(result, indent=2, default=str))
