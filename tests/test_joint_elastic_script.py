@@ -89,3 +89,18 @@ def test_smoke_runs_both_arms_and_a_rerun_continues_never_overwrites(script, tmp
     (results / "table.md").unlink()
     assert script.main(["--tables-only", "--out", str(results)]) == 0
     assert "| joint_elastic | 0.2 | 1 |" in (results / "table.md").read_text()
+
+
+def test_exits_pay_only_when_an_exit_point_beats_every_exit_free_point_at_its_speed(script):
+    plain = [(0.90, 2.0, False), (0.88, 4.0, False), (0.85, 6.0, False)]
+    short = script.exits_verdict([*plain, (0.87, 4.0, True), (0.80, 5.0, True)])
+    assert short["pays"] is False and short["exit_trials"] == 2 and short["plain_trials"] == 3
+    assert short["best"]["speedup"] == 4.0 and short["shortfall_pts"] == pytest.approx(1.0)  # 0.87 vs 0.88
+    pays = script.exits_verdict([*plain, (0.89, 4.5, True)])  # beats 0.85 at 6x: the only one as fast
+    assert pays["pays"] and pays["best"]["margin_pts"] == pytest.approx(4.0) and pays["shortfall_pts"] is None
+    alone = script.exits_verdict([*plain, (0.60, 9.0, True)])  # faster than any exit-free point
+    assert alone["pays"] and alone["best"]["margin_pts"] is None
+    both = script.exits_verdict([*plain, (0.60, 9.0, True), (0.89, 4.5, True)])  # a real margin is shown first
+    assert both["best"]["margin_pts"] == pytest.approx(4.0)
+    assert script.exits_verdict(plain) == {"exit_trials": 0, "plain_trials": 3, "pays": None, "best": None}
+    assert script._exits_cell(short) == "short: -1.00 pts at 4.00x (2 exit trials)"

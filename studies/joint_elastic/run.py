@@ -153,6 +153,37 @@ def run_arm(config: Any, data_dir: str, budget_s: float) -> str:
     return "exhausted"
 
 
+def exits_verdict(points: list[tuple[float, float, bool]]) -> dict[str, Any]:
+    """Do exits pay on this front? ``points``: (metric, speedup, has_exit) of the feasible trials.
+
+    An exit point's margin is its metric minus the best metric of the exit-free points at least as fast
+    (in points; ``None`` when no exit-free point is that fast). ``pays``: some exit point's margin is
+    positive (or no exit-free point reaches its speed), i.e. it dominates every exit-free point at its
+    latency; otherwise ``shortfall_pts`` is by how much the best exit point falls short."""
+    exits = [(m, s) for m, s, e in points if e]
+    plain = [(m, s) for m, s, e in points if not e]
+    margins: list[tuple[float | None, float, float]] = []
+    for m, s in exits:
+        rivals = [pm for pm, ps in plain if ps >= s]
+        margins.append((None if not rivals else 100 * (m - max(rivals)), m, s))
+    out: dict[str, Any] = {"exit_trials": len(exits), "plain_trials": len(plain)}
+    if not margins:
+        return {**out, "pays": None, "best": None}
+    beaten = [x for x in margins if x[0] is not None and x[0] > 0]  # it beats exit-free points as fast
+    unrivalled = [x for x in margins if x[0] is None]  # no exit-free point is as fast
+    if beaten:
+        best = max(beaten, key=lambda x: (float(x[0] or 0.0), x[2]))
+    elif unrivalled:
+        best = max(unrivalled, key=lambda x: (x[1], x[2]))
+    else:
+        best = max(margins, key=lambda x: (float(x[0] or 0.0), x[2]))
+    pays = bool(beaten or unrivalled)
+    out.update({"pays": pays, "best": {"metric": best[1], "speedup": best[2],
+                                      "margin_pts": None if best[0] is None else round(best[0], 2)},
+                "shortfall_pts": None if pays else round(-float(best[0] or 0.0), 2)})
+    return out
+
+
 def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, Any]) -> dict[str, Any]:
     """The row of one study: its trials within the budget, scored."""
     from autosqueeze import TrialRecord, pareto_front
@@ -169,6 +200,9 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
         return float((r.size_pct or {}).get(part, 1e9))
     students = {s["params"].get("student") for t in clocked_trials(study)
                 for s in (TrialRecord.from_trial(t).recipe or {}).get("steps", []) if s.get("method") == "elastic"}
+
+    def methods(r: TrialRecord) -> list[str]:
+        return [str(st.get("method")) for st in (r.recipe or {}).get("steps", [])]
 
     def point(r: TrialRecord | None) -> dict[str, Any] | None:
         return None if r is None else {
@@ -190,6 +224,8 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
         "smallest_no_emb_within_1pt": point(min(near, key=lambda r: size(r, "non_embedding"), default=None)),
         "fastest_within_1pt": point(max(near, key=lambda r: float(r.speedup or 0.0), default=None)),
         "front": [point(r) for r in pareto_front(ok)],
+        "exits": exits_verdict([(float(r.metric or 0.0), float(r.speedup or 0.0), "early_exit" in methods(r))
+                                for r in ok]),
         "machine": machine, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -212,6 +248,14 @@ def _summary(values: list[Any], spec: str) -> str:
         f" ({len(vals)}/{len(values)})" if len(vals) < len(values) else "")
 
 
+def _exits_cell(v: dict[str, Any] | None) -> str:
+    if not v or not v.get("exit_trials"):
+        return "-"
+    b = v["best"]
+    margin = "no exit-free point as fast" if b["margin_pts"] is None else f"{b['margin_pts']:+.2f} pts"
+    return f"{'pays' if v['pays'] else 'short'}: {margin} at {b['speedup']:.2f}x ({v['exit_trials']} exit trials)"
+
+
 def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
     def size(r: dict[str, Any], key: str, field: str) -> Any:
         return (r.get(key) or {}).get(field)
@@ -222,9 +266,11 @@ def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
              "trials per hour over the search time (distinct recipes in brackets); smallest size (% of the teacher's "
              "bytes, with embeddings / without) among the trials within 1 point of the teacher's search-time metric. "
              "Only trials that finished within the budget count.", "",
+             "Exits: the best exit point's margin over the exit-free points at least as fast (points; positive: it "
+             "dominates them at its latency).", "",
              "| arm | seed | minutes | trials | trials/hour | hypervolume | smallest within 1 pt (size %) "
-             "| smallest no-emb within 1 pt (no-emb size %) | fastest within 1 pt | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| smallest no-emb within 1 pt (no-emb size %) | fastest within 1 pt | exits | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["minutes"], r["arm"], r["seed"])):
         s, n, f = r.get("smallest_within_1pt"), r.get("smallest_no_emb_within_1pt"), r.get("fastest_within_1pt")
         lines.append(
@@ -234,6 +280,7 @@ def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
                if s else "-")
             + " | " + (f"{n['size_no_emb_pct']:.1f} (trial {n['trial']})" if n else "-")
             + " | " + (f"{f['speedup']:.2f}x ({f['delta_pts']:+.2f} pts)" if f else "-")
+            + " | " + _exits_cell(r.get("exits"))
             + f" | {(r.get('machine') or {}).get('cpu', {}).get('model', '?')} |")
     lines += ["", "Summary: median [min–max] over seeds.", "",
               "| arm | minutes | seeds | hypervolume | trials/hour | distinct/hour | smallest within 1 pt (size %) "
