@@ -41,9 +41,17 @@ def states(db: Path) -> dict[int, str]:
         con.close()
 
 
+def _default_sigint() -> None:
+    # a background job of a non-interactive shell (nohup, `cmd &` in a script, some CI runners) starts with SIGINT
+    # ignored, and its children inherit that: Python then never raises KeyboardInterrupt. A user's terminal delivers
+    # Ctrl-C with the default disposition, which is what the search is tested against.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def search_process(study: Path, glue_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "autosqueeze.cli", "search", str(study), "--data-dir", str(glue_dir),
-                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def wait_mid_trial(proc: subprocess.Popen, db: Path, completed: int, timeout: float = 240) -> dict[int, str]:
