@@ -8,7 +8,6 @@ graph) -> results with the base study's targets. Also: the weights script's pinn
 without downloading anything."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ import autosqueeze
 from autosqueeze.cli import main
 from autosqueeze.study_config import load_study_config
 from tests import tiny
+from tests.study_scripts import load_script
 from tests.test_elastic_study import FAST_LATENCY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +38,7 @@ ENQUEUED = ({"elastic.layers": 3, "elastic.heads_keep": 3, "elastic.ffn_keep": 0
 
 
 def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, name)
 
 
 def tiny_base_study(folder: Path, model: Path, trials: int = 5) -> Path:

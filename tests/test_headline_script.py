@@ -2,13 +2,13 @@
 results JSON with every field the headline promises (numbers from a tiny model, not asserted)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from autosqueeze.study_config import load_study_config
+from tests.study_scripts import load_script
 from tests.test_elastic_study import write_elastic_study
 
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "headline" / "run.py"
@@ -19,10 +19,7 @@ POINT_FIELDS = {"recipe", "metric", "delta_pts", "speedup_vs_fp32", "speedup_vs_
 
 def test_headline_script_on_a_tiny_study(tiny_model_dir, glue_dir, tmp_path, isolated_cache):
     pytest.importorskip("onnxruntime")
-    spec = importlib.util.spec_from_file_location("headline_run", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "headline_run")
     study = write_elastic_study(tmp_path, tiny_model_dir, trials=4)
     assert module.main(["--data-dir", str(glue_dir), "--study", str(study), "--rounds", "10"]) == 0
     name = load_study_config(study).name  # results are named after the study

@@ -2,7 +2,6 @@
 and the whole script in its ``--smoke`` mode (a tiny model, both arms, resumed with a longer budget)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -11,16 +10,14 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
+from tests.study_scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "joint_elastic" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("joint_elastic_run", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "joint_elastic_run")
 
 
 def _trials(*seconds: float) -> list[SimpleNamespace]:

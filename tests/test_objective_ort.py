@@ -3,7 +3,6 @@ studies' ONNX Runtime helpers (methods table column, headline deployed points) r
 through :class:`autosqueeze.runtimes.deployed.OrtDeployment`. No timing value is asserted."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from autosqueeze.runtimes import onnx_export
 from autosqueeze.search import objective as objective_mod
 from autosqueeze.search.study import prepare
 from autosqueeze.study_config import load_study_config
+from tests.study_scripts import load_script
 from tests.test_search_trials import write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +37,7 @@ def count_exports(monkeypatch) -> list[str]:
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_run", ROOT / "studies" / name / "run.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "studies" / name / "run.py", f"{name}_run")
 
 
 @pytest.fixture()

@@ -1,20 +1,19 @@
 """studies/timing_agreement/run.py: its pure parts, and one worker on a tiny model (no timing asserted)."""
 from __future__ import annotations
 
-import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+from tests.study_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "timing_agreement" / "run.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("timing_agreement_run", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "timing_agreement_run")
 
 
 def _run(**speedups):
@@ -78,3 +77,14 @@ def test_markdown_has_the_before_after_section_only_when_compared(script):
 def test_before_must_be_a_checkout_of_the_project(script, tmp_path):
     with pytest.raises(SystemExit, match="no studies/timing_agreement/run.py"):
         script.main(["--before", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_run_worker_runs_the_script_in_its_own_process_and_reads_its_result(script, tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text("import json, os, sys\n"
+                      "dest = sys.argv[sys.argv.index('--worker') + 1]\n"
+                      "json.dump({'args': sys.argv[1:-2], 'pid': os.getpid(), 'env': os.environ.get('MARK')},"
+                      " open(dest, 'w'))\n")
+    res = script.run_worker(worker, ["--model", "m"], env={**os.environ, "MARK": "before"})
+    assert res["args"] == ["--model", "m"] and res["env"] == "before"
+    assert res["pid"] != os.getpid()

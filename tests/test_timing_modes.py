@@ -1,21 +1,19 @@
 """studies/timing_agreement/modes.py: its pure parts, and one worker on a tiny model (no timing asserted)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.study_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "studies" / "timing_agreement" / "modes.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("timing_modes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "timing_modes")
 
 
 def test_two_means_finds_two_modes_and_their_shares(script):

@@ -23,10 +23,9 @@ quiet machine: it is a timing study.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,19 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+
+
+def _agreement_script() -> Any:
+    """This folder's ``run.py`` (its structures, arguments and worker runner), loaded by path."""
+    spec = importlib.util.spec_from_file_location("timing_agreement_run_for_modes", HERE / "run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_RUN = _agreement_script()
+STRUCTURES, process_arguments, run_worker = _RUN.STRUCTURES, _RUN.process_arguments, _RUN.run_worker
 STATISTICS = ("median_of_ratios", "ratio_of_medians", "ratio_of_means", "ratio_of_trimmed_means")
 TORCH_STRUCTURES = ("torch_int8", "sliced_3_layers", "sliced_3_layers_int8")
 
@@ -137,9 +149,6 @@ def worker(model_name: str, threads: int, seq_len: int, pairs: int, warmup: int,
         synthetic_inputs,
     )
 
-    sys.path.insert(0, str(HERE))
-    from run import STRUCTURES  # the structures run.py times (this folder's script)
-
     if model is None:
         from autosqueeze import load_classifier
 
@@ -171,11 +180,7 @@ def worker(model_name: str, threads: int, seq_len: int, pairs: int, warmup: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="default", help="model folder, hub name or 'default' (packaged MiniLM-L6)")
-    p.add_argument("--processes", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=128)
+    p = process_arguments(__doc__)
     p.add_argument("--pairs", type=int, default=600, help="timed pairs per structure and process")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--out", default=str(HERE / "results"))
@@ -192,17 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = ["--model", args.model, "--threads", str(args.threads), "--seq-len", str(args.seq_len),
                    "--pairs", str(args.pairs), "--warmup", str(args.warmup)]
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.processes):  # one after another: never two timing processes at once
-            dest = Path(tmp) / f"run{i}.json"
-            t0 = time.time()
-            subprocess.run([sys.executable, str(Path(__file__).resolve()), *passthrough, "--worker", str(dest)],
-                           check=True)
-            runs.append(json.loads(dest.read_text()))
-            print(f"process {i + 1}/{args.processes}: {time.time() - t0:.0f} s, "
-                  + ", ".join(f"{k} {v['speedup']['median_of_ratios']:.3f}x"
-                              for k, v in runs[-1]["structures"].items()),
-                  flush=True)
+    for i in range(args.processes):  # one after another: never two timing processes at once
+        t0 = time.time()
+        runs.append(run_worker(Path(__file__).resolve(), passthrough))
+        print(f"process {i + 1}/{args.processes}: {time.time() - t0:.0f} s, "
+              + ", ".join(f"{k} {v['speedup']['median_of_ratios']:.3f}x" for k, v in runs[-1]["structures"].items()),
+              flush=True)
     result = {"command": "python studies/timing_agreement/modes.py " + " ".join(argv if argv is not None
                                                                                 else sys.argv[1:]),
               "threads": args.threads, "seq_len": args.seq_len, "pairs": args.pairs,

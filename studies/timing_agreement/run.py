@@ -139,6 +139,25 @@ def git_commit(tree: Path) -> str:
     return out.stdout.strip()
 
 
+def process_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every script of this folder takes: the model, how many processes, threads, length."""
+    p = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    p.add_argument("--model", default="default", help="model folder, hub name or 'default' (packaged MiniLM-L6)")
+    p.add_argument("--processes", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=128)
+    return p
+
+
+def run_worker(script: Path, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``script --worker`` in a process of its own (``args`` passed on) and read back its JSON result."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / "run.json"
+        subprocess.run([sys.executable, str(script), *args, "--worker", str(dest)], check=True, env=env)
+        result: dict[str, Any] = json.loads(dest.read_text())
+    return result
+
+
 # --- one process ------------------------------------------------------------------------------
 def worker(model_name: str | None, profile: Any, settings: Any, model: Any = None) -> dict[str, Any]:
     """Time every structure against the teacher in this process (``model``: a teacher to use
@@ -183,11 +202,7 @@ def worker(model_name: str | None, profile: Any, settings: Any, model: Any = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="default", help="model folder, hub name or 'default' (packaged MiniLM-L6)")
-    p.add_argument("--processes", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=128)
+    p = process_arguments(__doc__)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--repeats", type=int, default=300, help="minimum timed pairs per structure")
     p.add_argument("--min-time-s", type=float, default=10.0, help="minimum seconds of pairs per structure")
@@ -220,20 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [("before", "after") if i % 2 == 0 else ("after", "before") for i in range(args.processes)]
         sides = [side for pair in pairs for side in pair]
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, side in enumerate(sides):  # one after another: never two timing processes at once
-            dest = Path(tmp) / f"run{i}.json"
-            t0 = time.time()
-            script, env = Path(__file__).resolve(), None
-            if side == "before":
-                assert before_tree is not None
-                script = before_tree / "studies" / "timing_agreement" / "run.py"
-                env = {**os.environ, "PYTHONPATH": str(before_tree)}  # its package, not the installed one
-            subprocess.run([sys.executable, str(script), *passthrough, "--worker", str(dest)], check=True, env=env)
-            runs[side].append(json.loads(dest.read_text()))
-            print(f"process {i + 1}/{len(sides)} ({side}): {time.time() - t0:.0f} s, "
-                  + ", ".join(f"{k} {v['speedup']:.3f}x" for k, v in runs[side][-1]["structures"].items()),
-                  flush=True)
+    for i, side in enumerate(sides):  # one after another: never two timing processes at once
+        t0 = time.time()
+        script, env = Path(__file__).resolve(), None
+        if side == "before":
+            assert before_tree is not None
+            script = before_tree / "studies" / "timing_agreement" / "run.py"
+            env = {**os.environ, "PYTHONPATH": str(before_tree)}  # its package, not the installed one
+        runs[side].append(run_worker(script, passthrough, env))
+        print(f"process {i + 1}/{len(sides)} ({side}): {time.time() - t0:.0f} s, "
+              + ", ".join(f"{k} {v['speedup']:.3f}x" for k, v in runs[side][-1]["structures"].items()), flush=True)
     result = {"command": "python studies/timing_agreement/run.py " + " ".join(argv if argv is not None
                                                                                else sys.argv[1:]),
               "profile": profile.to_dict(), "settings": settings.__dict__, "tolerance": args.tolerance,
