@@ -26,6 +26,7 @@ from .cli_args import (
     positive_number,
     seed_number,
     task_name,
+    trial_numbers,
     whole_number,
 )
 
@@ -236,7 +237,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     check_machine(config)
     progress = Progress()
     summary = run_finalize(config, _data_dir(args, config.data_dir), storage=args.storage, top_k=args.top_k,
-                           steps=args.steps, progress=progress)
+                           steps=args.steps, progress=progress, trials=args.trials)
     progress.close()
     tau = summary["kendall_tau"]
     print(f"finalized {summary['finalized']} of {len(summary['candidates'])} candidates "
@@ -438,8 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     fz = sub.add_parser("finalize", help="train the search-time front again at full fidelity and measure it")
     fz.add_argument("study")
     fz.add_argument("--data-dir", help=data_help)
-    fz.add_argument("--top-k", type=whole_number(1), help="at most this many candidates (default: the study's "
-                                                          "finalize.top_k)")
+    pick = fz.add_mutually_exclusive_group()
+    pick.add_argument("--top-k", type=whole_number(1), help="at most this many candidates (default: the study's "
+                                                            "finalize.top_k)")
+    pick.add_argument("--trials", type=trial_numbers, metavar="N[,N...]",
+                      help="finalize exactly these trials (numbers as `autosqueeze report` shows them)")
     fz.add_argument("--steps", type=whole_number(0), help="distillation steps per candidate (default: the study's "
                                                           "finalize.steps)")
     fz.add_argument("--storage")

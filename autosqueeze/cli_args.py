@@ -64,6 +64,15 @@ def seed_number(text: str) -> int:
     return value
 
 
+def trial_numbers(text: str) -> list[int]:
+    """An argparse type: trial numbers, comma-separated (``12,40``), each a whole number >= 0."""
+    parse = whole_number(0)
+    parts = [t.strip() for t in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"must be trial numbers separated by commas (12,40), got {text!r}")
+    return [parse(t) for t in parts]
+
+
 def task_name(text: str) -> str:
     """An argparse type: a GLUE task name (any spelling ``get_task`` accepts)."""
     from .tasks import get_task

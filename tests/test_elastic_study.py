@@ -96,6 +96,27 @@ def test_elastic_study_end_to_end(tiny_model_dir, glue_dir, tmp_path, isolated_c
     assert (isolated_cache / "elastic" / students[0].name / "model.safetensors").is_file()
 
 
+def test_finalize_trains_exactly_the_trials_named(tiny_model_dir, glue_dir, tmp_path, isolated_cache, capsys):
+    study_file = write_elastic_study(tmp_path, tiny_model_dir, trials=4)
+    data = ["--data-dir", str(glue_dir)]
+    assert main(["search", str(study_file), *data]) == 0
+    study = optuna.load_study(study_name="el", storage=f"sqlite:///{tmp_path / 'el.db'}")
+    done = [t.number for t in study.trials if t.user_attrs.get("status") == "complete"]
+    pick = [done[-1], done[0], done[-1]]  # a repeat is finalized once
+    assert main(["finalize", str(study_file), *data, "--trials", f"{pick[0]},{pick[1]},{pick[2]}"]) == 0
+    study = optuna.load_study(study_name="el", storage=f"sqlite:///{tmp_path / 'el.db'}")
+    assert set(study.user_attrs["final"]) == {str(done[-1]), str(done[0])}
+    assert study.user_attrs["finalize"]["candidates"] == [done[-1], done[0]]
+    capsys.readouterr()
+    assert main(["finalize", str(study_file), *data, "--trials", "999"]) == 2  # not a trial of the study
+    err = capsys.readouterr().err.strip()
+    assert "trial 999 is not a completed feasible trial of study 'el'" in err and len(err.splitlines()) == 1
+    assert main(["finalize", str(study_file), "--trials", "3,,4"]) == 2  # refused before anything runs
+    assert "must be trial numbers separated by commas" in capsys.readouterr().err
+    assert main(["finalize", str(study_file), "--trials", "3", "--top-k", "2"]) == 2  # one or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_export_max_drop_refuses_when_nothing_is_close_enough(tiny_model_dir, glue_dir, tmp_path, isolated_cache,
                                                               capsys):
     study_file = write_elastic_study(tmp_path, tiny_model_dir, trials=2)

@@ -58,6 +58,40 @@ def test_the_table_summarizes_each_arm_with_median_and_range(script, tmp_path):
     assert "| joint_elastic | 10 | 2 | 2.5000 [2.0000–3.0000] |" in table and "10.0 [10.0–10.0] (1/2)" in table
 
 
+def test_final_candidates_are_the_smallest_trial_within_each_threshold(script):
+    def rec(n: int, metric: float | None, size: float, feasible: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(number=n, metric=metric, feasible=feasible, size_pct={"total": size})
+
+    records = [rec(0, 0.90, 80.0), rec(1, 0.885, 50.0), rec(2, 0.875, 40.0), rec(3, 0.865, 30.0),
+               rec(4, 0.80, 10.0), rec(5, 0.89, 5.0, feasible=False), rec(6, None, 1.0), rec(7, 0.876, 40.0)]
+    assert script.final_candidates(records, teacher=0.89, within_pts=[3.0, 1.0]) == [1, 3]
+    assert script.final_candidates(records, teacher=0.89, within_pts=[1.5, 2.0]) == [7]  # a tie: the more accurate
+    assert script.final_candidates(records, teacher=0.95, within_pts=[1.0]) == []
+    with pytest.raises(SystemExit, match="--final-within"):
+        script.parse_within("1,x")
+    with pytest.raises(SystemExit, match="--final-within"):
+        script.parse_within("0")
+    assert script.parse_within("1,3") == [1.0, 3.0]
+
+
+def test_the_table_shows_the_final_sizes_and_each_finalized_point(script, tmp_path):
+    point = {"trial": 7, "search_metric": 0.87, "metric": 0.885, "search_delta_pts": -2.0, "delta_pts": -0.5,
+             "speedup": 4.2, "size_pct": 30.0, "size_no_emb_pct": 12.0, "recipe": "elastic+distill"}
+    far = {**point, "trial": 9, "delta_pts": -2.5, "size_pct": 20.0}
+    base = {"arm": "joint_elastic", "minutes": 6.0, "trials": 100, "trials_per_hour": 1000.0,
+            "distinct_per_hour": 900.0, "hypervolume": 3.0, "smallest_within_1pt": None,
+            "smallest_no_emb_within_1pt": None, "fastest_within_1pt": None, "machine": {}}
+    rows = [{**base, "id": "joint_elastic/seed0/6min", "seed": 0,
+             "final": {"points": [far, point], "smallest_within_1pt": point, "smallest_no_emb_within_1pt": point}},
+            {**base, "id": "joint_elastic/seed1/6min", "seed": 1,
+             "final": {"points": [far], "smallest_within_1pt": None, "smallest_no_emb_within_1pt": None}}]
+    script.write_table(tmp_path, rows)
+    table = (tmp_path / "table.md").read_text()
+    assert "| 30.0 (trial 7, -0.50 pts, 4.20x) / 12.0 |" in table and "| none of 1 finalized |" in table
+    assert "| 30.0 [30.0–30.0] (1/2) | 12.0 [12.0–12.0] (1/2) |" in table
+    assert "| joint_elastic | 0 | 9 | -2.00 | -2.50 | 4.20x | 20.0 | 12.0 | elastic+distill |" in table
+
+
 @pytest.mark.slow
 def test_smoke_runs_both_arms_and_a_rerun_continues_never_overwrites(script, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOSQUEEZE_CACHE", str(tmp_path / "cache"))  # the script sets it; restored after the test
@@ -78,11 +112,25 @@ def test_smoke_runs_both_arms_and_a_rerun_continues_never_overwrites(script, tmp
     assert script.main(args) == 0  # done already: nothing runs, nothing is rewritten
     assert {arm: len(study(arm).trials) for arm in script.ARMS} == before
     assert len((results / "rows.jsonl").read_text().splitlines()) == 2
+
+    assert script.main([*args, "--finalize", "--final-within", "99"]) == 0  # the smallest trial of each study
+    rows = list(script.read_rows(results / "rows.jsonl").values())
+    assert any(r["complete"] for r in rows)  # (a loaded machine may finish no trial of a 6 s budget)
+    for r in rows:
+        final = r["final"]
+        assert final["within_pts"] == [99.0] and len(final["candidates"]) == (1 if r["complete"] else 0)
+        assert [p["trial"] for p in final["points"]] == final["candidates"]
+        for n in final["candidates"]:
+            finals = study(r["arm"]).user_attrs["final"]
+            assert set(finals) == {str(n)} and finals[str(n)]["status"] == "complete"
+    lines = len((results / "rows.jsonl").read_text().splitlines())
+    assert lines == 4 and script.main([*args, "--finalize", "--final-within", "99"]) == 0  # done: nothing again
+    assert len((results / "rows.jsonl").read_text().splitlines()) == lines
     assert script.main([*args[:-1], "0.2"]) == 0  # a longer budget continues the same studies
     for arm in script.ARMS:  # up to 12 s of trials (one exit trial of the tiny model may take longer alone)
         searched = script.within_budget(script.clocked_trials(study(arm)), float("inf"))[1]
         assert len(study(arm).trials) > before[arm] or searched >= 12.0
-    assert len((results / "rows.jsonl").read_text().splitlines()) == 4
+    assert len((results / "rows.jsonl").read_text().splitlines()) == lines + 2  # a row per arm at the new budget
     (results / "table.md").unlink()
     assert script.main(["--tables-only", "--out", str(results)]) == 0
     assert "| joint_elastic | 0.2 | 1 |" in (results / "table.md").read_text()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,23 @@ def pick_candidates(records: list[TrialRecord], top_k: int) -> list[TrialRecord]
     return [front[i] for i in idx]
 
 
+def chosen_candidates(records: list[TrialRecord], numbers: Sequence[int], study_name: str) -> list[TrialRecord]:
+    """The trials ``numbers`` (each once, in the given order), each a completed feasible trial of the study."""
+    from ..errors import UserError
+
+    by_number = {r.number: r for r in records}
+    out: list[TrialRecord] = []
+    for n in dict.fromkeys(numbers):
+        r = by_number.get(n)
+        if r is None or r.metric is None or not r.feasible or r.recipe is None:
+            known = sorted(k for k, v in by_number.items() if v.metric is not None and v.feasible)
+            hint = f"completed feasible trials: {known[0]}..{known[-1]}" if known else "it has no completed trial"
+            raise UserError(f"trial {n} is not a completed feasible trial of study {study_name!r} ({hint}); "
+                            f"pick one from `autosqueeze report`")
+        out.append(r)
+    return out
+
+
 def _trains_alike(recorded: dict[str, Any] | None, settings: FinalizeSettings) -> bool:
     """Whether a candidate finalized with ``recorded`` settings was trained as ``settings`` would train it:
     all but ``top_k`` (how many candidates, not how each is trained) equal, so a run with more candidates
@@ -95,8 +113,11 @@ def _trains_alike(recorded: dict[str, Any] | None, settings: FinalizeSettings) -
 
 def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | None = None,
                  top_k: int | None = None, steps: int | None = None, progress: Progress | None = None,
-                 save_dir: Path | None = None) -> dict[str, Any]:
+                 save_dir: Path | None = None, trials: Sequence[int] | None = None) -> dict[str, Any]:
     """Finalize the study's candidates (resumable); returns the summary stored in the study.
+
+    The candidates are the search-time front thinned to ``top_k`` (:func:`pick_candidates`), or exactly
+    the trials numbered ``trials`` when given (e.g. the smallest points near the teacher's metric).
 
     With ``save_dir`` each final model is also saved, as ``apply`` would, to ``save_dir/trial-<n>``.
     """
@@ -108,7 +129,8 @@ def run_finalize(config: StudyConfig, data_dir: str | None, *, storage: str | No
         settings = FinalizeSettings(**{**asdict(settings), **({"top_k": top_k} if top_k is not None else {}),
                                        **({"steps": steps} if steps is not None else {})})
     study = open_study(config, storage, create=False)
-    candidates = pick_candidates(trial_records(study), settings.top_k)
+    records = trial_records(study)
+    candidates = chosen_candidates(records, trials, config.name) if trials else pick_candidates(records, settings.top_k)
     if not candidates:
         from ..errors import UserError
 

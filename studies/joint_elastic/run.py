@@ -31,7 +31,14 @@ the search-time front (accuracy vs speedup over the fp32 teacher, the reference 
 definition of ``studies/search_efficiency/run.py``), trials per hour (all and distinct recipes), and
 the smallest size within 1 point of the teacher's search-time metric, with and without embeddings.
 
+``--finalize`` (after the searches; resumable): per study, the smallest trial (size with embeddings)
+within each of ``--final-within`` points of the teacher at search time (default 1 and 3: a slice gains
+points when it is trained) is finalized by the product's ``run_finalize`` (``finalize.steps`` of
+distillation, every non-training choice kept), and the row gains ``final``: each finalized point and
+the smallest within 1 point of the teacher after finalization, with and without embeddings.
+
     python studies/joint_elastic/run.py --data-dir ../shared/data/glue --minutes 10     # the comparison
+    python studies/joint_elastic/run.py --data-dir ../shared/data/glue --minutes 10 --finalize  # + final sizes
     python studies/joint_elastic/run.py --data-dir ../shared/data/glue --prepare        # teacher + students only
     python studies/joint_elastic/run.py --tables-only                                   # table.md from rows.jsonl
     python studies/joint_elastic/run.py --smoke                                         # tiny, seconds per arm
@@ -57,6 +64,7 @@ STUDIES = HERE.parent
 HEADLINE = STUDIES / "headline" / "study.yaml"
 ARMS = {"elastic_int8": str(STUDIES / "headline" / "space.yaml"), "joint_elastic": "joint_elastic"}
 WITHIN = 0.01  # "within 1 point" of the teacher's search-time metric (a fraction: accuracy is in [0, 1])
+FINAL_WITHIN = "1,3"  # finalize the smallest trial within each of these many points of the teacher at search time
 
 
 def _search_efficiency() -> Any:
@@ -230,6 +238,74 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
     }
 
 
+# --- the final front's sizes ----------------------------------------------------------------------
+def size_of(r: Any, part: str = "total") -> float:
+    return float((r.size_pct or {}).get(part, 1e9))
+
+
+def final_candidates(records: list[Any], teacher: float, within_pts: list[float]) -> list[int]:
+    """For each threshold (points below the teacher's search-time metric, smallest first), the smallest
+    feasible trial (size with embeddings; the more accurate on a tie) within it; each trial once."""
+    ok = [r for r in records if r.feasible and r.metric is not None and r.size_pct]
+    picks: list[int] = []
+    for w in sorted(within_pts):
+        near = [r for r in ok if float(r.metric) >= teacher - w / 100]
+        if near:
+            best = min(near, key=lambda r: (size_of(r), -float(r.metric), r.number))
+            if best.number not in picks:
+                picks.append(best.number)
+    return picks
+
+
+def final_section(study: Any, candidates: list[int], within_pts: list[float]) -> dict[str, Any]:
+    """The row's ``final``: each finalized candidate, and the smallest within 1 point of the teacher after
+    finalization (the teacher's metric is the same dev set and evaluation as the final points')."""
+    from autosqueeze import StudyRecord, final_records
+
+    teacher = float(study.user_attrs["teacher"]["search_metric"])
+    finals = [r for r in final_records(study) if r.number in candidates and r.metric is not None]
+    near = [r for r in finals if float(r.metric or 0.0) >= teacher - WITHIN]
+
+    def point(r: Any | None) -> dict[str, Any] | None:
+        return None if r is None else {
+            "trial": r.number, "search_metric": (r.search or {}).get("metric"), "metric": r.metric,
+            "search_delta_pts": round(100 * (float((r.search or {}).get("metric") or 0.0) - teacher), 2),
+            "delta_pts": round(100 * (float(r.metric or 0.0) - teacher), 2), "speedup": r.speedup,
+            "size_pct": (r.size_pct or {}).get("total"), "size_no_emb_pct": (r.size_pct or {}).get("non_embedding"),
+            "recipe": r.recipe_summary}
+
+    summary = StudyRecord.from_study(study).finalize or {}
+    return {"within_pts": within_pts, "candidates": candidates, "settings": summary.get("settings"),
+            "points": [point(r) for r in sorted(finals, key=size_of)],
+            "smallest_within_1pt": point(min(near, key=size_of, default=None)),
+            "smallest_no_emb_within_1pt": point(min(near, key=lambda r: size_of(r, "non_embedding"), default=None))}
+
+
+def finalize_arm(config: Any, data_dir: str, minutes: float, within_pts: list[float]) -> dict[str, Any]:
+    """Finalize the study's candidates among its trials within the budget (``run_finalize``: resumable)."""
+    from autosqueeze import TrialRecord, progress_printer, run_finalize
+
+    study = load_study(config)
+    assert study is not None, config.name
+    kept, _ = within_budget(clocked_trials(study), 60 * minutes)
+    teacher = float(study.user_attrs["teacher"]["search_metric"])
+    candidates = final_candidates([TrialRecord.from_trial(t) for t in kept], teacher, within_pts)
+    if candidates:
+        print(f"  {config.name}: finalizing trials {candidates}", flush=True)
+        run_finalize(config, data_dir, trials=candidates, progress=progress_printer())
+    return final_section(load_study(config), candidates, within_pts)
+
+
+def parse_within(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not 0 < v < 100 for v in values):
+        raise SystemExit(f"--final-within: {text!r} is not a list of points below the teacher (e.g. 1,3)")
+    return values
+
+
 def _shown(path: Path) -> str:
     """A path as the rows show it: relative to the repository when inside it (a built-in space: its file name)."""
     return str(path.relative_to(STUDIES.parent)) if path.is_relative_to(STUDIES.parent) else path.name
@@ -269,8 +345,9 @@ def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
              "Exits: the best exit point's margin over the exit-free points at least as fast (points; positive: it "
              "dominates them at its latency).", "",
              "| arm | seed | minutes | trials | trials/hour | hypervolume | smallest within 1 pt (size %) "
-             "| smallest no-emb within 1 pt (no-emb size %) | fastest within 1 pt | exits | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| smallest no-emb within 1 pt (no-emb size %) | fastest within 1 pt | final: smallest within 1 pt "
+             "(size % / no-emb %) | exits | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["minutes"], r["arm"], r["seed"])):
         s, n, f = r.get("smallest_within_1pt"), r.get("smallest_no_emb_within_1pt"), r.get("fastest_within_1pt")
         lines.append(
@@ -280,19 +357,50 @@ def write_table(out: Path, rows: list[dict[str, Any]]) -> None:
                if s else "-")
             + " | " + (f"{n['size_no_emb_pct']:.1f} (trial {n['trial']})" if n else "-")
             + " | " + (f"{f['speedup']:.2f}x ({f['delta_pts']:+.2f} pts)" if f else "-")
+            + " | " + _final_cell(r.get("final"))
             + " | " + _exits_cell(r.get("exits"))
             + f" | {(r.get('machine') or {}).get('cpu', {}).get('model', '?')} |")
     lines += ["", "Summary: median [min–max] over seeds.", "",
               "| arm | minutes | seeds | hypervolume | trials/hour | distinct/hour | smallest within 1 pt (size %) "
-              "| no-emb size % within 1 pt |", "|---|---|---|---|---|---|---|---|"]
+              "| no-emb size % within 1 pt | final: smallest within 1 pt (size %) | final: no-emb size % within 1 pt |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for arm, minutes in sorted({(r["arm"], r["minutes"]) for r in rows}, key=lambda k: (k[1], k[0])):
         rs = [r for r in rows if r["arm"] == arm and r["minutes"] == minutes]
         lines.append(f"| {arm} | {minutes:g} | {len(rs)} | {_summary([r['hypervolume'] for r in rs], '.4f')} | "
                      f"{_summary([r['trials_per_hour'] for r in rs], '.0f')} | "
                      f"{_summary([r['distinct_per_hour'] for r in rs], '.0f')} | "
                      f"{_summary([size(r, 'smallest_within_1pt', 'size_pct') for r in rs], '.1f')} | "
-                     f"{_summary([size(r, 'smallest_no_emb_within_1pt', 'size_no_emb_pct') for r in rs], '.1f')} |")
+                     f"{_summary([size(r, 'smallest_no_emb_within_1pt', 'size_no_emb_pct') for r in rs], '.1f')} | "
+                     f"{_final_summary(rs, 'smallest_within_1pt', 'size_pct')} | "
+                     f"{_final_summary(rs, 'smallest_no_emb_within_1pt', 'size_no_emb_pct')} |")
+    finalized = [(r, p) for r in sorted(rows, key=lambda r: (r["minutes"], r["arm"], r["seed"]))
+                 for p in (r.get("final") or {}).get("points", [])]
+    if finalized:
+        lines += ["", "Finalized points (the smallest trial within each of the `--final-within` points of the teacher "
+                  "at search time, distilled `finalize.steps` from the teacher; speedup and metric measured again):",
+                  "", "| arm | seed | trial | search-time Δ pts | final Δ pts | final speedup | size % | no-emb size % "
+                  "| recipe |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['arm']} | {r['seed']} | {p['trial']} | {p['search_delta_pts']:+.2f} | {p['delta_pts']:+.2f} | "
+                  f"{_fmt(p['speedup'], '.2f')}x | {_fmt(p['size_pct'])} | {_fmt(p['size_no_emb_pct'])} | "
+                  f"{p['recipe']} |" for r, p in finalized]
     (out / "table.md").write_text("\n".join(lines) + "\n")
+
+
+def _final_cell(final: dict[str, Any] | None) -> str:
+    if not final:
+        return "-"
+    s, n = final.get("smallest_within_1pt"), final.get("smallest_no_emb_within_1pt")
+    if not s or not n:
+        return f"none of {len(final.get('points') or [])} finalized"
+    return (f"{s['size_pct']:.1f} (trial {s['trial']}, {s['delta_pts']:+.2f} pts, {_fmt(s['speedup'], '.2f')}x) / "
+            f"{n['size_no_emb_pct']:.1f}")
+
+
+def _final_summary(rows: list[dict[str, Any]], key: str, field: str) -> str:
+    finalized = [r for r in rows if r.get("final")]
+    if not finalized:
+        return "-"
+    return _summary([((r["final"].get(key) or {}).get(field)) for r in finalized], ".1f")
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -359,6 +467,26 @@ def prepare_students(base: Any, data_dir: str, results: Path) -> None:
               flush=True)
 
 
+def finalize_rows(rows: dict[str, dict[str, Any]], rows_file: Path, out: Path, base: Any, data_dir: str,
+                  minutes: float, args: argparse.Namespace) -> None:
+    """``final`` for every row of this budget that lacks it (or was finalized with other thresholds), in the
+    searches' ABBA order; each updated row is appended (``read_rows`` keeps the last line of an id)."""
+    for seed in range(args.seeds):
+        for arm in (args.arms if seed % 2 == 0 else args.arms[::-1]):
+            row_id = f"{arm}/seed{seed}/{minutes:g}min"
+            row = rows.get(row_id)
+            if row is None or (row.get("final") or {}).get("within_pts") == args.final_within:
+                continue
+            print(f"{row_id}: finalizing", flush=True)
+            final = finalize_arm(arm_config(base, arm, seed, out), data_dir, minutes, args.final_within)
+            rows[row_id] = {**row, "final": {**final, "finished_at": datetime.now(timezone.utc).isoformat(
+                timespec="seconds")}}
+            with rows_file.open("a") as f:
+                f.write(json.dumps(rows[row_id], default=str) + "\n")
+            write_table(out, list(rows.values()))
+            print(f"  {row_id}: final {_final_cell(final)}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
@@ -368,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--out", help="results folder (default: studies/joint_elastic/results; --smoke: a temp folder)")
     p.add_argument("--prepare", action="store_true", help="train or load the teacher and both students, then stop")
+    p.add_argument("--finalize", action="store_true",
+                   help="after the searches: finalize each study's smallest trials near the teacher (final sizes)")
+    p.add_argument("--final-within", default=FINAL_WITHIN, type=parse_within, metavar="PTS[,PTS...]",
+                   help=f"finalize the smallest trial within each of these many points of the teacher at search "
+                        f"time (default {FINAL_WITHIN})")
     p.add_argument("--tables-only", action="store_true", help="rewrite table.md from rows.jsonl")
     p.add_argument("--smoke", action="store_true", help="a tiny model, data and study in a temp folder")
     args = p.parse_args(argv)
@@ -423,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             r = rows[row_id]
             print(f"  {row_id}: {r['trials']} trials ({_fmt(r['trials_per_hour'], '.0f')}/hour), "
                   f"hypervolume {r['hypervolume']:.4f}", flush=True)
+    if args.finalize:
+        finalize_rows(rows, rows_file, out, base, data_dir, minutes, args)
     write_table(out, list(rows.values()))
     print(f"results: {rows_file}, {out / 'table.md'} ({time.time() - t0:.0f} s)")
     return 0
