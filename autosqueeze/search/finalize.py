@@ -96,7 +96,8 @@ def chosen_candidates(records: list[TrialRecord], numbers: Sequence[int], study_
         r = by_number.get(n)
         if r is None or r.metric is None or not r.feasible or r.recipe is None:
             known = sorted(k for k, v in by_number.items() if v.metric is not None and v.feasible)
-            hint = f"completed feasible trials: {known[0]}..{known[-1]}" if known else "it has no completed trial"
+            hint = (f"{len(known)} completed feasible trials, numbered {known[0]} to {known[-1]}" if known
+                    else "it has no completed feasible trial")
             raise UserError(f"trial {n} is not a completed feasible trial of study {study_name!r} ({hint}); "
                             f"pick one from `autosqueeze report`")
         out.append(r)

@@ -203,9 +203,6 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
     ok = [r for r in records if r.feasible and r.metric is not None and r.speedup is not None]
     teacher = float(study.user_attrs["teacher"]["search_metric"])
     near = [r for r in ok if float(r.metric or 0.0) >= teacher - WITHIN and r.size_pct]
-
-    def size(r: TrialRecord, part: str) -> float:
-        return float((r.size_pct or {}).get(part, 1e9))
     students = {s["params"].get("student") for t in clocked_trials(study)
                 for s in (TrialRecord.from_trial(t).recipe or {}).get("steps", []) if s.get("method") == "elastic"}
 
@@ -220,7 +217,7 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
             "recipe": r.recipe_summary}
 
     return {
-        "id": f"{arm}/seed{seed}/{minutes:g}min", "arm": arm, "seed": seed, "minutes": minutes,
+        "id": row_id(arm, seed, minutes), "arm": arm, "seed": seed, "minutes": minutes,
         "space": _shown(Path(config.search_space)), "study": config.name, "student": sorted(s for s in students if s),
         "teacher_metric": teacher, "search_s": round(used, 1), "trials": len(kept), "complete": len(ok),
         "failed": sum(r.state == "FAIL" for r in records),
@@ -228,8 +225,8 @@ def score(config: Any, arm: str, seed: int, minutes: float, machine: dict[str, A
         "trials_per_hour": 3600 * len(kept) / used if used else None,
         "distinct_per_hour": 3600 * sum(r.duplicate_of is None for r in records) / used if used else None,
         "hypervolume": hypervolume([(r.metric, r.speedup) for r in ok]), "reference": list(REFERENCE),
-        "smallest_within_1pt": point(min(near, key=lambda r: size(r, "total"), default=None)),
-        "smallest_no_emb_within_1pt": point(min(near, key=lambda r: size(r, "non_embedding"), default=None)),
+        "smallest_within_1pt": point(min(near, key=size_of, default=None)),
+        "smallest_no_emb_within_1pt": point(min(near, key=lambda r: size_of(r, "non_embedding"), default=None)),
         "fastest_within_1pt": point(max(near, key=lambda r: float(r.speedup or 0.0), default=None)),
         "front": [point(r) for r in pareto_front(ok)],
         "exits": exits_verdict([(float(r.metric or 0.0), float(r.speedup or 0.0), "early_exit" in methods(r))
@@ -293,7 +290,7 @@ def finalize_arm(config: Any, data_dir: str, minutes: float, within_pts: list[fl
     if candidates:
         print(f"  {config.name}: finalizing trials {candidates}", flush=True)
         run_finalize(config, data_dir, trials=candidates, progress=progress_printer())
-    return final_section(load_study(config), candidates, within_pts)
+    return final_section(study, candidates, within_pts)  # its attributes and trials are read from storage
 
 
 def parse_within(text: str) -> list[float]:
@@ -467,24 +464,39 @@ def prepare_students(base: Any, data_dir: str, results: Path) -> None:
               flush=True)
 
 
+def abba(arms: list[str], seeds: int) -> list[tuple[int, str]]:
+    """(seed, arm) in ABBA order over seeds (A0 B0 B1 A1 A2 B2): machine drift hits both arms alike."""
+    return [(seed, arm) for seed in range(seeds) for arm in (arms if seed % 2 == 0 else arms[::-1])]
+
+
+def row_id(arm: str, seed: int, minutes: float) -> str:
+    return f"{arm}/seed{seed}/{minutes:g}min"
+
+
+def save_row(rows: dict[str, dict[str, Any]], rows_file: Path, out: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Append ``row`` to ``rows.jsonl`` (a later line of the same id replaces it: ``read_rows``), keep it in
+    ``rows`` and rewrite the table."""
+    rows[row["id"]] = row
+    with rows_file.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+    write_table(out, list(rows.values()))
+    return row
+
+
 def finalize_rows(rows: dict[str, dict[str, Any]], rows_file: Path, out: Path, base: Any, data_dir: str,
                   minutes: float, args: argparse.Namespace) -> None:
     """``final`` for every row of this budget that lacks it (or was finalized with other thresholds), in the
     searches' ABBA order; each updated row is appended (``read_rows`` keeps the last line of an id)."""
-    for seed in range(args.seeds):
-        for arm in (args.arms if seed % 2 == 0 else args.arms[::-1]):
-            row_id = f"{arm}/seed{seed}/{minutes:g}min"
-            row = rows.get(row_id)
-            if row is None or (row.get("final") or {}).get("within_pts") == args.final_within:
-                continue
-            print(f"{row_id}: finalizing", flush=True)
-            final = finalize_arm(arm_config(base, arm, seed, out), data_dir, minutes, args.final_within)
-            rows[row_id] = {**row, "final": {**final, "finished_at": datetime.now(timezone.utc).isoformat(
-                timespec="seconds")}}
-            with rows_file.open("a") as f:
-                f.write(json.dumps(rows[row_id], default=str) + "\n")
-            write_table(out, list(rows.values()))
-            print(f"  {row_id}: final {_final_cell(final)}", flush=True)
+    for seed, arm in abba(args.arms, args.seeds):
+        key = row_id(arm, seed, minutes)
+        row = rows.get(key)
+        if row is None or (row.get("final") or {}).get("within_pts") == args.final_within:
+            continue
+        print(f"{key}: finalizing", flush=True)
+        final = finalize_arm(arm_config(base, arm, seed, out), data_dir, minutes, args.final_within)
+        save_row(rows, rows_file, out, {**row, "final": {
+            **final, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}})
+        print(f"  {key}: final {_final_cell(final)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,23 +551,18 @@ def main(argv: list[str] | None = None) -> int:
           "exit heads, so its student is trained with elastic.exits (another cache key). Each is trained once, "
           "before its first study's first trial: training is never on the clock.", flush=True)
     t0 = time.time()
-    for seed in range(args.seeds):
-        for arm in (args.arms if seed % 2 == 0 else args.arms[::-1]):  # ABBA: drift hits both arms alike
-            row_id = f"{arm}/seed{seed}/{minutes:g}min"
-            if row_id in rows:
-                continue
-            config = arm_config(base, arm, seed, out)
-            print(f"[{time.time() - t0:6.0f} s] {arm} seed {seed}: {minutes:g} min of search", flush=True)
-            stopped = run_arm(config, data_dir, 60 * minutes)
-            if stopped == "failed":
-                continue
-            rows[row_id] = {**score(config, arm, seed, minutes, machine), "stopped": stopped}
-            with rows_file.open("a") as f:
-                f.write(json.dumps(rows[row_id], default=str) + "\n")
-            write_table(out, list(rows.values()))
-            r = rows[row_id]
-            print(f"  {row_id}: {r['trials']} trials ({_fmt(r['trials_per_hour'], '.0f')}/hour), "
-                  f"hypervolume {r['hypervolume']:.4f}", flush=True)
+    for seed, arm in abba(args.arms, args.seeds):
+        key = row_id(arm, seed, minutes)
+        if key in rows:
+            continue
+        config = arm_config(base, arm, seed, out)
+        print(f"[{time.time() - t0:6.0f} s] {arm} seed {seed}: {minutes:g} min of search", flush=True)
+        stopped = run_arm(config, data_dir, 60 * minutes)
+        if stopped == "failed":
+            continue
+        r = save_row(rows, rows_file, out, {**score(config, arm, seed, minutes, machine), "stopped": stopped})
+        print(f"  {key}: {r['trials']} trials ({_fmt(r['trials_per_hour'], '.0f')}/hour), "
+              f"hypervolume {r['hypervolume']:.4f}", flush=True)
     if args.finalize:
         finalize_rows(rows, rows_file, out, base, data_dir, minutes, args)
     write_table(out, list(rows.values()))
